@@ -1,0 +1,100 @@
+//! Tensor storage: a reference-counted block of bytes on the heap (64-byte aligned)
+//! or a range of a memory-mapped file. Every storage is accounted in the memory report.
+
+use std::sync::Arc;
+
+use bytemuck::{Pod, Zeroable};
+use memmap2::Mmap;
+
+use crate::context::memory::{self, Ticket};
+use crate::tensor::{DType, MemType};
+
+/// Unit of heap allocation: 64 bytes aligned to 64, so SIMD loads and any element
+/// type's alignment are satisfied without `unsafe`.
+#[derive(Clone, Copy, Pod, Zeroable)]
+#[repr(C, align(64))]
+pub(crate) struct Line([u8; 64]);
+
+pub(crate) enum Bytes {
+    Heap(Vec<Line>),
+    Mapped { map: Arc<Mmap>, offset: usize },
+}
+
+/// Bytes of one or more tensors (views share a storage).
+pub struct Storage {
+    bytes: Bytes,
+    len: usize,
+    mem_type: MemType,
+    ticket: Ticket,
+}
+
+impl Storage {
+    /// Zero-filled heap storage of `len` bytes (pages come lazily from the OS).
+    pub(crate) fn zeroed(len: usize, mem_type: MemType, dtype: DType, label: Option<&Arc<str>>) -> Storage {
+        let lines = len.div_ceil(64);
+        let v: Vec<Line> = bytemuck::allocation::zeroed_vec(lines);
+        let ticket = memory::record(len, mem_type, dtype, label);
+        Storage { bytes: Bytes::Heap(v), len, mem_type, ticket }
+    }
+
+    /// Heap storage holding a copy of `src`.
+    pub(crate) fn copy_of(src: &[u8], mem_type: MemType, dtype: DType, label: Option<&Arc<str>>) -> Storage {
+        let mut s = Storage::zeroed(src.len(), mem_type, dtype, label);
+        s.bytes_mut().copy_from_slice(src);
+        s
+    }
+
+    /// A range of a mapped file, read in place. The caller checked the range.
+    pub(crate) fn mapped(map: Arc<Mmap>, offset: usize, len: usize, dtype: DType, label: Option<&Arc<str>>) -> Storage {
+        debug_assert!(offset + len <= map.len());
+        let ticket = memory::record(len, MemType::ParamsMmap, dtype, label);
+        Storage { bytes: Bytes::Mapped { map, offset }, len, mem_type: MemType::ParamsMmap, ticket }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn mem_type(&self) -> MemType {
+        self.mem_type
+    }
+
+    pub(crate) fn rename(&self, label: &str) {
+        memory::rename(&self.ticket, label);
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        match &self.bytes {
+            Bytes::Heap(v) => &bytemuck::cast_slice(v)[..self.len],
+            Bytes::Mapped { map, offset } => &map[*offset..*offset + self.len],
+        }
+    }
+
+    /// Mutable bytes; `None` for a read-only mapped file.
+    pub(crate) fn try_bytes_mut(&mut self) -> Option<&mut [u8]> {
+        match &mut self.bytes {
+            Bytes::Heap(v) => Some(&mut bytemuck::cast_slice_mut(v)[..self.len]),
+            Bytes::Mapped { .. } => None,
+        }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self.try_bytes_mut().expect("heap storage is writable")
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        memory::release(&self.ticket);
+    }
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage").field("len", &self.len).field("mem_type", &self.mem_type).finish()
+    }
+}
