@@ -3,6 +3,9 @@
 # seed example. Fails on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  rustup component add rustfmt clippy
+fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --release -- -D warnings
 cargo test --workspace --release

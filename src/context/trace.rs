@@ -1,10 +1,11 @@
 //! Opt-in Chrome/Perfetto trace of forks, waits and ops (`MLLM_TRACE=out.json`).
-//! Events stream into a JSON array; the closing bracket is optional in that format,
-//! so a trace stays readable even when the process ends without a final flush.
+//! Events stream into a JSON array. Each flush writes the closing bracket and steps
+//! back over it, so the file is valid JSON after every flush; between flushes it is an
+//! unterminated array, which the trace viewers also accept.
 
 use std::cell::Cell;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock};
@@ -13,7 +14,12 @@ use std::time::Instant;
 use crate::{Error, Result};
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
-static SINK: Mutex<Option<BufWriter<File>>> = Mutex::new(None);
+struct Sink {
+    out: BufWriter<File>,
+    events: u64,
+}
+
+static SINK: Mutex<Option<Sink>> = Mutex::new(None);
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 static NEXT_TID: AtomicU64 = AtomicU64::new(1);
 
@@ -29,10 +35,10 @@ pub fn enabled() -> bool {
 
 pub(crate) fn start(path: &Path) -> Result<()> {
     let file = File::create(path).map_err(|e| Error::io(format!("cannot create trace file {}", path.display()), e))?;
-    let mut w = BufWriter::new(file);
-    w.write_all(b"[\n").map_err(|e| Error::io("writing trace", e))?;
+    let mut out = BufWriter::new(file);
+    out.write_all(b"[").map_err(|e| Error::io("writing trace", e))?;
     EPOCH.get_or_init(Instant::now);
-    *SINK.lock().unwrap_or_else(|p| p.into_inner()) = Some(w);
+    *SINK.lock().unwrap_or_else(|p| p.into_inner()) = Some(Sink { out, events: 0 });
     ENABLED.store(true, Relaxed);
     Ok(())
 }
@@ -62,9 +68,11 @@ fn json_str(s: &str) -> String {
 
 fn write_line(line: &str) {
     let mut g = SINK.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(w) = g.as_mut() {
+    if let Some(s) = g.as_mut() {
         // A failing trace write must not break inference: drop the event.
-        let _ = w.write_all(line.as_bytes()).and_then(|_| w.write_all(b",\n"));
+        let sep: &[u8] = if s.events == 0 { b"\n" } else { b",\n" };
+        let _ = s.out.write_all(sep).and_then(|_| s.out.write_all(line.as_bytes()));
+        s.events += 1;
     }
 }
 
@@ -117,8 +125,9 @@ pub fn instant(cat: &'static str, name: impl FnOnce() -> String) {
 pub fn flush() {
     if enabled() {
         let mut g = SINK.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(w) = g.as_mut() {
-            let _ = w.flush();
+        if let Some(s) = g.as_mut() {
+            // Close the array, then step back so later events overwrite the bracket.
+            let _ = s.out.write_all(b"\n]").and_then(|_| s.out.seek(SeekFrom::Current(-2))).and_then(|_| s.out.flush());
         }
     }
 }

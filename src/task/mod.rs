@@ -62,9 +62,11 @@ fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
 /// Run `f` inside the context's pool: inline if this thread is one of its workers
 /// (so a waiting worker keeps stealing work), else by handing it over and blocking.
 fn in_pool<R: Send>(what: &str, f: impl FnOnce() -> R + Send) -> R {
-    let _span = trace::Span::new("wait", || what.to_string());
     let on_pool = rayon::current_thread_index().is_some();
-    let r = context().pool().install(f);
+    let r = {
+        let _span = trace::Span::new("wait", || what.to_string());
+        context().pool().install(f)
+    };
     if !on_pool {
         trace::flush();
     }
