@@ -1,2 +1,14 @@
 //! Model architectures built from `nn` modules (LLaMA family), the generation loop,
-//! samplers and KV caches. Nothing below this layer knows about models.
+//! samplers, KV caches, tokenizers and model fetching. Nothing below this layer knows
+//! about models.
+
+pub mod config;
+pub mod fetch;
+pub mod kv_cache;
+pub mod llama;
+pub mod tokenizer;
+
+pub use config::LlamaConfig;
+pub use kv_cache::KvCache;
+pub use llama::Llama;
+pub use tokenizer::{ChatMessage, Tokenizer};
