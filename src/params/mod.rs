@@ -1,7 +1,11 @@
 //! Parameter files: named tensors in memory, read from safetensors / GGUF / `.mllm`
 //! files (by mmap) and written back. Knows tensors, not modules.
 
+mod safetensors;
+
 use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
 
 use indexmap::IndexMap;
 
@@ -74,6 +78,88 @@ impl ParameterFile {
     pub fn set_metadata(&mut self, key: impl Into<String>, value: MetaValue) {
         self.metadata.insert(key.into(), value);
     }
+}
+
+// ---- opening a file of any known format --------------------------------------------
+
+/// The file formats [`ParameterFile::open`] recognises from their first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FileFormat {
+    /// 8-byte little-endian header length, then a JSON header starting with `{`.
+    Safetensors,
+    /// Magic `GGUF`.
+    Gguf,
+}
+
+/// How many leading bytes [`ParameterFile::open`] reads for [`detect_format`].
+const FORMAT_PROBE_LEN: usize = 16;
+
+/// The format of a file starting with `head` (its first bytes; `open` passes up to 16),
+/// or `None` if no reader recognises it.
+pub fn detect_format(head: &[u8]) -> Option<FileFormat> {
+    if head.starts_with(b"GGUF") {
+        Some(FileFormat::Gguf)
+    } else if head.len() > 8 && head[8] == b'{' {
+        Some(FileFormat::Safetensors)
+    } else {
+        None
+    }
+}
+
+impl ParameterFile {
+    /// Open a parameter file, choosing the reader from the file's first bytes (see
+    /// [`FileFormat`]). Large files are memory-mapped, not read: see
+    /// [`open_safetensors`](Self::open_safetensors) for what that implies.
+    ///
+    /// ```
+    /// use mllm::{DType, MemType, ParameterFile, Tensor};
+    ///
+    /// # fn main() -> mllm::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("tiny.safetensors");
+    /// let mut params = ParameterFile::create();
+    /// params.push("proj.weight", Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3])?)?;
+    /// params.save_safetensors(&path)?;
+    ///
+    /// let loaded = ParameterFile::open(&path)?;
+    /// let w = loaded.get("proj.weight").unwrap();
+    /// assert_eq!((w.dims(), w.dtype()), (&[2, 3][..], DType::F32));
+    /// assert_eq!(w.mem_type(), MemType::ParamsMmap); // read in place, not copied
+    /// assert_eq!(w.to_vec::<f32>()?, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn open(path: impl AsRef<Path>) -> Result<ParameterFile> {
+        let path = path.as_ref();
+        let head = read_head(path)?;
+        match detect_format(&head) {
+            Some(FileFormat::Safetensors) => ParameterFile::open_safetensors(path),
+            // GGUF: plug in `gguf::read(path)` (src/params/gguf.rs) here.
+            Some(FileFormat::Gguf) => Err(Error::format(path.display().to_string(), "GGUF is not supported yet")),
+            None => {
+                let hex: Vec<String> = head.iter().map(|b| format!("{b:02x}")).collect();
+                Err(Error::format(
+                    path.display().to_string(),
+                    format!(
+                        "unrecognised format (first {} bytes: {}); expected safetensors or GGUF",
+                        head.len(),
+                        if hex.is_empty() { "none".to_string() } else { hex.join(" ") }
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// The first (up to) `FORMAT_PROBE_LEN` bytes of the file.
+fn read_head(path: &Path) -> Result<Vec<u8>> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(format!("{}: cannot open", path.display()), e))?;
+    let mut head = Vec::with_capacity(FORMAT_PROBE_LEN);
+    file.take(FORMAT_PROBE_LEN as u64)
+        .read_to_end(&mut head)
+        .map_err(|e| Error::io(format!("{}: cannot read", path.display()), e))?;
+    Ok(head)
 }
 
 impl std::fmt::Debug for ParameterFile {
