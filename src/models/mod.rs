@@ -4,11 +4,15 @@
 
 pub mod config;
 pub mod fetch;
+pub mod generate;
 pub mod kv_cache;
 pub mod llama;
+pub mod sampler;
 pub mod tokenizer;
 
 pub use config::LlamaConfig;
 pub use kv_cache::KvCache;
 pub use llama::Llama;
 pub use tokenizer::{ChatMessage, Tokenizer};
+pub use generate::{generate, FinishReason, GenerateOptions, Generation};
+pub use sampler::{Sampler, SamplingParams};

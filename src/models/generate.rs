@@ -1,0 +1,178 @@
+//! The generation loop: prefill the prompt in one pass, then decode token by token
+//! with a sampler until EOS, a stop string or the token limit, streaming text as it
+//! becomes final (text that could still turn into a stop string is held back).
+
+use std::time::{Duration, Instant};
+
+use crate::models::sampler::{Sampler, SamplingParams};
+use crate::models::{Llama, Tokenizer};
+use crate::{Error, Result};
+
+/// What to generate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Stop when the text contains one of these (it is not included in the output).
+    pub stop_strings: Vec<String>,
+    /// Stop at the model's end-of-sequence / end-of-turn tokens.
+    pub stop_at_eos: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            max_tokens: 128,
+            sampling: SamplingParams::default(),
+            stop_strings: Vec::new(),
+            stop_at_eos: true,
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-sequence token or a stop string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+    /// The caller's callback asked to stop (a client went away).
+    Cancelled,
+}
+
+/// The result of one generation.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    pub text: String,
+    /// Generated ids (without the prompt; with a final EOS if one was produced).
+    pub tokens: Vec<u32>,
+    pub prompt_tokens: usize,
+    pub finish: FinishReason,
+    pub prefill_time: Duration,
+    pub decode_time: Duration,
+}
+
+impl Generation {
+    /// Prompt tokens per second of the prefill pass.
+    pub fn prefill_tps(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prefill_time.as_secs_f64().max(1e-9)
+    }
+
+    /// Generated tokens per second after the first (which comes from the prefill).
+    pub fn decode_tps(&self) -> f64 {
+        self.tokens.len().saturating_sub(1) as f64 / self.decode_time.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Generate after `prompt` (token ids). `on_text` receives each final piece of text
+/// and returns `false` to cancel. The KV cache is sized to prompt + `max_tokens`.
+pub fn generate(
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    on_text: &mut dyn FnMut(&str) -> bool,
+) -> Result<Generation> {
+    if prompt.is_empty() {
+        return Err(Error::invalid("the prompt is empty (no tokens)"));
+    }
+    let ctx = model.config().context_length;
+    if prompt.len() >= ctx {
+        return Err(Error::invalid(format!(
+            "the prompt has {} tokens, more than the model's context of {ctx} allows",
+            prompt.len()
+        )));
+    }
+    let max_tokens = opts.max_tokens.min(ctx - prompt.len());
+    let mut sampler = Sampler::new(opts.sampling.clone())?;
+    let mut cache = model.new_cache(prompt.len() + max_tokens)?;
+    let mut history: Vec<u32> = prompt.to_vec();
+    let mut stream = tokenizer.stream();
+    let mut text = String::new();
+    let mut emitted = 0; // bytes of `text` already given to on_text
+    let mut tokens = Vec::new();
+    let mut finish = FinishReason::Length;
+
+    let t0 = Instant::now();
+    let mut logits = model.forward_tokens(prompt, &mut cache)?;
+    let prefill_time = t0.elapsed();
+    let t1 = Instant::now();
+    while tokens.len() < max_tokens {
+        let next = sampler.sample(logits.as_slice::<f32>()?, &history)?;
+        tokens.push(next);
+        history.push(next);
+        if opts.stop_at_eos && tokenizer.stop_ids().contains(&next) {
+            finish = FinishReason::Stop;
+            break;
+        }
+        if let Some(piece) = stream.push(next)? {
+            text.push_str(&piece);
+        }
+        if let Some(at) = find_stop(&text, &opts.stop_strings) {
+            text.truncate(at);
+            finish = FinishReason::Stop;
+            break;
+        }
+        let safe = text.len() - held_back(&text, &opts.stop_strings);
+        if safe > emitted {
+            if !on_text(&text[emitted..safe]) {
+                finish = FinishReason::Cancelled;
+                break;
+            }
+            emitted = safe;
+        }
+        if tokens.len() == max_tokens {
+            break;
+        }
+        logits = model.forward_tokens(&[next], &mut cache)?;
+    }
+    if finish == FinishReason::Length {
+        text.push_str(&stream.finish()?);
+    }
+    if finish != FinishReason::Cancelled && text.len() > emitted {
+        on_text(&text[emitted..]);
+    }
+    Ok(Generation {
+        text,
+        tokens,
+        prompt_tokens: prompt.len(),
+        finish,
+        prefill_time,
+        decode_time: t1.elapsed(),
+    })
+}
+
+fn find_stop(text: &str, stops: &[String]) -> Option<usize> {
+    stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min()
+}
+
+/// Bytes at the end of `text` that could be the start of a stop string.
+fn held_back(text: &str, stops: &[String]) -> usize {
+    let mut hold = 0;
+    for s in stops {
+        for n in (1..s.len()).rev() {
+            if n <= text.len() && s.is_char_boundary(n) && text.ends_with(&s[..n]) {
+                hold = hold.max(n);
+                break;
+            }
+        }
+    }
+    hold
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_strings_are_found_and_their_prefixes_held_back() {
+        let stops = vec!["\nUser:".to_string(), "###".to_string()];
+        assert_eq!(find_stop("hello\nUser: hi", &stops), Some(5));
+        assert_eq!(find_stop("a ### b", &stops), Some(2));
+        assert_eq!(find_stop("nothing", &stops), None);
+        assert_eq!(held_back("text\nUs", &stops), 3);
+        assert_eq!(held_back("text#", &stops), 1);
+        assert_eq!(held_back("text", &stops), 0);
+    }
+}
