@@ -1,6 +1,45 @@
-//! The `mllm` command line. Subcommands arrive with the model issue.
+//! The `mllm` command: run, chat with, inspect and fetch small language models.
+//! Generated text goes to stdout; progress, timings and errors go to stderr.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "mllm", version, about = "Run small language models on the CPU", long_about = None)]
+#[command(after_help = "Examples:\n  \
+    mllm run --prompt \"The capital of France is\"      # default model, fetched on first use\n  \
+    mllm run --chat --prompt \"What is 2+2?\" --max-tokens 64\n  \
+    mllm chat\n  \
+    mllm inspect ~/.cache/mllm/SmolLM2-135M-Instruct.Q4_1.gguf\n\n\
+Environment: MLLM_NUM_THREADS (threads), MLLM_CACHE (model cache dir), MLLM_TRACE (trace file)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text for one or more prompts (several prompts run concurrently)
+    Run(commands::RunArgs),
+    /// Interactive multi-turn chat using the model's chat template
+    Chat(commands::ChatArgs),
+    /// Print a model file's metadata and tensor table
+    Inspect(commands::InspectArgs),
+    /// Fetch a known model into the cache (default: smollm2)
+    Pull(commands::PullArgs),
+}
 
 fn main() {
-    let ctx = mllm::initialize_context();
-    println!("mllm {} ({} threads)", env!("CARGO_PKG_VERSION"), ctx.threads());
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => commands::run(a),
+        Command::Chat(a) => commands::chat(a),
+        Command::Inspect(a) => commands::inspect(a),
+        Command::Pull(a) => commands::pull(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
 }

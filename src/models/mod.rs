@@ -8,6 +8,7 @@ pub mod generate;
 pub mod kv_cache;
 pub mod llama;
 pub mod sampler;
+pub mod text_model;
 pub mod tokenizer;
 
 pub use config::LlamaConfig;
@@ -16,3 +17,4 @@ pub use llama::Llama;
 pub use tokenizer::{ChatMessage, Tokenizer};
 pub use generate::{generate, FinishReason, GenerateOptions, Generation};
 pub use sampler::{Sampler, SamplingParams};
+pub use text_model::TextModel;

