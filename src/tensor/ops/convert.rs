@@ -1,9 +1,15 @@
-//! Conversions between element types (through f32).
+//! Conversions between element types (through f32), including dequantisation of the
+//! block-quantised types; the block formats themselves live in `kernels::quant`.
 
 use half::{bf16, f16};
+use rayon::prelude::*;
 
+use crate::kernels::quant;
 use crate::tensor::DType;
 use crate::{Error, Result};
+
+/// Blocks per parallel task when dequantising; smaller tensors use one thread.
+const PAR_BLOCKS: usize = 4096;
 
 /// Decode little-endian bytes of `dtype` into f32 values.
 pub(crate) fn bytes_to_f32(bytes: &[u8], dtype: DType) -> Result<Vec<f32>> {
@@ -16,6 +22,35 @@ pub(crate) fn bytes_to_f32(bytes: &[u8], dtype: DType) -> Result<Vec<f32>> {
         DType::BF16 => map::<bf16>(bytes, bf16::to_f32),
         DType::I32 => map::<i32>(bytes, |x| x as f32),
         DType::U8 => bytes.iter().map(|&x| x as f32).collect(),
-        q => return Err(Error::dtype("to_f32", q)),
+        DType::Q4_0 => dequantize(bytes, dtype, quant::dequantize_q4_0)?,
+        DType::Q4_1 => dequantize(bytes, dtype, quant::dequantize_q4_1)?,
+        DType::Q8_0 => dequantize(bytes, dtype, quant::dequantize_q8_0)?,
+        DType::Q4_K => dequantize(bytes, dtype, quant::dequantize_q4_k)?,
+        DType::Q5_K => dequantize(bytes, dtype, quant::dequantize_q5_k)?,
+        DType::Q6_K => dequantize(bytes, dtype, quant::dequantize_q6_k)?,
     })
+}
+
+/// Dequantise whole blocks with `kernel`, in parallel on the current pool for large inputs.
+fn dequantize(bytes: &[u8], dtype: DType, kernel: fn(&[u8], &mut [f32])) -> Result<Vec<f32>> {
+    let (bb, bl) = (dtype.block_bytes(), dtype.block_len());
+    if bytes.len() % bb != 0 {
+        return Err(Error::DType {
+            op: "to_f32",
+            dtype,
+            msg: format!("{} bytes are not a whole number of {bb}-byte blocks", bytes.len()),
+        });
+    }
+    let n_blocks = bytes.len() / bb;
+    let n = n_blocks.checked_mul(bl).ok_or_else(|| Error::Overflow(format!("{n_blocks} blocks of {dtype}")))?;
+    let mut out = vec![0f32; n];
+    if n_blocks >= 2 * PAR_BLOCKS && rayon::current_num_threads() > 1 {
+        bytes
+            .par_chunks(PAR_BLOCKS * bb)
+            .zip(out.par_chunks_mut(PAR_BLOCKS * bl))
+            .for_each(|(src, dst)| kernel(src, dst));
+    } else {
+        kernel(bytes, &mut out);
+    }
+    Ok(out)
 }
