@@ -32,18 +32,21 @@ impl Tensor {
         let mut out_dims = self.dims().to_vec();
         *out_dims.last_mut().expect("rank >= 1") = n_out;
         let mut out = Tensor::zeros(&out_dims, DType::F32)?;
-        let wf = w.to_f32_contiguous("linear")?;
-        {
-            let xs = x.as_slice::<f32>()?;
-            let ws = wf.as_slice::<f32>()?;
-            let os = out.data_mut::<f32>()?;
-            if let Some(b) = b {
-                let bf = b.to_f32_contiguous("linear")?;
-                let bs = bf.as_slice::<f32>()?;
-                for row in os.chunks_exact_mut(n_out.max(1)) {
-                    row.copy_from_slice(bs);
-                }
+        let xs = x.as_slice::<f32>()?;
+        let os = out.data_mut::<f32>()?;
+        if let Some(b) = b {
+            let bf = b.to_f32_contiguous("linear")?;
+            let bs = bf.as_slice::<f32>()?;
+            for row in os.chunks_exact_mut(n_out.max(1)) {
+                row.copy_from_slice(bs);
             }
+        }
+        if w.dtype().is_quantized() {
+            // Work on the blocks: never dequantise the whole matrix per call.
+            super::qlinear::quantized_matmul_t(xs, m, &w.contiguous()?, os, b.is_some())?;
+        } else {
+            let wf = w.to_f32_contiguous("linear")?;
+            let ws = wf.as_slice::<f32>()?;
             matmul_f32(MatRef::row_major(xs, m, k), MatRef::row_major(ws, n_out, k).t(), os, b.is_some());
         }
         Ok(out)

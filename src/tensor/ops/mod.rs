@@ -3,5 +3,6 @@
 
 pub(crate) mod convert;
 mod linear;
+mod qlinear;
 
 pub use linear::*;

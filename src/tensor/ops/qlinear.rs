@@ -1,0 +1,64 @@
+//! `linear` with a block-quantised weight: each output is a dot product of one row of
+//! weight blocks with the f32 activations, computed on the blocks directly (no
+//! dequantised copy of the matrix), split over output rows on the current pool.
+
+use rayon::prelude::*;
+
+use crate::kernels::quant;
+use crate::tensor::{DType, Tensor};
+use crate::{Error, Result};
+
+/// Row-dot kernel for one weight format.
+type RowDot = fn(&[u8], &[f32]) -> f32;
+
+fn row_dot(dtype: DType) -> Result<RowDot> {
+    Ok(match dtype {
+        DType::Q4_0 => quant::vec_dot_q4_0_f32,
+        DType::Q4_1 => quant::vec_dot_q4_1_f32,
+        DType::Q8_0 => quant::vec_dot_q8_0_f32,
+        DType::Q4_K => quant::vec_dot_q4_k_f32,
+        DType::Q5_K => quant::vec_dot_q5_k_f32,
+        DType::Q6_K => quant::vec_dot_q6_k_f32,
+        d => return Err(Error::dtype("quantized linear", d)),
+    })
+}
+
+/// Output rows per parallel task.
+const ROWS_PER_TASK: usize = 64;
+
+/// `out[m, n] = x[m, :] · w[n, :]` for a quantised `w` `[n_out, k]` and contiguous f32
+/// `x` `[m, k]`; `out` is `[m, n_out]` and is overwritten (or added to with `accumulate`).
+pub(crate) fn quantized_matmul_t(x: &[f32], m: usize, w: &Tensor, out: &mut [f32], accumulate: bool) -> Result<()> {
+    let dot = row_dot(w.dtype())?;
+    let (n_out, k) = (w.dims()[0], w.dims()[1]);
+    let row_bytes = w.dtype().bytes_for(k).ok_or_else(|| Error::shape("linear", "weight row is not whole blocks"))?;
+    let wb = w.raw_bytes()?;
+    // Parallel over blocks of output features; each task writes its columns of every row.
+    let cols: Vec<(usize, Vec<f32>)> = (0..n_out.div_ceil(ROWS_PER_TASK))
+        .into_par_iter()
+        .map(|t| {
+            let (j0, j1) = (t * ROWS_PER_TASK, ((t + 1) * ROWS_PER_TASK).min(n_out));
+            let mut part = vec![0.0f32; m * (j1 - j0)];
+            for j in j0..j1 {
+                let wrow = &wb[j * row_bytes..(j + 1) * row_bytes];
+                for i in 0..m {
+                    part[i * (j1 - j0) + (j - j0)] = dot(wrow, &x[i * k..(i + 1) * k]);
+                }
+            }
+            (j0, part)
+        })
+        .collect();
+    for (j0, part) in cols {
+        let width = part.len() / m.max(1);
+        for i in 0..m {
+            let dst = &mut out[i * n_out + j0..i * n_out + j0 + width];
+            let src = &part[i * width..(i + 1) * width];
+            if accumulate {
+                dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+            } else {
+                dst.copy_from_slice(src);
+            }
+        }
+    }
+    Ok(())
+}
