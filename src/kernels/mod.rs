@@ -2,5 +2,11 @@
 //! products). They know nothing of tensors or modules; parallel kernels use the
 //! current rayon pool, which is the context's pool whenever they are called by ops.
 
+pub mod elementwise;
 pub mod matmul;
+pub mod norm;
 pub mod quant;
+pub mod reduce;
+pub mod rope;
+pub mod rows;
+pub mod softmax;
