@@ -121,12 +121,12 @@ pub fn silu_one(x: f32) -> f32 {
 }
 
 /// GELU with the exact Gaussian CDF, `x * Phi(x) = x/2 * erfc(-x/sqrt 2)` (PyTorch's
-/// default `nn.GELU()`, HF's `"gelu"`). Computed in f64 through [`erfc`], which keeps
-/// the tiny negative-side values accurate in relative terms.
+/// default `nn.GELU()`, HF's `"gelu"`). Computed in f64 through [`erfc_fast`], whose
+/// relative accuracy keeps even the tiny negative-side values right to f32 rounding.
 #[inline]
 pub fn gelu_one(x: f32) -> f32 {
     let x = x as f64;
-    (0.5 * x * erfc(-x * std::f64::consts::FRAC_1_SQRT_2)) as f32
+    (0.5 * x * erfc_fast(-x * std::f64::consts::FRAC_1_SQRT_2)) as f32
 }
 
 /// GELU's tanh approximation, `x/2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))`
@@ -200,6 +200,60 @@ fn erfc_fraction(x: f64) -> f64 {
         }
     }
     (-x * x).exp() / (std::f64::consts::PI.sqrt() * f)
+}
+
+/// Chebyshev coefficients of `g(t) = ln(erfc(z)) + z^2 - ln(t)` with `t = 1/(1 + z/2)`,
+/// over `t` in [1/6, 1] (z in [0, 10]). Fitted for this crate by interpolation at the
+/// 15 Chebyshev nodes, from the definition (see the test that checks them against
+/// [`erfc`]); the truncation error is about 2e-11 relative.
+const ERFC_CHEB: [f64; 15] = [
+    -0.5511712503141002,
+    0.5502563182397036,
+    0.007267847232714905,
+    -0.006366320664967636,
+    -0.00015938484563064273,
+    0.0001809907017109739,
+    -2.515830672663218e-06,
+    -6.420078985369671e-06,
+    5.681936722160922e-07,
+    2.1429784034706262e-07,
+    -4.464016802134078e-08,
+    -4.607201479582083e-09,
+    2.492906399827651e-09,
+    -9.519386390266504e-11,
+    -1.0120958700750767e-10,
+];
+
+/// Largest z covered by [`ERFC_CHEB`].
+const ERFC_FIT_MAX: f64 = 10.0;
+
+/// `erfc(z)` to about 3e-11 relative error everywhere: `t * exp(-z^2 + g(t))` with
+/// `g` from a degree-14 Chebyshev fit for |z| <= 10, the continued fraction beyond.
+/// About ten times faster than [`erfc`]; meant for f32 results.
+pub fn erfc_fast(z: f64) -> f64 {
+    if z.is_nan() {
+        return f64::NAN;
+    }
+    let az = z.abs();
+    let tail = if az > ERFC_FIT_MAX {
+        erfc_fraction(az)
+    } else {
+        let t = 1.0 / (1.0 + 0.5 * az);
+        let (lo, hi) = (1.0 / 6.0, 1.0);
+        let u = (2.0 * t - lo - hi) / (hi - lo);
+        // Clenshaw's recurrence for sum c_k T_k(u).
+        let (mut b1, mut b2) = (0.0, 0.0);
+        for &c in ERFC_CHEB[1..].iter().rev() {
+            (b1, b2) = (2.0 * u * b1 - b2 + c, b1);
+        }
+        let g = u * b1 - b2 + ERFC_CHEB[0];
+        t * (g - az * az).exp()
+    };
+    if z >= 0.0 {
+        tail
+    } else {
+        2.0 - tail
+    }
 }
 
 /// The error function, to about 1e-15 absolute over the whole real line.
@@ -277,6 +331,13 @@ mod tests {
         assert_eq!(erf(40.0), 1.0);
         assert_eq!(erfc(40.0), 0.0);
         assert!(erf(f64::NAN).is_nan() && erfc(f64::NAN).is_nan());
+        // The fast form agrees with the careful one, in relative terms, everywhere.
+        for i in -3000..=3000 {
+            let z = i as f64 * 0.005 + 1e-4;
+            let (f, e) = (erfc_fast(z), erfc(z));
+            assert!(((f - e) / e).abs() < 5e-11, "erfc_fast({z}) = {f}, erfc {e}");
+        }
+        assert!(erfc_fast(f64::NAN).is_nan() && erfc_fast(40.0) == 0.0 && erfc_fast(-40.0) == 2.0);
         // The two methods agree where they meet.
         let s = erf_series(SERIES_LIMIT);
         let c = 1.0 - erfc_fraction(SERIES_LIMIT);
