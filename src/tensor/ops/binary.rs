@@ -6,7 +6,7 @@ use crate::context::trace::Span;
 use crate::kernels::elementwise::{self, BinaryOp};
 use crate::kernels::rows::for_each_row;
 use crate::tensor::ops::broadcast_dims;
-use crate::tensor::ops::strided::{f32_output, f32_storage, f32_working_copy, row_start};
+use crate::tensor::ops::strided::{f32_output, f32_storage, row_start};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
@@ -73,9 +73,9 @@ impl Tensor {
     /// `self * s`.
     pub fn scale(&self, s: f32) -> Result<Tensor> {
         let _span = Span::new("op", || "scale".into());
-        let mut out = f32_working_copy(self, "scale")?;
-        let xs = out.data_mut::<f32>()?;
-        xs.iter_mut().for_each(|v| *v *= s);
+        let x = self.to_f32_contiguous("scale")?;
+        let mut out = f32_output(self.dims())?;
+        elementwise::scale(x.as_slice::<f32>()?, s, out.data_mut::<f32>()?);
         Ok(out)
     }
 
