@@ -67,7 +67,12 @@ impl SamplingArgs {
             ..SamplingParams::default()
         };
         sampling.validate()?;
-        Ok(GenerateOptions { max_tokens: self.max_tokens, sampling, stop_strings: self.stop.clone(), stop_at_eos: !self.ignore_eos })
+        Ok(GenerateOptions {
+            max_tokens: self.max_tokens,
+            sampling,
+            stop_strings: self.stop.clone(),
+            stop_at_eos: !self.ignore_eos,
+        })
     }
 }
 
@@ -140,8 +145,10 @@ fn fetch_with_progress(model: &fetch::KnownModel) -> Result<PathBuf> {
                 bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
                 bar.set_length(total);
                 bar.set_style(
-                    ProgressStyle::with_template("extracting + verifying {bar:40} {bytes}/{total_bytes} {bytes_per_sec}")
-                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                    ProgressStyle::with_template(
+                        "extracting + verifying {bar:40} {bytes}/{total_bytes} {bytes_per_sec}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
                 );
             }
             bar.set_position(done);
@@ -270,7 +277,8 @@ pub fn chat(args: ChatArgs) -> Result<()> {
         messages.push(ChatMessage::new("user", line));
         let ids = model.encode_chat(&messages)?;
         let mut out = std::io::stdout().lock();
-        let g = model.generate(&ids, &opts, &mut |piece| out.write_all(piece.as_bytes()).and_then(|_| out.flush()).is_ok())?;
+        let g = model
+            .generate(&ids, &opts, &mut |piece| out.write_all(piece.as_bytes()).and_then(|_| out.flush()).is_ok())?;
         let _ = writeln!(out);
         messages.push(ChatMessage::new("assistant", g.text.trim().to_string()));
     }
@@ -289,7 +297,14 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     let mut total = 0;
     for (name, t) in file.iter() {
         total += t.nbytes();
-        writeln!(out, "  {:<40} {:>6}  {:<18} {:>12}", name, t.dtype().to_string(), format!("{:?}", t.shape()), t.nbytes())?;
+        writeln!(
+            out,
+            "  {:<40} {:>6}  {:<18} {:>12}",
+            name,
+            t.dtype().to_string(),
+            format!("{:?}", t.shape()),
+            t.nbytes()
+        )?;
     }
     writeln!(out, "\n  total {} in {} tensors", mllm::context::memory::human_bytes(total), file.len())?;
     Ok(())

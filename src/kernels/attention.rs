@@ -97,7 +97,10 @@ mod tests {
                 let qo = (i * s.n_heads + h) * d;
                 let n = s.start_pos + i + 1;
                 let sc: Vec<f64> = (0..n)
-                    .map(|p| (0..d).map(|j| q[qo + j] as f64 * k[p * kvs + kvh * d + j] as f64).sum::<f64>() / (d as f64).sqrt())
+                    .map(|p| {
+                        (0..d).map(|j| q[qo + j] as f64 * k[p * kvs + kvh * d + j] as f64).sum::<f64>()
+                            / (d as f64).sqrt()
+                    })
                     .collect();
                 let m = sc.iter().cloned().fold(f64::MIN, f64::max);
                 let z: f64 = sc.iter().map(|x| (x - m).exp()).sum();
@@ -115,7 +118,9 @@ mod tests {
     #[test]
     fn matches_definition_with_gqa_and_offsets() {
         let mut r = rand::rngs::StdRng::seed_from_u64(9);
-        for &(nq, nh, nkv, d, start) in &[(1, 1, 1, 4, 0), (5, 9, 3, 64, 0), (1, 9, 3, 64, 17), (3, 4, 2, 12, 6), (40, 6, 3, 8, 2)] {
+        for &(nq, nh, nkv, d, start) in
+            &[(1, 1, 1, 4, 0), (5, 9, 3, 64, 0), (1, 9, 3, 64, 17), (3, 4, 2, 12, 6), (40, 6, 3, 8, 2)]
+        {
             let s = AttentionShape { n_queries: nq, n_heads: nh, n_kv_heads: nkv, head_dim: d, start_pos: start };
             let q: Vec<f32> = (0..nq * nh * d).map(|_| r.random_range(-2.0..2.0)).collect();
             let kv_len = start + nq + 3; // rows past the causal window must be ignored

@@ -3,5 +3,11 @@
 //! current rayon pool, which is the context's pool whenever they are called by ops.
 
 pub mod attention;
+pub mod elementwise;
 pub mod matmul;
+pub mod norm;
 pub mod quant;
+pub mod reduce;
+pub mod rope;
+pub mod rows;
+pub mod softmax;

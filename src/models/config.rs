@@ -85,7 +85,9 @@ impl LlamaConfig {
             None => head_dim,
         };
         if rope_dims > head_dim || rope_dims % 2 != 0 {
-            return Err(Error::invalid(format!("model metadata: rope dims {rope_dims} do not fit head dim {head_dim}")));
+            return Err(Error::invalid(format!(
+                "model metadata: rope dims {rope_dims} do not fit head dim {head_dim}"
+            )));
         }
         let cfg = LlamaConfig {
             vocab_size,

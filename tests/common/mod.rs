@@ -24,7 +24,8 @@ pub fn model() -> &'static TextModel {
 
 /// The reference data produced by HF transformers (see tests/fixtures/README.md).
 pub fn reference() -> serde_json::Value {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/smollm2-q41-transformers.json"))
-        .expect("reading the reference fixture");
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/smollm2-q41-transformers.json"))
+            .expect("reading the reference fixture");
     serde_json::from_str(&text).expect("parsing the reference fixture")
 }
