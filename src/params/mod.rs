@@ -1,6 +1,9 @@
 //! Parameter files: named tensors in memory, read from safetensors / GGUF / `.mllm`
 //! files (by mmap) and written back. Knows tensors, not modules.
 
+pub mod gguf;
+mod meta;
+
 use std::collections::BTreeMap;
 
 use indexmap::IndexMap;
