@@ -1,6 +1,8 @@
 //! Parameter files: named tensors in memory, read from safetensors / GGUF / `.mllm`
 //! files (by mmap) and written back. Knows tensors, not modules.
 
+pub mod gguf;
+mod meta;
 mod safetensors;
 
 use std::collections::BTreeMap;
@@ -135,8 +137,7 @@ impl ParameterFile {
         let head = read_head(path)?;
         match detect_format(&head) {
             Some(FileFormat::Safetensors) => ParameterFile::open_safetensors(path),
-            // GGUF: plug in `gguf::read(path)` (src/params/gguf.rs) here.
-            Some(FileFormat::Gguf) => Err(Error::format(path.display().to_string(), "GGUF is not supported yet")),
+            Some(FileFormat::Gguf) => gguf::read(path),
             None => {
                 let hex: Vec<String> = head.iter().map(|b| format!("{b:02x}")).collect();
                 Err(Error::format(
