@@ -14,9 +14,11 @@ use serde_json::Value;
 
 /// Largest allowed |ours - reference| for a top-10 logit. The reference dequantises the
 /// same Q4_1/Q8_0 blocks to f32 and computes in f32 (PyTorch); we compute the same sums
-/// in another order. Measured worst case here is recorded in the closing note of the
-/// test run (printed); f32 rounding through 30 layers stays well inside 0.05.
-const LOGIT_TOL: f32 = 0.05;
+/// in another order. Measured worst case over all 4 x 32 x 10 logits: 3e-5 (logits are
+/// 12..35 in size, so that is f32 rounding through 30 layers); the bound leaves ~60x
+/// room while still catching any real error (a wrong RoPE pair or norm moves logits by
+/// whole units). The smallest reference margin is 0.013, so top-1 is stable too.
+const LOGIT_TOL: f32 = 2e-3;
 
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
