@@ -22,6 +22,7 @@ pub struct ModelArgs {
 }
 
 #[derive(Args, Clone)]
+#[command(allow_negative_numbers = true)]
 pub struct SamplingArgs {
     /// Most tokens to generate per prompt
     #[arg(long, short = 'n', default_value_t = 128)]
@@ -50,6 +51,9 @@ pub struct SamplingArgs {
     /// Keep generating past the end-of-sequence token
     #[arg(long)]
     ignore_eos: bool,
+    /// Context size in tokens (prompt + generated); default: the model's
+    #[arg(long)]
+    ctx: Option<usize>,
 }
 
 impl SamplingArgs {
@@ -67,11 +71,15 @@ impl SamplingArgs {
             ..SamplingParams::default()
         };
         sampling.validate()?;
+        if self.ctx == Some(0) {
+            bail!("--ctx must be at least 1");
+        }
         Ok(GenerateOptions {
             max_tokens: self.max_tokens,
             sampling,
             stop_strings: self.stop.clone(),
             stop_at_eos: !self.ignore_eos,
+            context_limit: self.ctx,
         })
     }
 }
@@ -177,7 +185,7 @@ fn resolve_model(arg: &Option<String>) -> Result<PathBuf> {
     }
 }
 
-fn load(args: &ModelArgs) -> Result<TextModel> {
+pub fn load(args: &ModelArgs) -> Result<TextModel> {
     init_threads(args.threads)?;
     let path = resolve_model(&args.model)?;
     let m = TextModel::load(&path).with_context(|| format!("cannot load model {}", path.display()))?;

@@ -1,6 +1,7 @@
 //! The `mllm` command: run, chat with, inspect and fetch small language models.
 //! Generated text goes to stdout; progress, timings and errors go to stderr.
 
+mod bench;
 mod commands;
 
 use clap::{Parser, Subcommand};
@@ -11,7 +12,8 @@ use clap::{Parser, Subcommand};
     mllm run --prompt \"The capital of France is\"      # default model, fetched on first use\n  \
     mllm run --chat --prompt \"What is 2+2?\" --max-tokens 64\n  \
     mllm chat\n  \
-    mllm inspect ~/.cache/mllm/SmolLM2-135M-Instruct.Q4_1.gguf\n\n\
+    mllm inspect ~/.cache/mllm/SmolLM2-135M-Instruct.Q4_1.gguf\n  \
+    mllm bench -p 128,512 -n 128 -t 2\n\n\
 Environment: MLLM_NUM_THREADS (threads), MLLM_CACHE (model cache dir), MLLM_TRACE (trace file)")]
 struct Cli {
     #[command(subcommand)]
@@ -28,6 +30,8 @@ enum Command {
     Inspect(commands::InspectArgs),
     /// Fetch a known model into the cache (default: smollm2)
     Pull(commands::PullArgs),
+    /// Measure prompt processing and generation speed (like llama-bench)
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -37,9 +41,10 @@ fn main() {
         Command::Chat(a) => commands::chat(a),
         Command::Inspect(a) => commands::inspect(a),
         Command::Pull(a) => commands::pull(a),
+        Command::Bench(a) => bench::bench(a),
     };
     if let Err(e) = result {
-        eprintln!("error: {e}");
+        eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }

