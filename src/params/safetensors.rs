@@ -129,6 +129,26 @@ impl ParameterFile {
         Ok(params)
     }
 
+    /// Parse a safetensors file held in memory, copying each tensor (for data that did
+    /// not come from a file, and for fuzzing). Same checks and errors as
+    /// [`open_safetensors`](Self::open_safetensors).
+    pub fn safetensors_from_bytes(bytes: &[u8]) -> Result<ParameterFile> {
+        let bad = |msg: String| Error::format("<memory>", msg);
+        if bytes.len() < 8 {
+            return Err(bad(format!("{} bytes, too short for a safetensors header", bytes.len())));
+        }
+        let layout = parse(bytes).map_err(bad)?;
+        let mut params = ParameterFile::create();
+        for (key, value) in layout.metadata {
+            params.set_metadata(key, MetaValue::Str(value));
+        }
+        for t in layout.tensors {
+            let data = &bytes[layout.data_start + t.start..layout.data_start + t.end];
+            params.push(t.name, Tensor::from_bytes(data, t.dtype, &t.dims, MemType::ParamsNormal)?)?;
+        }
+        Ok(params)
+    }
+
     /// Write all tensors and string metadata as a safetensors file.
     ///
     /// Only F32, F16, BF16, I32 and U8 tensors can be saved (a quantised tensor is an
