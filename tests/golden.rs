@@ -82,3 +82,53 @@ fn logits_and_greedy_continuations_match_reference() {
     }
     eprintln!("worst top-10 logit difference from the reference: {worst:.5}");
 }
+
+#[test]
+fn tokenizer_round_trips_arbitrary_utf8() {
+    use rand::{Rng, SeedableRng};
+    let m = common::model();
+    let mut r = rand::rngs::StdRng::seed_from_u64(42);
+    // Every character whose UTF-8 bytes have tokens. SmolLM2's vocabulary has no token
+    // for the bytes 0x04, 0x06, 0x13, 0x14, 0x16, 0x1d, 0xf1 and 0xf2 (so not for
+    // U+40000..U+BFFFF either): see `uncovered_bytes_become_the_unknown_token`.
+    let ranges: [(u32, u32); 8] = [
+        (0x07, 0x12),       // control characters the vocabulary covers, incl. \t \n \r
+        (0x20, 0x7f),       // ASCII
+        (0xa0, 0x24f),      // Latin
+        (0x300, 0x36f),     // combining marks
+        (0x370, 0x3ff),     // Greek
+        (0x4e00, 0x9fff),   // CJK
+        (0x1f300, 0x1faff), // emoji
+        (0xc0000, 0x10ffff),
+    ];
+    for case in 0..300 {
+        let len = r.random_range(0..40);
+        let s: String = (0..len)
+            .filter_map(|_| {
+                let (lo, hi) = ranges[r.random_range(0..ranges.len())];
+                char::from_u32(r.random_range(lo..=hi))
+            })
+            .collect();
+        let ids = m.tokenizer.encode(&s).unwrap();
+        assert_eq!(m.tokenizer.decode(&ids).unwrap(), s, "case {case}: {s:?} -> {ids:?}");
+        // Streaming decode, one id at a time, gives the same text.
+        let mut stream = m.tokenizer.stream();
+        let mut text = String::new();
+        for &id in &ids {
+            if let Some(piece) = stream.push(id).unwrap() {
+                text.push_str(&piece);
+            }
+        }
+        text.push_str(&stream.finish().unwrap());
+        assert_eq!(text, s, "case {case}: streaming decode");
+    }
+}
+
+#[test]
+fn uncovered_bytes_become_the_unknown_token() {
+    let m = common::model();
+    let unk = 0; // tokenizer.ggml.unknown_token_id
+    let ids = m.tokenizer.encode("a\u{4}b").unwrap();
+    assert!(ids.contains(&unk), "byte 0x04 has no token: it must show as <unk>, not vanish: {ids:?}");
+    assert_eq!(m.tokenizer.decode(&ids).unwrap(), "a<|endoftext|>b");
+}

@@ -180,3 +180,21 @@ fn a_failed_fetch_leaves_nothing_a_later_run_would_trust() {
     let left: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "nothing may stay in the cache: {left:?}");
 }
+
+#[test]
+fn interactive_chat_keeps_the_conversation() {
+    use std::io::Write;
+    let mut child = mllm()
+        .args(["chat", "-m", model(), "-n", "16"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"What is 2+2?\nAnd what is 3+3?\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert_eq!(s.lines().filter(|l| !l.trim().is_empty()).count() >= 2, true, "two answers: {s:?}");
+    assert!(s.contains('4') && s.contains('6'), "answers to both turns: {s:?}");
+}

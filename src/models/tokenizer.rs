@@ -106,10 +106,14 @@ impl Tokenizer {
                     .ok_or_else(|| Error::invalid(format!("tokenizer: merge '{s}' is not two tokens")))
             })
             .collect::<Result<_>>()?;
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(|e| Error::invalid(format!("tokenizer: cannot build BPE: {e}")))?;
+        // Some vocabularies lack a few byte tokens (SmolLM2 has no token for the bytes
+        // 0x04, 0x06, 0x13, 0x14, 0x16, 0x1d, 0xf1, 0xf2): such bytes become the unknown
+        // token, when the file names one, instead of vanishing silently.
+        let mut builder = BPE::builder().vocab_and_merges(vocab, merges);
+        if let Some(unk) = meta_id(m, "tokenizer.ggml.unknown_token_id", tokens.len())? {
+            builder = builder.unk_token(tokens[unk as usize].clone());
+        }
+        let bpe = builder.build().map_err(|e| Error::invalid(format!("tokenizer: cannot build BPE: {e}")))?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
         let pre = match m.get("tokenizer.ggml.pre") {
             // SmolLM and StarCoder split digits one by one before the GPT-2 regex.
