@@ -29,28 +29,22 @@ pub(crate) fn get<'a>(m: &'a BTreeMap<String, MetaValue>, key: &str) -> Result<&
 }
 
 pub(crate) fn get_usize(m: &BTreeMap<String, MetaValue>, key: &str) -> Result<usize> {
-    match *get(m, key)? {
-        MetaValue::UInt(u) => usize::try_from(u).ok(),
-        MetaValue::Int(i) => usize::try_from(i).ok(),
-        _ => None,
-    }
-    .ok_or_else(|| Error::invalid(format!("model metadata: '{key}' is not a non-negative integer")))
+    let v = get(m, key)?;
+    v.as_u64()
+        .and_then(|u| usize::try_from(u).ok())
+        .ok_or_else(|| Error::invalid(format!("model metadata: '{key}' is a {}, not a size", v.type_name())))
 }
 
 pub(crate) fn get_f32(m: &BTreeMap<String, MetaValue>, key: &str) -> Result<f32> {
-    match *get(m, key)? {
-        MetaValue::Float(f) => Ok(f as f32),
-        MetaValue::UInt(u) => Ok(u as f32),
-        MetaValue::Int(i) => Ok(i as f32),
-        ref other => Err(Error::invalid(format!("model metadata: '{key}' is {other:?}, not a number"))),
-    }
+    let v = get(m, key)?;
+    v.as_f64()
+        .map(|f| f as f32)
+        .ok_or_else(|| Error::invalid(format!("model metadata: '{key}' is a {}, not a number", v.type_name())))
 }
 
 pub(crate) fn get_str<'a>(m: &'a BTreeMap<String, MetaValue>, key: &str) -> Result<&'a str> {
-    match get(m, key)? {
-        MetaValue::Str(s) => Ok(s),
-        other => Err(Error::invalid(format!("model metadata: '{key}' is {other:?}, not a string"))),
-    }
+    let v = get(m, key)?;
+    v.as_str().ok_or_else(|| Error::invalid(format!("model metadata: '{key}' is a {}, not a string", v.type_name())))
 }
 
 impl LlamaConfig {
@@ -114,5 +108,55 @@ impl LlamaConfig {
     /// Width of the key/value projections.
     pub fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn smollm_like() -> BTreeMap<String, MetaValue> {
+        let mut m = BTreeMap::new();
+        let mut put = |k: &str, v: MetaValue| {
+            m.insert(k.to_string(), v);
+        };
+        put("general.architecture", MetaValue::Str("llama".into()));
+        put("llama.embedding_length", MetaValue::UInt(576));
+        put("llama.attention.head_count", MetaValue::UInt(9));
+        put("llama.attention.head_count_kv", MetaValue::UInt(3));
+        put("llama.vocab_size", MetaValue::UInt(49152));
+        put("llama.feed_forward_length", MetaValue::UInt(1536));
+        put("llama.block_count", MetaValue::UInt(30));
+        put("llama.rope.freq_base", MetaValue::Float(100000.0));
+        put("llama.attention.layer_norm_rms_epsilon", MetaValue::Float(1e-5));
+        put("llama.context_length", MetaValue::UInt(8192));
+        m
+    }
+
+    #[test]
+    fn reads_every_hyperparameter_from_metadata() {
+        let c = LlamaConfig::from_gguf_metadata(&smollm_like()).unwrap();
+        assert_eq!((c.hidden, c.n_heads, c.n_kv_heads, c.head_dim, c.kv_dim()), (576, 9, 3, 64, 192));
+        assert_eq!(
+            (c.n_layers, c.ffn_hidden, c.vocab_size, c.context_length, c.rope_dims),
+            (30, 1536, 49152, 8192, 64)
+        );
+        assert_eq!((c.rope_theta, c.rms_eps), (100000.0, 1e-5));
+    }
+
+    #[test]
+    fn bad_metadata_is_named() {
+        let mut m = smollm_like();
+        m.remove("llama.block_count");
+        assert!(LlamaConfig::from_gguf_metadata(&m).unwrap_err().to_string().contains("llama.block_count"));
+        let mut m = smollm_like();
+        m.insert("llama.attention.head_count_kv".into(), MetaValue::UInt(4));
+        assert!(LlamaConfig::from_gguf_metadata(&m).unwrap_err().to_string().contains("kv heads"));
+        let mut m = smollm_like();
+        m.insert("llama.embedding_length".into(), MetaValue::Str("big".into()));
+        assert!(LlamaConfig::from_gguf_metadata(&m).unwrap_err().to_string().contains("not a size"));
+        let mut m = smollm_like();
+        m.insert("general.architecture".into(), MetaValue::Str("mamba".into()));
+        assert!(LlamaConfig::from_gguf_metadata(&m).unwrap_err().to_string().contains("mamba"));
     }
 }

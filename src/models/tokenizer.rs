@@ -49,31 +49,16 @@ fn meta<'a>(m: &'a BTreeMap<String, MetaValue>, key: &str) -> Result<&'a MetaVal
 }
 
 fn meta_strings(m: &BTreeMap<String, MetaValue>, key: &str) -> Result<Vec<String>> {
-    match meta(m, key)? {
-        MetaValue::Array(items) => items
-            .iter()
-            .map(|v| match v {
-                MetaValue::Str(s) => Ok(s.clone()),
-                other => Err(Error::invalid(format!("tokenizer: '{key}' holds {other:?}, expected strings"))),
-            })
-            .collect(),
-        other => Err(Error::invalid(format!("tokenizer: '{key}' is {other:?}, expected an array of strings"))),
-    }
-}
-
-fn meta_int(v: &MetaValue) -> Option<i64> {
-    match *v {
-        MetaValue::Int(i) => Some(i),
-        MetaValue::UInt(u) => i64::try_from(u).ok(),
-        _ => None,
-    }
+    let bad = || Error::invalid(format!("tokenizer: '{key}' is not an array of strings"));
+    let items = meta(m, key)?.as_array().ok_or_else(bad)?;
+    items.iter().map(|v| v.as_str().map(str::to_string).ok_or_else(bad)).collect()
 }
 
 fn meta_id(m: &BTreeMap<String, MetaValue>, key: &str, vocab: usize) -> Result<Option<u32>> {
     match m.get(key) {
         None => Ok(None),
-        Some(v) => match meta_int(v) {
-            Some(i) if i >= 0 && (i as usize) < vocab => Ok(Some(i as u32)),
+        Some(v) => match v.as_u64() {
+            Some(i) if (i as usize) < vocab => Ok(Some(i as u32)),
             _ => Err(Error::invalid(format!("tokenizer: '{key}' = {v:?} is not a token id below {vocab}"))),
         },
     }
@@ -93,7 +78,7 @@ impl Tokenizer {
         let tokens = meta_strings(m, "tokenizer.ggml.tokens")?;
         let merges = meta_strings(m, "tokenizer.ggml.merges")?;
         let types: Vec<i64> = match m.get("tokenizer.ggml.token_type") {
-            Some(MetaValue::Array(items)) => items.iter().map(|v| meta_int(v).unwrap_or(1)).collect(),
+            Some(MetaValue::Array(items)) => items.iter().map(|v| v.as_i64().unwrap_or(1)).collect(),
             _ => vec![1; tokens.len()],
         };
         let vocab: tokenizers::models::bpe::Vocab =
