@@ -266,7 +266,11 @@ fn natural_alignment(dtype: DType) -> usize {
     }
 }
 
-fn build(info: MllmInfo, label: &str, mut tensor: impl FnMut(&MllmTensorInfo) -> Result<Tensor>) -> Result<ParameterFile> {
+fn build(
+    info: MllmInfo,
+    label: &str,
+    mut tensor: impl FnMut(&MllmTensorInfo) -> Result<Tensor>,
+) -> Result<ParameterFile> {
     let mut params = ParameterFile::create();
     if !info.model_name.is_empty() {
         params.set_metadata(MODEL_NAME_KEY, MetaValue::Str(info.model_name));
@@ -433,7 +437,8 @@ fn parse_v2(b: &[u8]) -> Parsed<MllmInfo> {
         let mut dims = Vec::with_capacity(shape_len as usize);
         for j in 0..shape_len as usize {
             let dim = le_i32(d, 32 + 4 * j).unwrap_or_default();
-            let dim = usize::try_from(dim).map_err(|_| format!("tensor '{name}': dimension {j} is negative ({dim})"))?;
+            let dim =
+                usize::try_from(dim).map_err(|_| format!("tensor '{name}': dimension {j} is negative ({dim})"))?;
             dims.push(dim);
         }
         let dtype = dtype_of_id(&name, id, &id.to_string())?;
@@ -554,10 +559,13 @@ struct PlanV2<'a> {
 fn plan_v2<'a>(params: &'a ParameterFile, label: &str) -> Result<PlanV2<'a>> {
     let bad = |msg: String| Error::format(label, msg);
     let n = params.tensors.len();
-    let num_params = u32::try_from(n).map_err(|_| bad(format!("{n} tensors; the format holds at most {}", u32::MAX)))?;
+    let num_params =
+        u32::try_from(n).map_err(|_| bad(format!("{n} tensors; the format holds at most {}", u32::MAX)))?;
     let model_name = match params.metadata.get(MODEL_NAME_KEY) {
         Some(MetaValue::Str(s)) => s.as_str(),
-        Some(other) => return Err(bad(format!("metadata '{MODEL_NAME_KEY}' must be a string, not {}", other.type_name()))),
+        Some(other) => {
+            return Err(bad(format!("metadata '{MODEL_NAME_KEY}' must be a string, not {}", other.type_name())))
+        }
         None => "",
     };
     if model_name.len() >= V2_MODEL_NAME_LEN || model_name.contains('\0') {
@@ -603,9 +611,8 @@ fn plan_v2<'a>(params: &'a ParameterFile, label: &str) -> Result<PlanV2<'a>> {
             let d = i32::try_from(d).map_err(|_| who(format!("dimension {j} ({d}) does not fit the format's i32")))?;
             shape[4 * j..4 * j + 4].copy_from_slice(&d.to_le_bytes());
         }
-        let offset = cursor
-            .checked_next_multiple_of(WRITE_ALIGNMENT)
-            .ok_or_else(|| Error::Overflow("file size".into()))?;
+        let offset =
+            cursor.checked_next_multiple_of(WRITE_ALIGNMENT).ok_or_else(|| Error::Overflow("file size".into()))?;
         let nbytes = t.nbytes();
         cursor = offset.checked_add(nbytes).ok_or_else(|| Error::Overflow("file size".into()))?;
 
