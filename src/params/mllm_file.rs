@@ -60,7 +60,8 @@
 //! quantised ids are GGML's, with GGML's block layouts (MLLM's default build, 256-weight
 //! K-blocks). MLLM has no id for Q5_K (13 is unassigned), so a Q5_K tensor cannot be saved
 //! here. Every other id (int8, Q8_K, repacked Q4_0_4_4, bool, raw bytes, ...) is refused
-//! with its MLLM name.
+//! with its MLLM name. (MLLM's old version 1 converter tagged uint8 tensors 31, an id the
+//! current enum leaves unassigned; such tensors are refused rather than guessed at.)
 //!
 //! ## What the reader checks (MLLM's own loader trusts the file)
 //!
