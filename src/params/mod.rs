@@ -3,6 +3,7 @@
 
 pub mod gguf;
 mod meta;
+pub mod mllm_file;
 mod safetensors;
 
 use std::collections::BTreeMap;
@@ -92,6 +93,8 @@ pub enum FileFormat {
     Safetensors,
     /// Magic `GGUF`.
     Gguf,
+    /// MLLM's own `.mllm` files: i32 magic 20012 (version 1) or 0x519A (version 2).
+    Mllm,
 }
 
 /// How many leading bytes [`ParameterFile::open`] reads for [`detect_format`].
@@ -100,8 +103,16 @@ const FORMAT_PROBE_LEN: usize = 16;
 /// The format of a file starting with `head` (its first bytes; `open` passes up to 16),
 /// or `None` if no reader recognises it.
 pub fn detect_format(head: &[u8]) -> Option<FileFormat> {
+    let magic = head.get(..4).map(|m| i32::from_le_bytes([m[0], m[1], m[2], m[3]]));
+    let is_mllm = matches!(magic, Some(mllm_file::V1_MAGIC | mllm_file::V2_MAGIC));
+    // A safetensors header length below 4 GiB leaves bytes 4..8 zero, while a version 2
+    // `.mllm` file has its (non-zero) version there; so only a `.mllm` magic followed by
+    // zeros and `{` (a safetensors header of exactly 20012 or 0x519A bytes) is safetensors.
+    let version_field_zero = head.get(4..8).is_some_and(|v| v == [0; 4]);
     if head.starts_with(b"GGUF") {
         Some(FileFormat::Gguf)
+    } else if is_mllm && !(version_field_zero && head.get(8) == Some(&b'{')) {
+        Some(FileFormat::Mllm)
     } else if head.len() > 8 && head[8] == b'{' {
         Some(FileFormat::Safetensors)
     } else {
@@ -138,12 +149,13 @@ impl ParameterFile {
         match detect_format(&head) {
             Some(FileFormat::Safetensors) => ParameterFile::open_safetensors(path),
             Some(FileFormat::Gguf) => gguf::read(path),
+            Some(FileFormat::Mllm) => mllm_file::read(path),
             None => {
                 let hex: Vec<String> = head.iter().map(|b| format!("{b:02x}")).collect();
                 Err(Error::format(
                     path.display().to_string(),
                     format!(
-                        "unrecognised format (first {} bytes: {}); expected safetensors or GGUF",
+                        "unrecognised format (first {} bytes: {}); expected safetensors, GGUF or .mllm",
                         head.len(),
                         if hex.is_empty() { "none".to_string() } else { hex.join(" ") }
                     ),

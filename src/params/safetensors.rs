@@ -245,14 +245,15 @@ fn json_string(s: &str) -> String {
 }
 
 /// A file being written next to its destination; removed on drop unless committed.
-struct TempFile {
+/// Shared with the other writers in `params`.
+pub(super) struct TempFile {
     path: PathBuf,
-    file: File,
+    pub(super) file: File,
     committed: bool,
 }
 
 impl TempFile {
-    fn create(dest: &Path) -> Result<TempFile> {
+    pub(super) fn create(dest: &Path) -> Result<TempFile> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let name = dest
             .file_name()
@@ -266,7 +267,7 @@ impl TempFile {
         Ok(TempFile { path, file, committed: false })
     }
 
-    fn commit(mut self, dest: &Path) -> Result<()> {
+    pub(super) fn commit(mut self, dest: &Path) -> Result<()> {
         fs::rename(&self.path, dest)
             .map_err(|e| Error::io(format!("{}: cannot move {} into place", dest.display(), self.path.display()), e))?;
         self.committed = true;
