@@ -195,6 +195,6 @@ fn interactive_chat_keeps_the_conversation() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let s = text(&out.stdout);
-    assert_eq!(s.lines().filter(|l| !l.trim().is_empty()).count() >= 2, true, "two answers: {s:?}");
+    assert!(s.lines().filter(|l| !l.trim().is_empty()).count() >= 2, "two answers: {s:?}");
     assert!(s.contains('4') && s.contains('6'), "answers to both turns: {s:?}");
 }
