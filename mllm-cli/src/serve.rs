@@ -1,12 +1,13 @@
 //! `mllm serve`: an OpenAI-compatible HTTP server (axum on tokio). Each request is one
-//! sequence with its own KV cache, run as a task on the engine's shared pool; the async
-//! side only reads, checks, queues and streams, and never computes on its own threads.
+//! sequence with its own KV cache whose model passes run as tasks on the engine's shared
+//! pool; the async side only reads, checks, queues and streams, and never computes.
 
 mod request;
+mod sequence;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,7 +21,6 @@ use axum::routing::{get, post};
 use axum::Router;
 use clap::Args;
 use mllm::models::{FinishReason, GenerateOptions, Generation, TextModel};
-use mllm::task::Task;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -449,13 +449,18 @@ fn usage(g: &Generation) -> Value {
     })
 }
 
-/// Sets its flag when dropped: the handler of a non-streaming request is dropped when
-/// its client goes away, and the generation then stops at its next piece of text.
-struct CancelOnDrop(Arc<AtomicBool>);
+/// Logs a whole-answer request whose client left before the answer was ready.
+struct ClientGone {
+    endpoint: Endpoint,
+    id: Arc<str>,
+    armed: bool,
+}
 
-impl Drop for CancelOnDrop {
+impl Drop for ClientGone {
     fn drop(&mut self) {
-        self.0.store(true, Relaxed);
+        if self.armed && !std::thread::panicking() {
+            eprintln!("--- {} {}: client went away", path_of(self.endpoint), self.id);
+        }
     }
 }
 
@@ -473,17 +478,14 @@ fn log_done(job: &Job, id: &str, g: &Generation, queued: Duration, first: Option
 }
 
 async fn whole_answer(s: Shared, mut seat: Seat, job: Job, chunks: Chunks, t0: Instant) -> Result<Response, ApiError> {
+    // If the client goes away, this future is dropped and generation stops between steps.
+    let mut gone = ClientGone { endpoint: job.endpoint, id: chunks.id.clone(), armed: true };
     seat.take_slot().await;
     let queued = t0.elapsed();
-    let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
-    let flag = cancel.0.clone();
-    let (model, ids, opts) = (s.model.clone(), job.ids.clone(), job.opts.clone());
-    let task = Task::lazy(chunks.id.to_string(), move || {
-        let _seat = seat;
-        model.generate(&ids, &opts, &mut |_| !flag.load(Relaxed))
-    });
-    let g = task.await.map_err(|e| server_error(format!("generation failed: {e}")))?;
-    drop(cancel);
+    let result = sequence::generate(&s.model, &chunks.id, &job.ids, &job.opts, &mut |_| true, &|| false).await;
+    gone.armed = false;
+    let g = result.map_err(|e| server_error(format!("generation failed: {e}")))?;
+    drop(seat);
     log_done(&job, &chunks.id, &g, queued, None, t0);
     let reason = finish_reason(g.finish);
     let body = match job.endpoint {
@@ -581,20 +583,17 @@ fn stream_answer(s: Shared, mut seat: Seat, job: Job, chunks: Chunks, t0: Instan
             _ = tx.closed() => return,
         }
         let queued = t0.elapsed();
-        let (model, ids, opts) = (s.model.clone(), job.ids.clone(), job.opts.clone());
-        let (out, c) = (tx.clone(), chunks.clone());
-        let first = Arc::new(std::sync::OnceLock::new());
-        let first_text = first.clone();
-        let task = Task::lazy(chunks.id.to_string(), move || {
-            let _seat = seat;
-            // Sending fails once the client has gone (the receiver is dropped with
-            // the response body): that stops generation and frees the KV cache.
-            model.generate(&ids, &opts, &mut |piece| {
-                first_text.get_or_init(|| t0.elapsed());
-                out.send(c.text(piece)).is_ok()
-            })
-        });
-        match task.await {
+        let mut first = None;
+        // Sending fails once the client has gone (the receiver is dropped with the
+        // response body): that stops generation and frees the KV cache.
+        let mut on_text = |piece: &str| {
+            first.get_or_insert_with(|| t0.elapsed());
+            tx.send(chunks.text(piece)).is_ok()
+        };
+        let gone = || tx.is_closed();
+        let result = sequence::generate(&s.model, &chunks.id, &job.ids, &job.opts, &mut on_text, &gone).await;
+        drop(seat);
+        match result {
             Ok(g) if g.finish == FinishReason::Cancelled => {
                 eprintln!(
                     "--- {} {}: client went away after {} tokens",
@@ -609,7 +608,7 @@ fn stream_answer(s: Shared, mut seat: Seat, job: Job, chunks: Chunks, t0: Instan
                     let _ = tx.send(chunks.event(json!([]), usage(&g)));
                 }
                 let _ = tx.send(Event::default().data("[DONE]"));
-                log_done(&job, &chunks.id, &g, queued, first.get().copied(), t0);
+                log_done(&job, &chunks.id, &g, queued, first, t0);
             }
             Err(e) => {
                 let err = server_error(format!("generation failed: {e}"));

@@ -3,7 +3,8 @@
 //! whose greedy answers must equal the single-request ones, the full queue's 503 and a
 //! client leaving mid-stream. Needs the real model (fetched once by `mllm pull`).
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Mutex, MutexGuard, OnceLock};
@@ -12,6 +13,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 const MAX_TOKENS: usize = 6;
+/// Answers of the load test are shorter still: 32 of them run on two cores.
+const LOAD_MAX_TOKENS: usize = 4;
 
 fn model() -> &'static str {
     static PATH: OnceLock<String> = OnceLock::new();
@@ -394,14 +397,24 @@ fn concurrent_greedy_answers_equal_single_answers() {
     let comp = server.url("/v1/completions");
     // Short prompts: prompt processing is still slow.
     let prompts = ["The capital of France is", "My favourite colour is", "One, two, three,", "Water boils at"];
-    let single: Vec<Answer> = prompts.iter().map(|p| whole(&comp, &completion_request(p, MAX_TOKENS, false))).collect();
+    let single: Vec<Answer> =
+        prompts.iter().map(|p| whole(&comp, &completion_request(p, LOAD_MAX_TOKENS, false))).collect();
     for (p, a) in prompts.iter().zip(&single) {
         eprintln!("{p:?} -> {a:?}");
     }
-    assert_eq!(streamed(&comp, &completion_request(prompts[0], MAX_TOKENS, true)), single[0]);
+    assert_eq!(streamed(&comp, &completion_request(prompts[0], LOAD_MAX_TOKENS, true)), single[0]);
+    // The server's step-by-step generation gives what `mllm run` gives.
+    let n = LOAD_MAX_TOKENS.to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_mllm"))
+        .args(["run", "--model", model(), "--prompt", prompts[0], "--max-tokens", &n, "--temperature", "0"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running mllm run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{}\n", single[0].text), "mllm run vs serve");
     let distinct: std::collections::HashSet<&str> = single.iter().map(|a| a.text.as_str()).collect();
     assert!(distinct.len() == prompts.len(), "the prompts should give different answers: {single:?}");
-    let chat_single = whole_chat(&chat, "Name a colour.", MAX_TOKENS);
+    let chat_single = whole_chat(&chat, "Name a colour.", LOAD_MAX_TOKENS);
 
     const CLIENTS: usize = 32;
     let t0 = Instant::now();
@@ -414,10 +427,10 @@ fn concurrent_greedy_answers_equal_single_answers() {
                     let stream = (c / (prompts.len() + 1)) % 2 == 1;
                     let a = match i {
                         // Every fifth client asks the chat endpoint.
-                        4 if stream => streamed(chat, &chat_request("Name a colour.", MAX_TOKENS, true)),
-                        4 => whole_chat(chat, "Name a colour.", MAX_TOKENS),
-                        _ if stream => streamed(comp, &completion_request(prompts[i], MAX_TOKENS, true)),
-                        _ => whole(comp, &completion_request(prompts[i], MAX_TOKENS, false)),
+                        4 if stream => streamed(chat, &chat_request("Name a colour.", LOAD_MAX_TOKENS, true)),
+                        4 => whole_chat(chat, "Name a colour.", LOAD_MAX_TOKENS),
+                        _ if stream => streamed(comp, &completion_request(prompts[i], LOAD_MAX_TOKENS, true)),
+                        _ => whole(comp, &completion_request(prompts[i], LOAD_MAX_TOKENS, false)),
                     };
                     (i, a)
                 })
@@ -470,7 +483,8 @@ fn wait_for_health(server: &Server, what: &str, ok: impl Fn(&Value) -> bool) {
 }
 
 /// With one slot and one queue place, a third request is refused at once with 503;
-/// a client leaving mid-stream stops its generation, so the waiting one gets the slot.
+/// a client leaving mid-stream stops its generation, so the waiting one gets the slot;
+/// so does a client hanging up before its whole answer is ready.
 #[test]
 fn a_full_queue_answers_503_and_a_client_leaving_frees_its_slot() {
     let _one = one_at_a_time();
@@ -509,6 +523,19 @@ fn a_full_queue_answers_503_and_a_client_leaving_frees_its_slot() {
     assert!(waited < Duration::from_secs(40), "the waiting request started after {waited:?}");
     drop(second);
     wait_for_health(&server, "all slots free", |h| h["running"] == 0 && h["waiting"] == 0);
+
+    // A client of a whole (non-streamed) answer that hangs up stops its generation too.
+    let body = completion_request("Once upon a time", 300, false).to_string();
+    let mut conn = TcpStream::connect(server.base.trim_start_matches("http://")).expect("connecting");
+    write!(
+        conn,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("sending");
+    wait_for_health(&server, "the raw request running", |h| h["running"] == 1);
+    drop(conn);
+    wait_for_health(&server, "the hung-up request stopped", |h| h["running"] == 0 && h["waiting"] == 0);
 
     // And the server still answers.
     let a = whole_chat(&url, "Say hello.", 2);
