@@ -3,8 +3,9 @@
 
 For each concurrency level, that many clients each send --requests streamed chat
 requests back to back; the script reports aggregate generated tokens/s (all completion
-tokens / wall time), p50/p95 time to first token (request sent -> first non-empty
-piece of text) and the mean per-request decode rate.
+tokens / wall time; the prompt tokens processed are listed too), p50/p95 time to
+first token (request sent -> first non-empty piece of text) and the mean
+per-request decode rate after the first token.
 
     mllm serve --port 8080 --max-concurrent 16 &
     python3 scripts/bench-serve.py --port 8080 --clients 1,4,16 --requests 2 --max-tokens 16
@@ -38,10 +39,12 @@ def percentile(xs, q):
 
 
 def one_request(host, port, prompt, max_tokens, timeout):
-    """Send one streamed chat request; return (ttft_s, total_s, completion_tokens)."""
+    """Send one streamed chat request; return (ttft_s, total_s, completion_tokens, prompt_tokens)."""
     body = json.dumps({
         "model": "bench",
-        "messages": [{"role": "user", "content": prompt}],
+        # A short system prompt (the model's default one is long; prompts cost as much
+        # per token as generation with today's kernels).
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": prompt}],
         "max_tokens": max_tokens,
         "temperature": 0,
         "stream": True,
@@ -49,7 +52,7 @@ def one_request(host, port, prompt, max_tokens, timeout):
     })
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     t0 = time.perf_counter()
-    ttft, tokens = None, None
+    ttft, tokens, prompt_tokens = None, None, None
     try:
         conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
         resp = conn.getresponse()
@@ -65,6 +68,7 @@ def one_request(host, port, prompt, max_tokens, timeout):
             chunk = json.loads(data)
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
+                prompt_tokens = chunk["usage"]["prompt_tokens"]
             for c in chunk.get("choices", []):
                 if ttft is None and c.get("delta", {}).get("content"):
                     ttft = time.perf_counter() - t0
@@ -73,7 +77,7 @@ def one_request(host, port, prompt, max_tokens, timeout):
     total = time.perf_counter() - t0
     if tokens is None:
         raise RuntimeError("the stream had no usage chunk")
-    return (ttft if ttft is not None else total), total, tokens
+    return (ttft if ttft is not None else total), total, tokens, prompt_tokens
 
 
 def run_level(args, clients):
@@ -115,8 +119,10 @@ def main():
         sys.exit("--clients must be 1..256 and --requests 1..100")
 
     one_request(args.host, args.port, PROMPTS[0], 2, args.timeout)  # warm-up
-    print(f"| clients | requests | gen tokens | wall s | agg tok/s | TTFT p50 ms | TTFT p95 ms | per-req tok/s |")
-    print(f"| ------: | -------: | ---------: | -----: | --------: | ----------: | ----------: | ------------: |")
+    print("| clients | requests | prompt tokens | gen tokens | wall s | agg gen tok/s | TTFT p50 ms | TTFT p95 ms "
+          "| per-req gen tok/s |")
+    print("| ------: | -------: | ------------: | ---------: | -----: | ------------: | ----------: | ----------: "
+          "| ----------------: |")
     failed = False
     for n in levels:
         results, errors, wall = run_level(args, n)
@@ -127,12 +133,13 @@ def main():
             continue
         ttfts = [r[0] * 1e3 for r in results]
         tokens = sum(r[2] for r in results)
+        prompt_tokens = sum(r[3] for r in results)
         # Decode rate of each request after its first token.
         rates = [(r[2] - 1) / (r[1] - r[0]) for r in results if r[2] > 1 and r[1] > r[0]]
         print(
-            f"| {n:7d} | {len(results):8d} | {tokens:10d} | {wall:6.1f} | {tokens / wall:9.1f} "
+            f"| {n:7d} | {len(results):8d} | {prompt_tokens:13d} | {tokens:10d} | {wall:6.1f} | {tokens / wall:13.1f} "
             f"| {percentile(ttfts, 0.5):11.0f} | {percentile(ttfts, 0.95):11.0f} "
-            f"| {statistics.mean(rates) if rates else float('nan'):13.1f} |",
+            f"| {statistics.mean(rates) if rates else float('nan'):17.1f} |",
             flush=True,
         )
     sys.exit(1 if failed else 0)

@@ -30,6 +30,12 @@ use crate::commands::{self, ModelArgs};
 use request::{ApiError, Endpoint, Prompt, Request};
 
 #[derive(Args)]
+#[command(
+    after_help = "Endpoints: POST /v1/chat/completions, POST /v1/completions (both with \"stream\": true for server-sent events), GET /v1/models, GET /health.\n\
+Request defaults follow the OpenAI API (temperature 1, top_p 1; chat answers may fill the context, completions stop at 16 tokens); extensions: top_k, min_p, repetition_penalty.\n\
+Example: mllm serve --port 8080 & curl localhost:8080/v1/chat/completions \
+-d '{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":16}'"
+)]
 pub struct ServeArgs {
     #[command(flatten)]
     model: ModelArgs,
@@ -39,7 +45,7 @@ pub struct ServeArgs {
     /// Port to listen on (0: any free port; the address is printed on stderr)
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// Requests generating at the same time (each one a task on the shared pool)
+    /// Requests generating at the same time (their model passes take turns on the shared pool)
     #[arg(long, default_value_t = 4)]
     max_concurrent: usize,
     /// Requests that may wait for a turn; beyond this the server answers 503 at once
@@ -367,8 +373,8 @@ async fn prepare(s: &Shared, req: Request, endpoint: Endpoint) -> Result<Job, Ap
             format!("max_tokens is {m}, but this server's context holds {ctx} tokens (prompt included)"),
         ));
     }
+    let Request { prompt, max_tokens, sampling, stop, include_usage, .. } = req;
     let model = s.model.clone();
-    let prompt = req.prompt.clone();
     let ids = tokio::task::spawn_blocking(move || encode(&model, prompt, param))
         .await
         .map_err(|e| server_error(format!("tokenizing the prompt failed: {e}")))??;
@@ -384,7 +390,7 @@ async fn prepare(s: &Shared, req: Request, endpoint: Endpoint) -> Result<Job, Ap
         .with_code("context_length_exceeded"));
     }
     let room = ctx - n;
-    let max_tokens = match (req.max_tokens, endpoint) {
+    let max_tokens = match (max_tokens, endpoint) {
         (Some(m), _) if m > room => {
             return Err(ApiError::invalid(
                 Some("max_tokens"),
@@ -400,15 +406,10 @@ async fn prepare(s: &Shared, req: Request, endpoint: Endpoint) -> Result<Job, Ap
         (None, Endpoint::Chat) => room,
         (None, Endpoint::Completions) => COMPLETIONS_DEFAULT_MAX_TOKENS.min(room),
     };
-    req.sampling.validate().map_err(|e| ApiError::invalid(None, e.to_string()))?;
-    let opts = GenerateOptions {
-        max_tokens,
-        sampling: req.sampling,
-        stop_strings: req.stop,
-        stop_at_eos: true,
-        context_limit: Some(ctx),
-    };
-    Ok(Job { endpoint, ids, opts, include_usage: req.include_usage })
+    sampling.validate().map_err(|e| ApiError::invalid(None, e.to_string()))?;
+    let opts =
+        GenerateOptions { max_tokens, sampling, stop_strings: stop, stop_at_eos: true, context_limit: Some(ctx) };
+    Ok(Job { endpoint, ids, opts, include_usage })
 }
 
 fn encode(model: &TextModel, prompt: Prompt, param: &str) -> Result<Vec<u32>, ApiError> {
