@@ -21,6 +21,13 @@ pub struct ModelArgs {
     threads: Option<usize>,
 }
 
+impl ModelArgs {
+    /// The `--threads` value, for a command that builds the context itself (serve).
+    pub fn threads(&self) -> Option<usize> {
+        self.threads
+    }
+}
+
 #[derive(Args, Clone)]
 #[command(allow_negative_numbers = true)]
 pub struct SamplingArgs {

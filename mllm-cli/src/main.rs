@@ -3,6 +3,7 @@
 
 mod bench;
 mod commands;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -12,6 +13,7 @@ use clap::{Parser, Subcommand};
     mllm run --prompt \"The capital of France is\"      # default model, fetched on first use\n  \
     mllm run --chat --prompt \"What is 2+2?\" --max-tokens 64\n  \
     mllm chat\n  \
+    mllm serve --port 8080                          # OpenAI-compatible API on 127.0.0.1\n  \
     mllm inspect ~/.cache/mllm/SmolLM2-135M-Instruct.Q4_1.gguf\n  \
     mllm bench -p 128,512 -n 128 -t 2\n\n\
 Environment: MLLM_NUM_THREADS (threads), MLLM_CACHE (model cache dir), MLLM_TRACE (trace file)")]
@@ -30,6 +32,8 @@ enum Command {
     Inspect(commands::InspectArgs),
     /// Fetch a known model into the cache (default: smollm2)
     Pull(commands::PullArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API (chat, completions, streaming)
+    Serve(serve::ServeArgs),
     /// Measure prompt processing and generation speed (like llama-bench)
     Bench(bench::BenchArgs),
 }
@@ -41,6 +45,7 @@ fn main() {
         Command::Chat(a) => commands::chat(a),
         Command::Inspect(a) => commands::inspect(a),
         Command::Pull(a) => commands::pull(a),
+        Command::Serve(a) => serve::serve(a),
         Command::Bench(a) => bench::bench(a),
     };
     if let Err(e) = result {

@@ -141,12 +141,13 @@ pub fn generate(
     Ok(Generation { text, tokens, prompt_tokens: prompt.len(), finish, prefill_time, decode_time: t1.elapsed() })
 }
 
-fn find_stop(text: &str, stops: &[String]) -> Option<usize> {
+/// Byte offset of the earliest stop string in `text`, if any (empty ones never match).
+pub fn find_stop(text: &str, stops: &[String]) -> Option<usize> {
     stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min()
 }
 
 /// Bytes at the end of `text` that could be the start of a stop string.
-fn held_back(text: &str, stops: &[String]) -> usize {
+pub fn held_back(text: &str, stops: &[String]) -> usize {
     let mut hold = 0;
     for s in stops {
         for n in (1..s.len()).rev() {

@@ -1,0 +1,113 @@
+//! One request's generation driven from async code, one model pass per task: the prompt,
+//! then each new token is its own `Task` awaited on the engine pool. Sequences thus take
+//! turns token by token (no request holds a pool thread for its whole answer), and one
+//! whose future is dropped stops at once. Same algorithm and results as `generate`.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+
+use mllm::models::generate::{find_stop, held_back};
+use mllm::models::{FinishReason, GenerateOptions, Generation, KvCache, Sampler, TextModel};
+use mllm::task::Task;
+
+/// What a step task takes and gives back: the sequence's cache, sampler and history.
+struct State {
+    cache: KvCache,
+    sampler: Sampler,
+    history: Vec<u32>,
+}
+
+/// Generate after `prompt`, calling `on_text` with each final piece of text (held back
+/// while it could still become a stop string); `on_text` returning `false`, or
+/// `cancelled()` turning true between steps, ends generation as `Cancelled`.
+pub async fn generate(
+    model: &TextModel,
+    label: &str,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    on_text: &mut (dyn FnMut(&str) -> bool + Send),
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<Generation> {
+    if prompt.is_empty() {
+        bail!("the prompt is empty (no tokens)");
+    }
+    let trained = model.llama.config().context_length;
+    let ctx = opts.context_limit.unwrap_or(trained).min(trained);
+    if prompt.len() >= ctx {
+        bail!("the prompt has {} tokens; the context holds {ctx}, so nothing is left to generate", prompt.len());
+    }
+    let max_tokens = opts.max_tokens.min(ctx - prompt.len());
+    let mut state = Some(State {
+        cache: model.llama.new_cache(prompt.len() + max_tokens)?,
+        sampler: Sampler::new(opts.sampling.clone())?,
+        history: prompt.to_vec(),
+    });
+    let stop_ids = model.tokenizer.stop_ids();
+    let mut stream = model.tokenizer.stream();
+    let mut text = String::new();
+    let mut emitted = 0; // bytes of `text` already given to on_text
+    let mut tokens = Vec::new();
+    let mut finish = FinishReason::Length;
+    let mut input = prompt.to_vec();
+
+    let t0 = Instant::now();
+    let (mut prefill_time, mut t1) = (None, t0);
+    while tokens.len() < max_tokens {
+        if cancelled() {
+            finish = FinishReason::Cancelled;
+            break;
+        }
+        // One pass over `input` and the choice of the next token, on the pool.
+        let llama = model.llama.clone();
+        let mut st = state.take().expect("the state comes back after each step");
+        let step = Task::lazy(label.to_string(), move || {
+            let logits = llama.forward_tokens(&input, &mut st.cache)?;
+            let next = st.sampler.sample(logits.as_slice::<f32>()?, &st.history)?;
+            st.history.push(next);
+            Ok((st, next))
+        });
+        let (st, next) = step.await?;
+        state = Some(st);
+        if prefill_time.is_none() {
+            prefill_time = Some(t0.elapsed());
+            t1 = Instant::now();
+        }
+        tokens.push(next);
+        if opts.stop_at_eos && stop_ids.contains(&next) {
+            finish = FinishReason::Stop;
+            break;
+        }
+        if let Some(piece) = stream.push(next)? {
+            text.push_str(&piece);
+        }
+        if let Some(at) = find_stop(&text, &opts.stop_strings) {
+            text.truncate(at);
+            finish = FinishReason::Stop;
+            break;
+        }
+        let safe = text.len() - held_back(&text, &opts.stop_strings);
+        if safe > emitted {
+            if !on_text(&text[emitted..safe]) {
+                finish = FinishReason::Cancelled;
+                break;
+            }
+            emitted = safe;
+        }
+        input = vec![next];
+    }
+    if finish == FinishReason::Length {
+        text.push_str(&stream.finish()?);
+    }
+    if finish != FinishReason::Cancelled && text.len() > emitted {
+        on_text(&text[emitted..]);
+    }
+    Ok(Generation {
+        text,
+        tokens,
+        prompt_tokens: prompt.len(),
+        finish,
+        prefill_time: prefill_time.unwrap_or_default(),
+        decode_time: t1.elapsed(),
+    })
+}

@@ -1,0 +1,543 @@
+//! `mllm serve` seen from its clients, on loopback only: the official `openai` Python
+//! client (scripts/openai_client_test.py), raw HTTP for bad input, a bounded load test
+//! whose greedy answers must equal the single-request ones, the full queue's 503 and a
+//! client leaving mid-stream. Needs the real model (fetched once by `mllm pull`).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const MAX_TOKENS: usize = 6;
+/// Answers of the load test are shorter still: 32 of them run on two cores.
+const LOAD_MAX_TOKENS: usize = 4;
+
+fn model() -> &'static str {
+    static PATH: OnceLock<String> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let out = Command::new(env!("CARGO_BIN_EXE_mllm")).args(["pull", "smollm2"]).output().expect("running mllm");
+        assert!(out.status.success(), "mllm pull failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    })
+}
+
+/// One server at a time: the machine has two cores, and the timing of each test (the
+/// 503, the slots given back) should not depend on what the other tests are doing.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A running `mllm serve` on 127.0.0.1 with an ephemeral port, killed when dropped
+/// (also when a test fails).
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mllm"))
+            .args(["serve", "--model", model(), "--host", "127.0.0.1", "--port", "0", "--threads", "2"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting mllm serve");
+        // The server prints the address it listens on; everything it says is passed
+        // on to the test's output (shown when a test fails).
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[server] {line}");
+                if let Some(rest) = line.split(" on http://").nth(1) {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+                }
+            }
+        });
+        let mut server = Server { child, base: String::new() };
+        let addr = rx.recv_timeout(Duration::from_secs(60)).expect("the server did not report its address in 60 s");
+        assert!(addr.starts_with("127.0.0.1:"), "listening on {addr}");
+        server.base = format!("http://{addr}");
+        let t0 = Instant::now();
+        loop {
+            if let Ok(r) = agent().get(format!("{}/health", server.base)).call() {
+                if r.status() == 200 {
+                    break;
+                }
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "no /health answer in 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn health(&self) -> Value {
+        get_json(&self.url("/health")).1
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(150)))
+        .build()
+        .into()
+}
+
+fn post_raw(url: &str, body: impl ureq::AsSendBody) -> (u16, String, Option<String>) {
+    let r = agent().post(url).header("content-type", "application/json").send(body).expect("request failed");
+    let status = r.status().as_u16();
+    let ctype = r.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let mut text = String::new();
+    r.into_body().into_reader().read_to_string(&mut text).expect("reading the answer");
+    (status, text, ctype)
+}
+
+fn post_json(url: &str, body: &Value) -> (u16, Value) {
+    let (status, text, _) = post_raw(url, body.to_string());
+    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("answer is not JSON ({e}): {text}")))
+}
+
+fn get_json(url: &str) -> (u16, Value) {
+    let r = agent().get(url).call().expect("request failed");
+    let status = r.status().as_u16();
+    let mut text = String::new();
+    r.into_body().into_reader().read_to_string(&mut text).expect("reading the answer");
+    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("answer is not JSON ({e}): {text}")))
+}
+
+/// A greedy request with a short system prompt (the model's default one is long, and
+/// prompt processing is still slow).
+fn chat_request(prompt: &str, max_tokens: usize, stream: bool) -> Value {
+    json!({
+        "model": "smollm2",
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": stream,
+        "stream_options": if stream { json!({"include_usage": true}) } else { Value::Null },
+    })
+}
+
+fn completion_request(prompt: &str, max_tokens: usize, stream: bool) -> Value {
+    json!({
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": stream,
+        "stream_options": if stream { json!({"include_usage": true}) } else { Value::Null },
+    })
+}
+
+/// A complete, well-formed answer.
+#[derive(Debug, Clone, PartialEq)]
+struct Answer {
+    text: String,
+    finish: String,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+}
+
+fn check_usage(u: &Value, max_tokens: usize) -> (u64, u64) {
+    let (p, c, t) = (u["prompt_tokens"].as_u64(), u["completion_tokens"].as_u64(), u["total_tokens"].as_u64());
+    let (Some(p), Some(c), Some(t)) = (p, c, t) else { panic!("bad usage {u}") };
+    assert!(p > 0 && (1..=max_tokens as u64).contains(&c) && t == p + c, "usage {u}");
+    (p, c)
+}
+
+fn is_chat(url: &str) -> bool {
+    url.ends_with("/chat/completions")
+}
+
+/// POST `body` (stream: false) to a chat or completions `url` and check the answer's shape.
+fn whole(url: &str, body: &Value) -> Answer {
+    let max_tokens = body["max_tokens"].as_u64().expect("max_tokens") as usize;
+    let (status, v) = post_json(url, body);
+    assert_eq!(status, 200, "{v}");
+    let chat = is_chat(url);
+    assert_eq!(v["object"], if chat { "chat.completion" } else { "text_completion" }, "{v}");
+    let prefix = if chat { "chatcmpl-" } else { "cmpl-" };
+    assert!(v["id"].as_str().is_some_and(|id| id.starts_with(prefix)), "{v}");
+    let choices = v["choices"].as_array().expect("choices");
+    assert_eq!(choices.len(), 1, "{v}");
+    let finish = choices[0]["finish_reason"].as_str().expect("finish_reason").to_string();
+    assert!(finish == "stop" || finish == "length", "{v}");
+    let (prompt_tokens, completion_tokens) = check_usage(&v["usage"], max_tokens);
+    let text = if chat {
+        assert_eq!(choices[0]["message"]["role"], "assistant", "{v}");
+        choices[0]["message"]["content"].as_str()
+    } else {
+        choices[0]["text"].as_str()
+    };
+    Answer { text: text.expect("text").to_string(), finish, prompt_tokens, completion_tokens }
+}
+
+fn whole_chat(url: &str, prompt: &str, max_tokens: usize) -> Answer {
+    whole(url, &chat_request(prompt, max_tokens, false))
+}
+
+/// The `data:` payloads of a server-sent event stream, up to and including `[DONE]`.
+fn sse_events(reader: impl Read) -> Vec<String> {
+    let mut events = Vec::new();
+    for line in BufReader::new(reader).lines() {
+        let line = line.expect("reading the stream");
+        if let Some(data) = line.strip_prefix("data: ") {
+            events.push(data.to_string());
+            if data == "[DONE]" {
+                break;
+            }
+        } else {
+            assert!(line.is_empty() || line.starts_with(':'), "unexpected stream line {line:?}");
+        }
+    }
+    events
+}
+
+/// POST `body` (stream: true, include_usage) and check every chunk of the stream.
+fn streamed(url: &str, body: &Value) -> Answer {
+    let max_tokens = body["max_tokens"].as_u64().expect("max_tokens") as usize;
+    let r =
+        agent().post(url).header("content-type", "application/json").send(body.to_string()).expect("request failed");
+    assert_eq!(r.status(), 200);
+    let ctype = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    assert!(ctype.starts_with("text/event-stream"), "{ctype}");
+    let events = sse_events(r.into_body().into_reader());
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "the stream ends with [DONE]: {events:?}");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap_or_else(|err| panic!("chunk is not JSON ({err}): {e}")))
+        .collect();
+    let chat = is_chat(url);
+    let id = chunks[0]["id"].as_str().expect("id").to_string();
+    assert!(id.starts_with(if chat { "chatcmpl-" } else { "cmpl-" }), "{id}");
+    let (mut text, mut finish, mut usage) = (String::new(), None, None);
+    for (i, c) in chunks.iter().enumerate() {
+        assert_eq!(c["id"], id.as_str(), "one id per stream");
+        assert_eq!(c["object"], if chat { "chat.completion.chunk" } else { "text_completion" });
+        let choices = c["choices"].as_array().expect("choices");
+        if choices.is_empty() {
+            assert_eq!(i, chunks.len() - 1, "the usage chunk is the last");
+            usage = Some(check_usage(&c["usage"], max_tokens));
+            continue;
+        }
+        assert!(c["usage"].is_null(), "usage only in the last chunk: {c}");
+        assert!(finish.is_none(), "a chunk after the finish reason: {c}");
+        let piece = if chat {
+            let delta = &choices[0]["delta"];
+            assert_eq!(delta.get("role").is_some(), i == 0, "the role comes first, once: {c}");
+            delta["content"].as_str()
+        } else {
+            choices[0]["text"].as_str()
+        };
+        text.push_str(piece.unwrap_or(""));
+        finish = choices[0]["finish_reason"].as_str().map(str::to_string);
+    }
+    let (prompt_tokens, completion_tokens) = usage.expect("a usage chunk");
+    Answer { text, finish: finish.expect("a finish reason"), prompt_tokens, completion_tokens }
+}
+
+fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace root")
+}
+
+#[test]
+fn the_openai_python_client_works_streaming_and_not() {
+    let _one = one_at_a_time();
+    let server = Server::start(&["--ctx", "512"]);
+    let out = Command::new("python3")
+        .arg(repo_root().join("scripts/openai_client_test.py"))
+        .args(["--base-url", &server.url("/v1"), "--max-tokens", &MAX_TOKENS.to_string()])
+        .current_dir(repo_root())
+        .stdin(Stdio::null())
+        .output()
+        .expect("running python3");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("{stdout}\n{stderr}");
+    assert!(out.status.success(), "openai_client_test.py failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("passed, 0 failed"), "{stdout}");
+}
+
+#[test]
+fn bad_input_gets_an_openai_error_and_the_server_stays_up() {
+    let _one = one_at_a_time();
+    let server = Server::start(&["--ctx", "256", "--max-body", "65536"]);
+    let chat = server.url("/v1/chat/completions");
+    let comp = server.url("/v1/completions");
+    let msg = json!([{"role": "user", "content": "hi"}]);
+    let long_text = "the quick brown fox jumps over the lazy dog ".repeat(60);
+    // (what, endpoint, body, expected status, expected param)
+    type Case<'a> = (&'a str, &'a str, Vec<u8>, u16, Option<&'a str>);
+    let cases: Vec<Case> = vec![
+        ("malformed JSON", &chat, b"{\"messages\": [".to_vec(), 400, None),
+        ("not UTF-8", &chat, vec![0xff, 0xfe, b'{'], 400, None),
+        ("not an object", &chat, b"[1, 2]".to_vec(), 400, None),
+        ("empty body", &chat, Vec::new(), 400, None),
+        ("no messages", &chat, json!({"model": "m"}).to_string().into(), 400, Some("messages")),
+        ("empty messages", &chat, json!({"messages": []}).to_string().into(), 400, Some("messages")),
+        ("messages wrong type", &chat, json!({"messages": "hi"}).to_string().into(), 400, Some("messages")),
+        (
+            "content wrong type",
+            &chat,
+            json!({"messages": [{"role": "user", "content": 5}]}).to_string().into(),
+            400,
+            Some("messages[0].content"),
+        ),
+        (
+            "unknown role",
+            &chat,
+            json!({"messages": [{"role": "wizard", "content": "x"}]}).to_string().into(),
+            400,
+            Some("messages[0].role"),
+        ),
+        (
+            "temperature wrong type",
+            &chat,
+            json!({"messages": msg, "temperature": "warm"}).to_string().into(),
+            400,
+            Some("temperature"),
+        ),
+        (
+            "max_tokens fractional",
+            &chat,
+            json!({"messages": msg, "max_tokens": 2.5}).to_string().into(),
+            400,
+            Some("max_tokens"),
+        ),
+        (
+            "max_tokens above the context",
+            &chat,
+            json!({"messages": msg, "max_tokens": 100000}).to_string().into(),
+            400,
+            Some("max_tokens"),
+        ),
+        (
+            "prompt + max_tokens above the context",
+            &chat,
+            json!({"messages": msg, "max_tokens": 250}).to_string().into(),
+            400,
+            Some("max_tokens"),
+        ),
+        (
+            "prompt longer than the context",
+            &chat,
+            json!({"messages": [{"role": "user", "content": long_text}], "max_tokens": 4}).to_string().into(),
+            400,
+            Some("messages"),
+        ),
+        (
+            "completion prompt longer than the context",
+            &comp,
+            json!({"prompt": long_text, "max_tokens": 4}).to_string().into(),
+            400,
+            Some("prompt"),
+        ),
+        ("unknown field", &chat, json!({"messages": msg, "frobnicate": 1}).to_string().into(), 400, Some("frobnicate")),
+        ("n above 1", &chat, json!({"messages": msg, "n": 3}).to_string().into(), 400, Some("n")),
+        (
+            "token id outside the vocabulary",
+            &comp,
+            json!({"prompt": [1, 99999999]}).to_string().into(),
+            400,
+            Some("prompt"),
+        ),
+        ("empty completion prompt", &comp, json!({"prompt": ""}).to_string().into(), 400, Some("prompt")),
+        ("oversized body", &chat, vec![b' '; 200_000], 413, None),
+    ];
+    for (what, url, body, status, param) in cases {
+        let (got, text, ctype) = post_raw(url, &body[..]);
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {text}"));
+        assert_eq!(got, status, "{what}: {v}");
+        assert_eq!(ctype.as_deref(), Some("application/json"), "{what}");
+        let err = v["error"].as_object().unwrap_or_else(|| panic!("{what}: no error object: {v}"));
+        assert_eq!(err.len(), 4, "{what}: message, type, param, code: {v}");
+        assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {v}");
+        assert_eq!(err["type"], "invalid_request_error", "{what}: {v}");
+        assert_eq!(err["param"].as_str(), param, "{what}: {v}");
+    }
+    let (status, v) = post_json(&server.url("/v1/nowhere"), &json!({}));
+    assert_eq!((status, v["error"]["type"].as_str()), (404, Some("invalid_request_error")), "{v}");
+    let (status, v) = get_json(&chat);
+    assert_eq!(status, 405, "{v}");
+    let (status, v) = get_json(&server.url("/v1/models/no-such-model"));
+    assert_eq!((status, v["error"]["code"].as_str()), (404, Some("model_not_found")), "{v}");
+
+    // Still up and answering well.
+    let a = whole_chat(&chat, "Say hello.", 3);
+    assert!(!a.text.is_empty());
+    let h = server.health();
+    assert_eq!((h["status"].as_str(), h["running"].as_u64(), h["waiting"].as_u64()), (Some("ok"), Some(0), Some(0)));
+}
+
+/// 32 clients at once, half streamed: every answer must be complete, well-formed and
+/// equal to the answer the same prompt gets alone (greedy decoding; each request has its
+/// own KV cache, so nothing leaks between them).
+#[test]
+fn concurrent_greedy_answers_equal_single_answers() {
+    let _one = one_at_a_time();
+    let server = Server::start(&["--ctx", "512", "--max-concurrent", "4", "--queue", "64"]);
+    let chat = server.url("/v1/chat/completions");
+    let comp = server.url("/v1/completions");
+    // Short prompts: prompt processing is still slow.
+    let prompts = ["The capital of France is", "My favourite colour is", "One, two, three,", "Water boils at"];
+    let single: Vec<Answer> =
+        prompts.iter().map(|p| whole(&comp, &completion_request(p, LOAD_MAX_TOKENS, false))).collect();
+    for (p, a) in prompts.iter().zip(&single) {
+        eprintln!("{p:?} -> {a:?}");
+    }
+    assert_eq!(streamed(&comp, &completion_request(prompts[0], LOAD_MAX_TOKENS, true)), single[0]);
+    // The server's step-by-step generation gives what `mllm run` gives.
+    let n = LOAD_MAX_TOKENS.to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_mllm"))
+        .args(["run", "--model", model(), "--prompt", prompts[0], "--max-tokens", &n, "--temperature", "0"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running mllm run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{}\n", single[0].text), "mllm run vs serve");
+    let distinct: std::collections::HashSet<&str> = single.iter().map(|a| a.text.as_str()).collect();
+    assert!(distinct.len() == prompts.len(), "the prompts should give different answers: {single:?}");
+    let chat_single = whole_chat(&chat, "Name a colour.", LOAD_MAX_TOKENS);
+
+    const CLIENTS: usize = 32;
+    let t0 = Instant::now();
+    let answers: Vec<(usize, Answer)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                let (chat, comp, prompts) = (&chat, &comp, &prompts);
+                s.spawn(move || {
+                    let i = c % (prompts.len() + 1);
+                    let stream = (c / (prompts.len() + 1)) % 2 == 1;
+                    let a = match i {
+                        // Every fifth client asks the chat endpoint.
+                        4 if stream => streamed(chat, &chat_request("Name a colour.", LOAD_MAX_TOKENS, true)),
+                        4 => whole_chat(chat, "Name a colour.", LOAD_MAX_TOKENS),
+                        _ if stream => streamed(comp, &completion_request(prompts[i], LOAD_MAX_TOKENS, true)),
+                        _ => whole(comp, &completion_request(prompts[i], LOAD_MAX_TOKENS, false)),
+                    };
+                    (i, a)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a client thread failed")).collect()
+    });
+    let secs = t0.elapsed().as_secs_f64();
+    let tokens: u64 = answers.iter().map(|(_, a)| a.completion_tokens).sum();
+    eprintln!("{} answers, {tokens} tokens in {secs:.1} s ({:.1} tokens/s)", answers.len(), tokens as f64 / secs);
+    assert_eq!(answers.len(), CLIENTS);
+    for (i, a) in &answers {
+        let expected = if *i == prompts.len() { &chat_single } else { &single[*i] };
+        assert_eq!(a, expected, "a concurrent answer differs from the single one (prompt {i})");
+    }
+    let h = server.health();
+    assert_eq!((h["running"].as_u64(), h["waiting"].as_u64()), (Some(0), Some(0)), "{h}");
+}
+
+/// Reads a streamed answer until its first piece of text, then returns the reader
+/// (dropping it closes the connection).
+fn start_stream(url: &str, max_tokens: usize) -> impl BufRead {
+    let body = chat_request("Write a long story about a dragon.", max_tokens, true).to_string();
+    let r = agent().post(url).header("content-type", "application/json").send(body).expect("request failed");
+    assert_eq!(r.status(), 200);
+    let mut reader = BufReader::new(r.into_body().into_reader());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(reader.read_line(&mut line).expect("reading the stream") > 0, "the stream ended early");
+        if let Some(data) = line.trim_end().strip_prefix("data: ") {
+            let v: Value = serde_json::from_str(data).expect("a JSON chunk");
+            if v["choices"][0]["delta"]["content"].as_str().is_some_and(|t| !t.is_empty()) {
+                return reader;
+            }
+        }
+    }
+}
+
+fn wait_for_health(server: &Server, what: &str, ok: impl Fn(&Value) -> bool) {
+    let t0 = Instant::now();
+    loop {
+        let h = server.health();
+        if ok(&h) {
+            return;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{what}: /health says {h}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// With one slot and one queue place, a third request is refused at once with 503;
+/// a client leaving mid-stream stops its generation, so the waiting one gets the slot;
+/// so does a client hanging up before its whole answer is ready.
+#[test]
+fn a_full_queue_answers_503_and_a_client_leaving_frees_its_slot() {
+    let _one = one_at_a_time();
+    let server = Server::start(&["--ctx", "512", "--max-concurrent", "1", "--queue", "1"]);
+    let url = server.url("/v1/chat/completions");
+    // 300 tokens would take far longer than the 40 s allowed below at today's speed.
+    let first = start_stream(&url, 300);
+    wait_for_health(&server, "one running", |h| h["running"] == 1);
+    let waiting = {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let reader = start_stream(&url, 300);
+            (reader, t0.elapsed())
+        })
+    };
+    wait_for_health(&server, "one waiting", |h| h["waiting"] == 1);
+
+    let t0 = Instant::now();
+    let r = agent()
+        .post(&url)
+        .header("content-type", "application/json")
+        .send(chat_request("hi", 2, false).to_string())
+        .expect("request failed");
+    assert_eq!(r.status(), 503);
+    assert!(t0.elapsed() < Duration::from_secs(2), "the 503 took {:?}", t0.elapsed());
+    assert_eq!(r.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    let mut text = String::new();
+    r.into_body().into_reader().read_to_string(&mut text).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["code"], "server_overloaded", "{v}");
+
+    // The first client leaves: its generation stops, the waiting request runs.
+    drop(first);
+    let (second, waited) = waiting.join().expect("the waiting client failed");
+    assert!(waited < Duration::from_secs(40), "the waiting request started after {waited:?}");
+    drop(second);
+    wait_for_health(&server, "all slots free", |h| h["running"] == 0 && h["waiting"] == 0);
+
+    // A client of a whole (non-streamed) answer that hangs up stops its generation too.
+    let body = completion_request("Once upon a time", 300, false).to_string();
+    let mut conn = TcpStream::connect(server.base.trim_start_matches("http://")).expect("connecting");
+    write!(
+        conn,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("sending");
+    wait_for_health(&server, "the raw request running", |h| h["running"] == 1);
+    drop(conn);
+    wait_for_health(&server, "the hung-up request stopped", |h| h["running"] == 0 && h["waiting"] == 0);
+
+    // And the server still answers.
+    let a = whole_chat(&url, "Say hello.", 2);
+    assert!(!a.text.is_empty());
+}
