@@ -43,7 +43,7 @@ fn help_explains_each_command() {
     let out = run(&["--help"]);
     assert!(out.status.success());
     let s = text(&out.stdout);
-    for cmd in ["run", "chat", "inspect", "pull", "bench"] {
+    for cmd in ["run", "chat", "inspect", "pull", "bench", "serve"] {
         assert!(s.contains(cmd), "--help lacks {cmd}: {s}");
     }
     let s = text(&run(&["run", "--help"]).stdout);
