@@ -123,11 +123,19 @@ fn quantize_block(xs: &[f32], qs: &mut [i8]) -> (f32, i32) {
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let mut sum = 0i32;
     for (q, &v) in qs.iter_mut().zip(xs) {
-        let r = (v * id).round_ties_even().clamp(-127.0, 127.0) as i8;
+        let r = round_ties_even(v * id).clamp(-127.0, 127.0) as i8;
         *q = r;
         sum += r as i32;
     }
     (d, sum)
+}
+
+/// `v.round_ties_even()` for |v| < 2^22 by adding and removing 1.5 x 2^23 (plain f32 adds
+/// in the default rounding mode), which vectorises without SSE4.1 and needs no libm call.
+#[inline(always)]
+fn round_ties_even(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC) - MAGIC
 }
 
 /// 256 activations quantised for the K-quant kernels: `x[i] = d * qs[i]`, with the sums
@@ -152,10 +160,24 @@ pub fn quantize_q8_k(x: &[f32], out: &mut [BlockQ8_K]) {
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         b.d = d;
         for (q, &v) in b.qs.iter_mut().zip(xs) {
-            *q = (v * id).round_ties_even().clamp(-127.0, 127.0) as i8;
+            *q = round_ties_even(v * id).clamp(-127.0, 127.0) as i8;
         }
         for (s, qs) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
             *s = qs.iter().map(|&q| q as i16).sum();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn magic_rounding_is_round_ties_even() {
+        for i in -300_000..300_000 {
+            let v = i as f32 * 0.000_5;
+            assert_eq!(super::round_ties_even(v), v.round_ties_even(), "{v}");
+        }
+        for v in [0.5f32, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -126.5, 127.49] {
+            assert_eq!(super::round_ties_even(v), v.round_ties_even(), "{v}");
         }
     }
 }

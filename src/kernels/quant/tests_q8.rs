@@ -262,3 +262,58 @@ fn parallel_split_matches_serial_and_nested_use_does_not_panic() {
         assert_eq!(par, serial, "{fmt:?}");
     }
 }
+
+/// CPU time of this thread in seconds (immune to other processes sharing the cores).
+fn thread_cpu_secs() -> f64 {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    s.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 1e9
+}
+
+/// Throughput of each variant on the model's shapes (run with `--ignored --nocapture`):
+/// weights hot in cache (one matrix repeated) and streamed (cycling through ~100 MB).
+/// Times are this thread's CPU time, so a busy machine does not distort them.
+#[test]
+#[ignore]
+fn bench_panels() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    for (fmt, n, k) in [(WeightFormat::Q4_1, 1536, 576), (WeightFormat::Q4_1, 576, 1536), (WeightFormat::Q8_0, 4096, 576)] {
+        let w = quantizer(fmt)(&randn(&mut rng, n * k, 0.3));
+        let copies = (100 << 20) / w.len() + 1;
+        let big: Vec<u8> = (0..copies).flat_map(|_| w.iter().copied()).collect();
+        for m in [1usize, 128] {
+            let x = randn(&mut rng, m * k, 1.0);
+            let mut out = vec![0f32; m * n];
+            for isa in Isa::available() {
+                if isa == Isa::Scalar && m > 1 {
+                    continue;
+                }
+                let reps = if m == 1 { 200 } else { 4 };
+                let hot = pool.install(|| {
+                    let t = thread_cpu_secs();
+                    for _ in 0..reps {
+                        quantized_matmul_with(isa, fmt, &w, n, k, &x, m, &mut out, false)
+                    }
+                    (thread_cpu_secs() - t) / reps as f64
+                });
+                let cold_reps = if m == 1 { copies } else { 4 };
+                let cold = pool.install(|| {
+                    let t = thread_cpu_secs();
+                    for c in 0..cold_reps {
+                        let wc = &big[(c % copies) * w.len()..(c % copies + 1) * w.len()];
+                        quantized_matmul_with(isa, fmt, wc, n, k, &x, m, &mut out, false)
+                    }
+                    (thread_cpu_secs() - t) / cold_reps as f64
+                });
+                let macs = (m * n * k) as f64;
+                eprintln!(
+                    "{fmt:?} {n}x{k} m={m} {isa:?}: hot {:.1} GMAC/s {:.1} GB/s | streamed {:.1} GMAC/s {:.1} GB/s",
+                    macs / hot / 1e9,
+                    w.len() as f64 / hot / 1e9,
+                    macs / cold / 1e9,
+                    w.len() as f64 / cold / 1e9
+                );
+            }
+        }
+    }
+}

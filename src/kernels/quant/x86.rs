@@ -87,6 +87,9 @@ macro_rules! panel_loops {
 
 // ---------------------------------------------------------------- AVX-512 (two blocks)
 
+/// How many tiles ahead the weight rows are prefetched.
+const PREFETCH_TILES: usize = 2;
+
 /// `Σ_groups-of-4 u8 × i8` per 32-bit lane.
 #[inline(always)]
 unsafe fn dot512<const VNNI: bool>(u: __m512i, s: __m512i) -> __m512i {
@@ -122,6 +125,13 @@ unsafe fn step512<const F: u8, const VNNI: bool, const R: usize, const C: usize,
         for c in 0..C {
             let p0 = w.add(c * row_bytes + b * bb);
             let p1 = p0.wrapping_add(bb);
+            // Stream the next tile's rows in ahead of use (hardware prefetchers stop at
+            // page boundaries); prefetching past the end of the weights is harmless.
+            let ahead = p0.wrapping_add(PREFETCH_TILES * C * row_bytes);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+            if 2 * bb > 64 {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64).cast());
+            }
             if F == F_Q4_1 {
                 // [d, m] pairs: lanes 0..8 from block b, 8..16 from block b + 1.
                 let dm0 = _mm_set1_epi32(p0.cast::<i32>().read_unaligned());
