@@ -26,6 +26,8 @@ pub struct Q8Acts {
     /// Per row and block, `d * Σ qs / Q8_LANES` repeated [`Q8_LANES`] times: summing the
     /// lanes of a block gives the block's sum, which the kernels use for weight offsets.
     s: Vec<f32>,
+    /// Per row and block, `d * Σ qs` (the same sums, one per block).
+    sums: Vec<f32>,
 }
 
 /// One quantised activation row (see [`Q8Acts`]).
@@ -34,6 +36,7 @@ pub struct Q8Row<'a> {
     pub qs: &'a [i8],
     pub d: &'a [f32],
     pub s: &'a [f32],
+    pub sums: &'a [f32],
 }
 
 impl Q8Row<'_> {
@@ -75,17 +78,20 @@ impl Q8Acts {
         grow(&mut self.qs, rows * k);
         grow(&mut self.d, rows * nb * Q8_LANES);
         grow(&mut self.s, rows * nb * Q8_LANES);
+        grow(&mut self.sums, rows * nb);
         self.rows = rows;
         self.k = k;
-        for (((xs, qs), d), s) in x
+        for ((((xs, qs), d), s), sums) in x
             .chunks_exact(QK8)
             .zip(self.qs.chunks_exact_mut(QK8))
             .zip(self.d.chunks_exact_mut(Q8_LANES))
             .zip(self.s.chunks_exact_mut(Q8_LANES))
+            .zip(self.sums.iter_mut())
         {
             let (scale, sum) = quantize_block(xs, qs);
             d.fill(scale);
-            s.fill(scale * sum as f32 / Q8_LANES as f32);
+            *sums = scale * sum as f32;
+            s.fill(*sums / Q8_LANES as f32);
         }
     }
 
@@ -98,6 +104,7 @@ impl Q8Acts {
             qs: &self.qs[r * self.k..(r + 1) * self.k],
             d: &self.d[r * lanes..(r + 1) * lanes],
             s: &self.s[r * lanes..(r + 1) * lanes],
+            sums: &self.sums[r * nb..(r + 1) * nb],
         }
     }
 }

@@ -218,10 +218,12 @@ fn simd_kernels_match_scalar_on_random_data() {
                 let bias: Vec<f32> = (0..m * n).map(|i| i as f32 * 0.25 - 1.0).collect();
                 let mut got = bias.clone();
                 quantized_matmul_with(isa, fmt, &w, n, k, &x, m, &mut got, true);
+                // f32 rounding only: the integer parts are exact (previous test); Q4_0's offset
+                // form d·Σq·x − 8·d·Σx cancels terms up to 8x larger than the result's.
                 for i in 0..m * n {
                     let g = got[i] as f64 - bias[i] as f64;
                     assert!(
-                        (g - want[i]).abs() <= 2e-6 * scale[i] + 1e-6,
+                        (g - want[i]).abs() <= 1e-5 * scale[i] + 1e-6,
                         "{isa:?} {fmt:?} m={m} n={n} blocks={nb} [{i}]: {g} vs {}",
                         want[i]
                     );

@@ -33,19 +33,20 @@ struct RowPtr {
     qs: *const i8,
     d: *const f32,
     s: *const f32,
+    sums: *const f32,
 }
 
 impl RowPtr {
     fn of(r: Q8Row<'_>) -> RowPtr {
-        RowPtr { qs: r.qs.as_ptr(), d: r.d.as_ptr(), s: r.s.as_ptr() }
+        RowPtr { qs: r.qs.as_ptr(), d: r.d.as_ptr(), s: r.s.as_ptr(), sums: r.sums.as_ptr() }
     }
 }
 
-/// Loops over tiles of `R` activation rows × `C` weight rows (`R1`/`C1` for the edges) and
-/// stores each tile's results; `tile(w, x)` computes one tile from the first weight row's
-/// address and the rows' pointers.
+/// Loops over tiles of `R` activation rows × `C` weight rows (single rows × `C1` weight
+/// rows for the remaining activation rows, single weight rows at the right edge) and stores
+/// each tile's results; `tile(w, row_bytes, nb, x)` computes one tile.
 macro_rules! panel_loops {
-    ($p:ident, $tile:ident, $R:literal, $C:literal) => {{
+    ($p:ident, $tile:ident, $R:literal, $C:literal, $C1:literal) => {{
         let rows = $p.x.rows();
         let cols = $p.out.cols();
         let mut r0 = 0;
@@ -54,7 +55,7 @@ macro_rules! panel_loops {
                 panel_loops!(@cols $p, $tile, r0, cols, $R, $C);
                 r0 += $R;
             } else {
-                panel_loops!(@cols $p, $tile, r0, cols, 1, $C);
+                panel_loops!(@cols $p, $tile, r0, cols, 1, $C1);
                 r0 += 1;
             }
         }
@@ -104,14 +105,20 @@ unsafe fn dot512<const VNNI: bool>(u: __m512i, s: __m512i) -> __m512i {
     }
 }
 
-/// One step over blocks `b` and `b + 1` (only `b` when `TAIL`) for an `R` × `C` tile.
+/// One step over blocks `b` and `b + 1` (only `b` when `TAIL`) for an `R` × `C` tile. The
+/// weight offsets of Q4_0/Q4_1 (m per block, times the activation block sums) are not
+/// applied here: each step puts its two m values into lanes `2j`, `2j + 1` of `mpack[c]`,
+/// and [`flush_offsets`] multiplies 16 blocks' worth at once.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn step512<const F: u8, const VNNI: bool, const R: usize, const C: usize, const TAIL: bool>(
     w: *const u8,
     row_bytes: usize,
     b: usize,
+    j: u32,
     x: &[RowPtr; R],
     acc: &mut [[__m512; C]; R],
+    mpack: &mut [__m512; C],
 ) {
     let (bb, qo) = (block_bytes(F), qs_offset(F));
     // SAFETY: the caller guarantees `C` weight rows of `row_bytes` from `w` and `R`
@@ -148,6 +155,11 @@ unsafe fn step512<const F: u8, const VNNI: bool, const R: usize, const C: usize,
                     mw[c] = _mm512_mul_ps(dw[c], _mm512_set1_ps(-8.0));
                 }
             }
+            if F != F_Q8_0 {
+                // lane 2j takes m of block b (lane 0 of mw), lane 2j + 1 that of b + 1 (lane 8)
+                let idx = _mm512_setr_epi32(0, 8, 0, 8, 0, 8, 0, 8, 0, 8, 0, 8, 0, 8, 0, 8);
+                mpack[c] = _mm512_mask_permutexvar_ps(mpack[c], 0b11 << (2 * j), idx, mw[c]);
+            }
             if F == F_Q8_0 {
                 let lo = _mm256_loadu_si256(p0.add(qo).cast());
                 let v = if TAIL {
@@ -173,28 +185,43 @@ unsafe fn step512<const F: u8, const VNNI: bool, const R: usize, const C: usize,
             }
         }
         for r in 0..R {
-            let (xq, dx, sx) = if TAIL {
+            let (xq, dx) = if TAIL {
                 (
                     _mm512_maskz_loadu_epi8(0xFFFF_FFFF, x[r].qs.add(b * QK8)),
                     _mm512_maskz_loadu_ps(0x00FF, x[r].d.add(b * Q8_LANES)),
-                    _mm512_maskz_loadu_ps(0x00FF, x[r].s.add(b * Q8_LANES)),
                 )
             } else {
-                (
-                    _mm512_loadu_si512(x[r].qs.add(b * QK8).cast()),
-                    _mm512_loadu_ps(x[r].d.add(b * Q8_LANES)),
-                    _mm512_loadu_ps(x[r].s.add(b * Q8_LANES)),
-                )
+                (_mm512_loadu_si512(x[r].qs.add(b * QK8).cast()), _mm512_loadu_ps(x[r].d.add(b * Q8_LANES)))
             };
             for c in 0..C {
                 let xs = if F == F_Q8_0 { _mm512_mask_sub_epi8(xq, neg[c], _mm512_setzero_si512(), xq) } else { xq };
                 let dp = dot512::<VNNI>(wq[c], xs);
                 acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), _mm512_mul_ps(dw[c], dx), acc[r][c]);
-                if F != F_Q8_0 {
-                    acc[r][c] = _mm512_fmadd_ps(mw[c], sx, acc[r][c]);
-                }
             }
         }
+    }
+}
+
+/// Adds the weight offsets of blocks `g0..g0 + n` (`n <= 16`, packed in `mpack`) times the
+/// activation block sums to the accumulators, and clears `mpack`.
+#[inline(always)]
+unsafe fn flush_offsets<const R: usize, const C: usize>(
+    g0: usize,
+    n: usize,
+    x: &[RowPtr; R],
+    acc: &mut [[__m512; C]; R],
+    mpack: &mut [__m512; C],
+) {
+    // SAFETY: the rows hold blocks `g0..g0 + n` (caller), and the load is masked to them.
+    unsafe {
+        let mask = ((1u32 << n) - 1) as __mmask16;
+        for r in 0..R {
+            let sums = _mm512_maskz_loadu_ps(mask, x[r].sums.add(g0));
+            for c in 0..C {
+                acc[r][c] = _mm512_fmadd_ps(mpack[c], sums, acc[r][c]);
+            }
+        }
+        *mpack = [_mm512_setzero_ps(); C];
     }
 }
 
@@ -206,16 +233,27 @@ unsafe fn tile512<const F: u8, const VNNI: bool, const R: usize, const C: usize>
     nb: usize,
     x: &[RowPtr; R],
 ) -> [[f32; C]; R] {
-    // SAFETY: as for `step512`, which only touches blocks below `nb`.
+    // SAFETY: as for `step512` and `flush_offsets`, which only touch blocks below `nb`.
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); C]; R];
-        let mut b = 0;
-        while b + 2 <= nb {
-            step512::<F, VNNI, R, C, false>(w, row_bytes, b, x, &mut acc);
-            b += 2;
-        }
-        if b < nb {
-            step512::<F, VNNI, R, C, true>(w, row_bytes, b, x, &mut acc);
+        let mut mpack = [_mm512_setzero_ps(); C];
+        let mut g0 = 0;
+        while g0 < nb {
+            // groups of 16 blocks: 8 pairs, the last group maybe shorter (and odd)
+            let g1 = (g0 + 16).min(nb);
+            let (mut b, mut j) = (g0, 0);
+            while b + 2 <= g1 {
+                step512::<F, VNNI, R, C, false>(w, row_bytes, b, j, x, &mut acc, &mut mpack);
+                b += 2;
+                j += 1;
+            }
+            if b < g1 {
+                step512::<F, VNNI, R, C, true>(w, row_bytes, b, j, x, &mut acc, &mut mpack);
+            }
+            if F != F_Q8_0 {
+                flush_offsets::<R, C>(g0, g1 - g0, x, &mut acc, &mut mpack);
+            }
+            g0 = g1;
         }
         let mut out = [[0f32; C]; R];
         for r in 0..R {
@@ -234,7 +272,7 @@ unsafe fn tile512<const F: u8, const VNNI: bool, const R: usize, const C: usize>
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 pub(super) unsafe fn panel_avx512<const F: u8>(p: &mut Panel<'_>) {
     const VNNI: bool = false;
-    panel_loops!(p, tile512, 4, 4)
+    panel_loops!(p, tile512, 8, 2, 4)
 }
 
 /// AVX-512 panel with VNNI `vpdpbusd` products.
@@ -244,7 +282,7 @@ pub(super) unsafe fn panel_avx512<const F: u8>(p: &mut Panel<'_>) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn panel_avx512_vnni<const F: u8>(p: &mut Panel<'_>) {
     const VNNI: bool = true;
-    panel_loops!(p, tile512, 4, 4)
+    panel_loops!(p, tile512, 8, 2, 4)
 }
 
 // ---------------------------------------------------------------- AVX2 (one block)
@@ -345,5 +383,5 @@ unsafe fn tile256<const F: u8, const VNNI: bool, const R: usize, const C: usize>
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn panel_avx2<const F: u8>(p: &mut Panel<'_>) {
     const VNNI: bool = false;
-    panel_loops!(p, tile256, 2, 2)
+    panel_loops!(p, tile256, 4, 2, 2)
 }
