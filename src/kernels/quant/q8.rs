@@ -72,6 +72,11 @@ impl Q8Acts {
 
     /// Quantise `x` (`rows` rows of `k` values, `k` a multiple of 32), replacing the contents.
     pub fn quantize(&mut self, x: &[f32], rows: usize, k: usize) {
+        self.quantize_with(x, rows, k, true)
+    }
+
+    /// [`Q8Acts::quantize`]; the SIMD build (same results) only when `simd`.
+    fn quantize_with(&mut self, x: &[f32], rows: usize, k: usize, simd: bool) {
         assert!(k % QK8 == 0, "quantize_q8: row length {k} is not a multiple of {QK8}");
         assert_eq!(x.len(), rows * k, "quantize_q8: {} values for {rows} rows of {k}", x.len());
         let nb = k / QK8;
@@ -81,6 +86,15 @@ impl Q8Acts {
         grow(&mut self.sums, rows * nb);
         self.rows = rows;
         self.k = k;
+        let n = rows * nb;
+        #[cfg(target_arch = "x86_64")]
+        if simd && super::x86::has_avx512() {
+            let (qs, d, s, sums) =
+                (&mut self.qs[..n * QK8], &mut self.d[..n * Q8_LANES], &mut self.s[..n * Q8_LANES], &mut self.sums[..n]);
+            // SAFETY: AVX-512 F/BW/VL were detected; the slices hold `n` blocks each.
+            return unsafe { super::x86::quantize_q8_avx512(x, qs, d, s, sums) };
+        }
+        let _ = (simd, n);
         for ((((xs, qs), d), s), sums) in x
             .chunks_exact(QK8)
             .zip(self.qs.chunks_exact_mut(QK8))
@@ -177,14 +191,39 @@ pub fn quantize_q8_k(x: &[f32], out: &mut [BlockQ8_K]) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn simd_quantiser_equals_scalar() {
+        let x: Vec<f32> = (0..7 * 96)
+            .map(|i| {
+                let v = ((i * 7919) % 1000) as f32 / 37.0 - 13.0;
+                if i % 96 < 32 {
+                    0.0
+                } else if i % 50 == 3 {
+                    v * 1e4
+                } else {
+                    v
+                }
+            })
+            .collect();
+        let (mut a, mut b) = (Q8Acts::new(), Q8Acts::new());
+        a.quantize_with(&x, 7, 96, false);
+        b.quantize_with(&x, 7, 96, true);
+        for r in 0..7 {
+            let (ra, rb) = (a.row(r), b.row(r));
+            assert_eq!((ra.qs, ra.d, ra.s, ra.sums), (rb.qs, rb.d, rb.s, rb.sums), "row {r}");
+        }
+    }
+
     #[test]
     fn magic_rounding_is_round_ties_even() {
         for i in -300_000..300_000 {
             let v = i as f32 * 0.000_5;
-            assert_eq!(super::round_ties_even(v), v.round_ties_even(), "{v}");
+            assert_eq!(round_ties_even(v), v.round_ties_even(), "{v}");
         }
         for v in [0.5f32, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -126.5, 127.49] {
-            assert_eq!(super::round_ties_even(v), v.round_ties_even(), "{v}");
+            assert_eq!(round_ties_even(v), v.round_ties_even(), "{v}");
         }
     }
 }

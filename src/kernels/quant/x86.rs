@@ -385,3 +385,40 @@ pub(super) unsafe fn panel_avx2<const F: u8>(p: &mut Panel<'_>) {
     const VNNI: bool = false;
     panel_loops!(p, tile256, 4, 2, 2)
 }
+
+// ---------------------------------------------------------------- activation quantiser
+
+/// AVX-512 F/BW/VL present (detected once by std, then a cached bit test).
+pub(super) fn has_avx512() -> bool {
+    is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl")
+}
+
+/// The Q8 quantiser of q8.rs for whole blocks, with identical results: the same scale
+/// `max|x| / 127` and round-to-nearest-even (the default MXCSR mode) of `x / scale`.
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL; `qs` holds 32, `d` and `s` 8, `sums` 1 value per
+/// 32 values of `x`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(super) unsafe fn quantize_q8_avx512(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], sums: &mut [f32]) {
+    let nb = x.len() / QK8;
+    assert!(qs.len() >= nb * QK8 && d.len() >= nb * Q8_LANES && s.len() >= nb * Q8_LANES && sums.len() >= nb);
+    // SAFETY: block `b < nb` reads x[32b..32b + 32] and writes inside the slices checked above.
+    unsafe {
+        for b in 0..nb {
+            let v0 = _mm512_loadu_ps(x.as_ptr().add(b * QK8));
+            let v1 = _mm512_loadu_ps(x.as_ptr().add(b * QK8 + 16));
+            let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+            let scale = amax / 127.0;
+            let id = _mm512_set1_ps(if scale != 0.0 { 1.0 / scale } else { 0.0 });
+            let q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, id));
+            let q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, id));
+            _mm_storeu_si128(qs.as_mut_ptr().add(b * QK8).cast(), _mm512_cvtsepi32_epi8(q0));
+            _mm_storeu_si128(qs.as_mut_ptr().add(b * QK8 + 16).cast(), _mm512_cvtsepi32_epi8(q1));
+            let sum = scale * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)) as f32;
+            _mm256_storeu_ps(d.as_mut_ptr().add(b * Q8_LANES), _mm256_set1_ps(scale));
+            _mm256_storeu_ps(s.as_mut_ptr().add(b * Q8_LANES), _mm256_set1_ps(sum / Q8_LANES as f32));
+            sums[b] = sum;
+        }
+    }
+}
