@@ -36,6 +36,7 @@ fn attention_with(s: AttentionShape, q: &[f32], k: &[f32], v: &[f32], out: &mut 
         return;
     }
     let group = n_heads / n_kv_heads;
+    let _ = simd; // only read on x86_64
     let one = |(idx, o): (usize, &mut [f32])| {
         // `o` holds the outputs of the `group` query heads that share kv head `kvh`.
         let (i, kvh) = (idx / n_kv_heads, idx % n_kv_heads);
@@ -222,9 +223,16 @@ mod tests {
     #[test]
     fn matches_definition_with_gqa_and_offsets() {
         let mut r = rand::rngs::StdRng::seed_from_u64(9);
-        for &(nq, nh, nkv, d, start) in
-            &[(1, 1, 1, 4, 0), (5, 9, 3, 64, 0), (1, 9, 3, 64, 17), (3, 4, 2, 12, 6), (40, 6, 3, 8, 2), (3, 8, 1, 20, 300), (2, 2, 2, 7, 1500), (1, 70, 1, 4, 5)]
-        {
+        for &(nq, nh, nkv, d, start) in &[
+            (1, 1, 1, 4, 0),
+            (5, 9, 3, 64, 0),
+            (1, 9, 3, 64, 17),
+            (3, 4, 2, 12, 6),
+            (40, 6, 3, 8, 2),
+            (3, 8, 1, 20, 300),
+            (2, 2, 2, 7, 1500),
+            (1, 70, 1, 4, 5),
+        ] {
             let s = AttentionShape { n_queries: nq, n_heads: nh, n_kv_heads: nkv, head_dim: d, start_pos: start };
             let q: Vec<f32> = (0..nq * nh * d).map(|_| r.random_range(-2.0..2.0)).collect();
             let kv_len = start + nq + 3; // rows past the causal window must be ignored

@@ -60,8 +60,11 @@ impl Block {
         let t = x.dims()[0];
         let start = cache.len();
         let h = self.attn_norm.apply(x)?;
-        let q =
-            self.attn_q.apply_with(&h, p)?.reshape(&[t, c.n_heads, c.head_dim])?.rope(rope, start, RopeLayout::Interleaved)?;
+        let q = self.attn_q.apply_with(&h, p)?.reshape(&[t, c.n_heads, c.head_dim])?.rope(
+            rope,
+            start,
+            RopeLayout::Interleaved,
+        )?;
         let k = self.attn_k.apply_with(&h, p)?.reshape(&[t, c.n_kv_heads, c.head_dim])?.rope(
             rope,
             start,

@@ -27,7 +27,17 @@ unsafe fn dot16<const DOT: bool>(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> 
     // SAFETY: only reached from functions compiled with NEON (and dotprod when `DOT`).
     unsafe {
         if DOT {
-            vdotq_s32(acc, a, b)
+            // `vdotq_s32` is not stable yet: the same `sdot` instruction written out.
+            let mut acc = acc;
+            std::arch::asm!(
+                ".arch_extension dotprod",
+                "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+                acc = inout(vreg) acc,
+                a = in(vreg) a,
+                b = in(vreg) b,
+                options(pure, nomem, nostack, preserves_flags),
+            );
+            acc
         } else {
             let lo = vmull_s8(vget_low_s8(a), vget_low_s8(b));
             let hi = vmull_high_s8(a, b);

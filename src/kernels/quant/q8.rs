@@ -89,8 +89,12 @@ impl Q8Acts {
         let n = rows * nb;
         #[cfg(target_arch = "x86_64")]
         if simd && super::x86::has_avx512() {
-            let (qs, d, s, sums) =
-                (&mut self.qs[..n * QK8], &mut self.d[..n * Q8_LANES], &mut self.s[..n * Q8_LANES], &mut self.sums[..n]);
+            let (qs, d, s, sums) = (
+                &mut self.qs[..n * QK8],
+                &mut self.d[..n * Q8_LANES],
+                &mut self.s[..n * Q8_LANES],
+                &mut self.sums[..n],
+            );
             // SAFETY: AVX-512 F/BW/VL were detected; the slices hold `n` blocks each.
             return unsafe { super::x86::quantize_q8_avx512(x, qs, d, s, sums) };
         }

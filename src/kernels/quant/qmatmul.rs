@@ -71,9 +71,8 @@ impl Isa {
         let mut v = vec![Isa::Scalar];
         #[cfg(target_arch = "x86_64")]
         {
-            let avx2 = is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c");
+            let avx2 =
+                is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
             if avx2 {
                 v.push(Isa::Avx2);
             }
@@ -335,6 +334,7 @@ const PAR_MIN_WORK: usize = 1 << 16;
 /// `out[i, j] (+)= Σ_k x[i, k] w[j, k]` for `w` `[n_out, k]` in `fmt` (row-major blocks),
 /// `x` `[m, k]` f32 and `out` `[m, n_out]`, with the activations quantised to 8 bits first.
 /// Uses the best instruction set; parallel over output rows on the current rayon pool.
+#[allow(clippy::too_many_arguments)]
 pub fn quantized_matmul(
     fmt: WeightFormat,
     w: &[u8],

@@ -133,17 +133,18 @@ fn scalar_q8_dots_match_naive_sums_and_the_f32_reference() {
             quantized_matmul_with(Isa::Scalar, fmt, &w, 1, k, &x, 1, &mut out, false);
             let xq = dequantized_acts(fmt, &x, 1, k);
             let (want, scale) = naive(fmt, &w, 1, k, &xq, 1);
-            assert!((out[0] as f64 - want[0]).abs() <= 1e-5 * scale[0] + 1e-12, "{fmt:?} x{nb}: {} vs {}", out[0], want[0]);
+            assert!(
+                (out[0] as f64 - want[0]).abs() <= 1e-5 * scale[0] + 1e-12,
+                "{fmt:?} x{nb}: {} vs {}",
+                out[0],
+                want[0]
+            );
             // against f32 activations: off by at most half an activation step per weight
             let mut wf = vec![0f32; k];
             dequantizer(fmt)(&w, &mut wf);
-            let bound: f64 = wf
-                .iter()
-                .zip(&x)
-                .zip(&xq)
-                .map(|((&a, &xv), &xd)| (a as f64 * (xv as f64 - xd)).abs())
-                .sum::<f64>()
-                + 1e-5 * scale[0];
+            let bound: f64 =
+                wf.iter().zip(&x).zip(&xq).map(|((&a, &xv), &xd)| (a as f64 * (xv as f64 - xd)).abs()).sum::<f64>()
+                    + 1e-5 * scale[0];
             let exact: f64 = wf.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
             assert!((out[0] as f64 - exact).abs() <= bound + 1e-9, "{fmt:?} x{nb}: {} vs f32 {exact}", out[0]);
         }
@@ -279,7 +280,9 @@ fn thread_cpu_secs() -> f64 {
 fn bench_panels() {
     let mut rng = StdRng::seed_from_u64(7);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-    for (fmt, n, k) in [(WeightFormat::Q4_1, 1536, 576), (WeightFormat::Q4_1, 576, 1536), (WeightFormat::Q8_0, 4096, 576)] {
+    for (fmt, n, k) in
+        [(WeightFormat::Q4_1, 1536, 576), (WeightFormat::Q4_1, 576, 1536), (WeightFormat::Q8_0, 4096, 576)]
+    {
         let w = quantizer(fmt)(&randn(&mut rng, n * k, 0.3));
         let copies = (100 << 20) / w.len() + 1;
         let big: Vec<u8> = (0..copies).flat_map(|_| w.iter().copied()).collect();

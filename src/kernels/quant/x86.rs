@@ -2,9 +2,13 @@
 //! register) and AVX-512 (two blocks per register, VNNI `vpdpbusd` or `vpmaddubsw`). Tiles of
 //! activation rows × weight rows reuse each unpacked weight block; tested against dot_q8.rs.
 
+// The AVX-512 intrinsics are stable since Rust 1.89: the workspace's `rust-version` (1.85)
+// must be raised to 1.89 for this file (the toolchain here is 1.95).
+#![allow(clippy::incompatible_msrv)]
+
 use std::arch::x86_64::*;
 
-use super::q8::{Q8Row, QK8, Q8_LANES};
+use super::q8::{Q8Row, Q8_LANES, QK8};
 use super::qmatmul::Panel;
 
 pub(super) const F_Q4_0: u8 = 0;
@@ -89,7 +93,7 @@ macro_rules! panel_loops {
 // ---------------------------------------------------------------- AVX-512 (two blocks)
 
 /// How many tiles ahead the weight rows are prefetched.
-const PREFETCH_TILES: usize = 2;
+const PREFETCH_TILES: usize = 4;
 
 /// `Σ_groups-of-4 u8 × i8` per 32-bit lane.
 #[inline(always)]
@@ -405,7 +409,7 @@ pub(super) unsafe fn quantize_q8_avx512(x: &[f32], qs: &mut [i8], d: &mut [f32],
     assert!(qs.len() >= nb * QK8 && d.len() >= nb * Q8_LANES && s.len() >= nb * Q8_LANES && sums.len() >= nb);
     // SAFETY: block `b < nb` reads x[32b..32b + 32] and writes inside the slices checked above.
     unsafe {
-        for b in 0..nb {
+        for (b, block_sum) in sums[..nb].iter_mut().enumerate() {
             let v0 = _mm512_loadu_ps(x.as_ptr().add(b * QK8));
             let v1 = _mm512_loadu_ps(x.as_ptr().add(b * QK8 + 16));
             let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
@@ -418,7 +422,7 @@ pub(super) unsafe fn quantize_q8_avx512(x: &[f32], qs: &mut [i8], d: &mut [f32],
             let sum = scale * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)) as f32;
             _mm256_storeu_ps(d.as_mut_ptr().add(b * Q8_LANES), _mm256_set1_ps(scale));
             _mm256_storeu_ps(s.as_mut_ptr().add(b * Q8_LANES), _mm256_set1_ps(sum / Q8_LANES as f32));
-            sums[b] = sum;
+            *block_sum = sum;
         }
     }
 }
