@@ -89,18 +89,24 @@ fn logits_and_greedy_continuations_match_reference() {
 
 /// Largest allowed |ours - reference| for a top-10 logit on the fast path, where the
 /// activations are rounded to 8 bits per block of 32 (scale max|x|/127) before each of the
-/// 211 quantised matmuls per token. Measured worst case over all 4 x 32 x 10 logits: 0.66
-/// (logits are 12..35; llama.cpp's Q8 activation path differs by up to ~0.6 too). The
-/// rounding is deterministic and the same on every instruction set (only f32 summation
-/// order differs, ~1e-4 here), so 0.8 leaves 20% room; a real kernel error (a lost offset
-/// term, a wrong nibble order, a wrong scale) moves logits by whole units.
-const FAST_LOGIT_TOL: f32 = 0.8;
+/// 211 quantised matmuls per token. Logits are 12..35. Rounding is chaotic: a 1e-6 change in
+/// an activation (another f32 summation order) can flip a quant, so the worst case depends
+/// on the kernel variant. Measured worst over all 4 x 32 x 10 logits (MLLM_QUANT_ISA):
+/// scalar 0.92, AVX2 0.76, AVX-512 with or without VNNI 0.86 (llama.cpp's Q8 activation path
+/// differs by up to ~0.6). 1.25 leaves a third more; the mean bound below is the sharper test.
+const FAST_LOGIT_TOL: f32 = 1.25;
+
+/// Largest allowed mean |ours - reference| over all compared logits: measured 0.15..0.18 on
+/// the same variants. A systematic kernel error (a lost offset term, a wrong nibble order or
+/// scale) moves logits by whole units.
+const FAST_MEAN_TOL: f64 = 0.25;
 
 /// Steps whose reference margin (top-1 minus top-2 logit) is below this may flip their
-/// argmax on the fast path and are not compared token for token. Measured: the argmax
-/// differs at 3 of 128 teacher-forced steps, with margins 0.22 ("The capital of France
-/// is", step 5), 0.024 and 0.013 ("Rust is...", steps 15 and 26); 0.5 is over twice the
-/// largest. It skips 37 of the 128 steps (the test prints which); at least 80 must remain.
+/// argmax on the fast path and are not compared token for token. Measured flips of the
+/// teacher-forced argmax, all variants: "The capital of France is" step 5 (margin 0.22),
+/// "Rust is..." step 15 (0.024), "1234567890 + 987 = " steps 3, 4, 7, 8 (0.015..0.052);
+/// 0.5 is over twice the largest. It skips 37 of the 128 steps (the test prints which:
+/// near-ties between two plausible tokens); at least 80 must remain compared.
 const FAST_MARGIN: f32 = 0.5;
 
 #[test]
@@ -109,6 +115,7 @@ fn fast_path_logits_stay_close_to_reference() {
     assert_eq!(m.llama.precision(), MatmulPrecision::Fast, "the default is the fast path");
     let r = common::reference();
     let (mut worst, mut compared, mut skipped) = (0.0f32, 0, Vec::new());
+    let (mut total, mut count) = (0.0f64, 0usize);
     let mut flips = Vec::new();
     for g in r["generation"].as_array().unwrap() {
         let prompt = ids(&g["prompt_ids"]);
@@ -122,6 +129,8 @@ fn fast_path_logits_stay_close_to_reference() {
                 let (id, want) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap() as f32);
                 let diff = (l[id] - want).abs();
                 worst = worst.max(diff);
+                total += diff as f64;
+                count += 1;
                 assert!(diff <= FAST_LOGIT_TOL, "{}: step {i}, token {id}: {} vs reference {want}", g["prompt"], l[id]);
             }
             let margin = top10[0][1].as_f64().unwrap() as f32 - top10[1][1].as_f64().unwrap() as f32;
@@ -144,6 +153,10 @@ fn fast_path_logits_stay_close_to_reference() {
         skipped.clear();
         flips.clear();
     }
-    eprintln!("fast path: worst top-10 logit difference {worst:.4}; top-1 compared at {compared} steps");
+    let mean = total / count as f64;
+    eprintln!(
+        "fast path: worst top-10 logit difference {worst:.4}, mean {mean:.4}; top-1 compared at {compared} steps"
+    );
+    assert!(mean <= FAST_MEAN_TOL, "mean top-10 logit difference {mean} exceeds {FAST_MEAN_TOL}");
     assert!(compared >= 80, "only {compared} steps had a clear enough reference margin");
 }

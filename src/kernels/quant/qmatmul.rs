@@ -171,8 +171,17 @@ fn tables() -> &'static [Kernels] {
     TABLES.get_or_init(|| Isa::available().into_iter().filter_map(Kernels::for_isa).collect())
 }
 
+/// The best table, or the one named by `MLLM_QUANT_ISA` (`scalar`, `avx2`, `avx512`,
+/// `avx512vnni`, `neon`, `neondot`; for comparisons and benchmarks) when this CPU has it.
 fn kernels() -> &'static Kernels {
-    tables().last().expect("scalar is always available")
+    static CHOSEN: OnceLock<&'static Kernels> = OnceLock::new();
+    CHOSEN.get_or_init(|| {
+        let wanted = std::env::var("MLLM_QUANT_ISA").unwrap_or_default().to_ascii_lowercase();
+        tables()
+            .iter()
+            .find(|k| !wanted.is_empty() && format!("{:?}", k.isa).to_ascii_lowercase() == wanted)
+            .unwrap_or_else(|| tables().last().expect("scalar is always available"))
+    })
 }
 
 fn kernels_for(isa: Isa) -> &'static Kernels {
