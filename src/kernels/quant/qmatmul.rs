@@ -332,9 +332,12 @@ fn with_buf<T: Default + 'static, R>(
     }
 }
 
-/// Output rows per parallel task: about four tasks per thread, 16..=64 rows, a multiple of 4.
-fn grain(n_out: usize, threads: usize) -> usize {
-    (n_out.div_ceil(4 * threads)).clamp(16, 64).next_multiple_of(4)
+/// Output rows per parallel task: at least four tasks per thread and at most 64 rows each
+/// (so weight panels stay in cache), the task count a multiple of the thread count (equal
+/// shares), at least 16 rows and a multiple of 4 (the kernels' tile width).
+pub(super) fn grain(n_out: usize, threads: usize) -> usize {
+    let tasks = (4 * threads).max(n_out.div_ceil(64)).next_multiple_of(threads);
+    n_out.div_ceil(tasks).next_multiple_of(4).max(16)
 }
 
 /// Below this many multiply-adds a matmul runs on the calling thread.

@@ -322,3 +322,10 @@ fn bench_panels() {
         }
     }
 }
+
+#[test]
+fn parallel_grain_gives_equal_shares() {
+    for (n, threads, chunk) in [(576, 2, 60), (192, 2, 24), (1536, 2, 64), (49152, 2, 64), (576, 16, 16), (10, 4, 16)] {
+        assert_eq!(super::qmatmul::grain(n, threads), chunk, "{n} rows on {threads} threads");
+    }
+}
