@@ -11,6 +11,7 @@ use crate::models::config::LlamaConfig;
 use crate::models::kv_cache::KvCache;
 use crate::nn::{self, Module, ModuleList, Registry};
 use crate::params::ParameterFile;
+use crate::tensor::ops::MatmulPrecision;
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
 
@@ -54,18 +55,22 @@ impl Block {
         c: &LlamaConfig,
         rope: &RopeTable,
         cache: &mut KvCache,
+        p: MatmulPrecision,
     ) -> Result<Tensor> {
         let t = x.dims()[0];
         let start = cache.len();
         let h = self.attn_norm.apply(x)?;
-        let q =
-            self.attn_q.apply(&h)?.reshape(&[t, c.n_heads, c.head_dim])?.rope(rope, start, RopeLayout::Interleaved)?;
-        let k = self.attn_k.apply(&h)?.reshape(&[t, c.n_kv_heads, c.head_dim])?.rope(
+        let q = self.attn_q.apply_with(&h, p)?.reshape(&[t, c.n_heads, c.head_dim])?.rope(
             rope,
             start,
             RopeLayout::Interleaved,
         )?;
-        let v = self.attn_v.apply(&h)?.contiguous()?;
+        let k = self.attn_k.apply_with(&h, p)?.reshape(&[t, c.n_kv_heads, c.head_dim])?.rope(
+            rope,
+            start,
+            RopeLayout::Interleaved,
+        )?;
+        let v = self.attn_v.apply_with(&h, p)?.contiguous()?;
         let (k, q) = (k.contiguous()?, q.contiguous()?);
         cache.write(layer, k.as_slice::<f32>()?, v.as_slice::<f32>()?)?;
         let (kc, vc) = cache.layer(layer, start + t)?;
@@ -78,11 +83,11 @@ impl Block {
             start_pos: start,
         };
         causal_attention(shape, q.as_slice::<f32>()?, kc, vc, attn.data_mut::<f32>()?);
-        let x = x.add(&self.attn_output.apply(&attn)?)?;
+        let x = x.add(&self.attn_output.apply_with(&attn, p)?)?;
         let h = self.ffn_norm.apply(&x)?;
-        let gate = self.ffn_gate.apply(&h)?.silu()?;
-        let up = self.ffn_up.apply(&h)?;
-        x.add(&self.ffn_down.apply(&gate.mul(&up)?)?)
+        let gate = self.ffn_gate.apply_with(&h, p)?.silu()?;
+        let up = self.ffn_up.apply_with(&h, p)?;
+        x.add(&self.ffn_down.apply_with(&gate.mul(&up)?, p)?)
     }
 }
 
@@ -107,6 +112,7 @@ pub struct Llama {
     output_norm: nn::RmsNorm,
     output: nn::Linear,
     rope: Arc<RopeTable>,
+    precision: MatmulPrecision,
 }
 
 impl Llama {
@@ -131,6 +137,7 @@ impl Llama {
             rope,
             cfg,
             reg,
+            precision: MatmulPrecision::default(),
         })
     }
 
@@ -141,6 +148,17 @@ impl Llama {
         let model = Llama::new(cfg, !file.contains("output.weight"))?;
         model.load(file)?;
         Ok(model)
+    }
+
+    /// The same model computing its quantised matmuls (every layer and the output head)
+    /// at `precision`; the default is [`MatmulPrecision::Fast`].
+    pub fn with_precision(mut self, precision: MatmulPrecision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    pub fn precision(&self) -> MatmulPrecision {
+        self.precision
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -189,11 +207,11 @@ impl Llama {
         let ids_t = Tensor::from_vec(ids.iter().map(|&i| i as i32).collect::<Vec<i32>>(), &[t])?;
         let mut x = self.token_embd.apply(&ids_t)?;
         for (l, block) in self.blocks.iter().enumerate() {
-            x = block.forward_cached(&x, l, &self.cfg, &self.rope, cache)?;
+            x = block.forward_cached(&x, l, &self.cfg, &self.rope, cache, self.precision)?;
         }
         cache.advance(t);
         let x = if last_only { x.narrow(0, t - 1, 1)? } else { x };
-        self.output.apply(&self.output_norm.apply(&x)?)
+        self.output.apply_with(&self.output_norm.apply(&x)?, self.precision)
     }
 }
 

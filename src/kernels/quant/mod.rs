@@ -1,13 +1,20 @@
 //! Block-quantised formats (GGML's Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K): block layouts,
-//! dequantisation, scalar reference dot products and quantisers, all on byte slices.
-//! Knows nothing of tensors or dtypes; callers (tensor ops) pick the format and check sizes.
+//! dequantisation, scalar reference dot products and quantisers, all on byte slices, and
+//! the fast matmul on 8-bit activations (qmatmul.rs). Knows nothing of tensors or dtypes.
 
+mod dot_q8;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod q4_0;
 mod q4_1;
 mod q4_k;
 mod q5_k;
 mod q6_k;
+mod q8;
 mod q8_0;
+mod qmatmul;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 pub use q4_0::{dequantize_q4_0, quantize_q4_0, vec_dot_q4_0_f32, BlockQ4_0};
 pub use q4_1::{dequantize_q4_1, quantize_q4_1, vec_dot_q4_1_f32, BlockQ4_1};
@@ -15,6 +22,12 @@ pub use q4_k::{dequantize_q4_k, quantize_q4_k, vec_dot_q4_k_f32, BlockQ4_K};
 pub use q5_k::{dequantize_q5_k, quantize_q5_k, vec_dot_q5_k_f32, BlockQ5_K};
 pub use q6_k::{dequantize_q6_k, quantize_q6_k, vec_dot_q6_k_f32, BlockQ6_K};
 pub use q8_0::{dequantize_q8_0, quantize_q8_0, vec_dot_q8_0_f32, BlockQ8_0};
+
+pub use dot_q8::{
+    vec_dot_q4_0_q8, vec_dot_q4_1_q8, vec_dot_q4_k_q8_k, vec_dot_q5_k_q8_k, vec_dot_q6_k_q8_k, vec_dot_q8_0_q8,
+};
+pub use q8::{quantize_q8_k, BlockQ8_K, Q8Acts, Q8Row, Q8_LANES, QK8};
+pub use qmatmul::{quantized_matmul, quantized_matmul_with, Isa, WeightFormat};
 
 /// Weights per block of the K-quants (a "super-block").
 pub const QK_K: usize = 256;
@@ -73,3 +86,5 @@ fn check_quantize_len(op: &str, n: usize, block: usize) {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_q8;

@@ -22,7 +22,7 @@ pub struct BlockQ6_K {
 const _: () = assert!(std::mem::size_of::<BlockQ6_K>() == 210);
 
 /// Byte and bit positions of weight `i` (0..256): (ql byte, ql shift, qh byte, qh shift).
-fn position(i: usize) -> (usize, usize, usize, usize) {
+pub(super) fn position(i: usize) -> (usize, usize, usize, usize) {
     let (h, r, l) = (i / 128, (i % 128) / 32, i % 32);
     (64 * h + 32 * (r % 2) + l, 4 * (r / 2), 32 * h + l, 2 * r)
 }

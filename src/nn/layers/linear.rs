@@ -2,6 +2,7 @@
 //! quantised dtype, so model code never sees how the weight is stored.
 
 use crate::nn::{Accepts, Module, Param, Registry};
+use crate::tensor::ops::MatmulPrecision;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
@@ -44,11 +45,17 @@ impl Linear {
         &self.weight
     }
 
-    /// Apply to one tensor `[..., in]` → `[..., out]`.
+    /// Apply to one tensor `[..., in]` → `[..., out]` (quantised weights at
+    /// [`MatmulPrecision::Fast`]).
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply_with(x, MatmulPrecision::Fast)
+    }
+
+    /// [`Linear::apply`] at a chosen precision for quantised weights.
+    pub fn apply_with(&self, x: &Tensor, precision: MatmulPrecision) -> Result<Tensor> {
         let w = self.weight.get()?;
         let b = self.bias.as_ref().map(Param::get).transpose()?;
-        x.linear(&w, b.as_ref())
+        x.linear_with(&w, b.as_ref(), precision)
     }
 }
 

@@ -1,12 +1,44 @@
-//! `linear` with a block-quantised weight: each output is a dot product of one row of
-//! weight blocks with the f32 activations, computed on the blocks directly (no
-//! dequantised copy of the matrix), split over output rows on the current pool.
+//! `linear` with a block-quantised weight, on the blocks directly (no dequantised copy of
+//! the matrix), split over output rows on the current pool. Two precisions: `Exact` keeps
+//! f32 activations (scalar reference dots); `Fast` quantises them to 8 bits (SIMD kernels).
 
 use rayon::prelude::*;
 
-use crate::kernels::quant;
+use super::MatmulPrecision;
+use crate::kernels::quant::{self, WeightFormat};
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
+
+/// `out[m, n] = x[m, :] · w[n, :]` (see [`quantized_matmul_exact`]) at `precision`.
+pub(crate) fn quantized_matmul_t(
+    x: &[f32],
+    m: usize,
+    w: &Tensor,
+    out: &mut [f32],
+    accumulate: bool,
+    precision: MatmulPrecision,
+) -> Result<()> {
+    match precision {
+        MatmulPrecision::Exact => quantized_matmul_exact(x, m, w, out, accumulate),
+        MatmulPrecision::Fast => {
+            let fmt = match w.dtype() {
+                DType::Q4_0 => WeightFormat::Q4_0,
+                DType::Q4_1 => WeightFormat::Q4_1,
+                DType::Q8_0 => WeightFormat::Q8_0,
+                DType::Q4_K => WeightFormat::Q4_K,
+                DType::Q5_K => WeightFormat::Q5_K,
+                DType::Q6_K => WeightFormat::Q6_K,
+                d => return Err(Error::dtype("quantized linear", d)),
+            };
+            let (n_out, k) = (w.dims()[0], w.dims()[1]);
+            if k % fmt.block_len() != 0 {
+                return Err(Error::shape("linear", format!("weight row of {k} is not whole {fmt:?} blocks")));
+            }
+            quant::quantized_matmul(fmt, w.raw_bytes()?, n_out, k, x, m, out, accumulate);
+            Ok(())
+        }
+    }
+}
 
 /// Row-dot kernel for one weight format.
 type RowDot = fn(&[u8], &[f32]) -> f32;
@@ -28,7 +60,8 @@ const ROWS_PER_TASK: usize = 64;
 
 /// `out[m, n] = x[m, :] · w[n, :]` for a quantised `w` `[n_out, k]` and contiguous f32
 /// `x` `[m, k]`; `out` is `[m, n_out]` and is overwritten (or added to with `accumulate`).
-pub(crate) fn quantized_matmul_t(x: &[f32], m: usize, w: &Tensor, out: &mut [f32], accumulate: bool) -> Result<()> {
+/// The activations stay f32: the reference that tests/golden.rs holds to 2e-3.
+fn quantized_matmul_exact(x: &[f32], m: usize, w: &Tensor, out: &mut [f32], accumulate: bool) -> Result<()> {
     let dot = row_dot(w.dtype())?;
     let (n_out, k) = (w.dims()[0], w.dims()[1]);
     let row_bytes = w.dtype().bytes_for(k).ok_or_else(|| Error::shape("linear", "weight row is not whole blocks"))?;

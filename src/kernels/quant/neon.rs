@@ -1,0 +1,114 @@
+//! aarch64 panels for Q4_0, Q4_1 and Q8_0 weights × Q8 activations: NEON widening
+//! multiplies, or `sdot` with the dot-product extension. One block at a time per row pair;
+//! exact integer sums per block, tested against dot_q8.rs where it can run.
+
+use std::arch::aarch64::*;
+
+use half::f16;
+
+use super::q8::{Q8Row, QK8};
+use super::qmatmul::Panel;
+
+pub(super) const F_Q4_0: u8 = 0;
+pub(super) const F_Q4_1: u8 = 1;
+pub(super) const F_Q8_0: u8 = 2;
+
+const fn block_bytes(f: u8) -> usize {
+    match f {
+        F_Q4_0 => 18,
+        F_Q4_1 => 20,
+        _ => 34,
+    }
+}
+
+/// Σ a·b of two 16 × i8 vectors, in four i32 lanes.
+#[inline(always)]
+unsafe fn dot16<const DOT: bool>(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    // SAFETY: only reached from functions compiled with NEON (and dotprod when `DOT`).
+    unsafe {
+        if DOT {
+            // `vdotq_s32` is not stable yet: the same `sdot` instruction written out.
+            let mut acc = acc;
+            std::arch::asm!(
+                ".arch_extension dotprod",
+                "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+                acc = inout(vreg) acc,
+                a = in(vreg) a,
+                b = in(vreg) b,
+                options(pure, nomem, nostack, preserves_flags),
+            );
+            acc
+        } else {
+            let lo = vmull_s8(vget_low_s8(a), vget_low_s8(b));
+            let hi = vmull_high_s8(a, b);
+            vpadalq_s16(vpadalq_s16(acc, lo), hi)
+        }
+    }
+}
+
+/// Dot product of one weight row (`nb` blocks at `w`) with one activation row.
+#[inline(always)]
+unsafe fn row_dot<const F: u8, const DOT: bool>(w: *const u8, nb: usize, x: Q8Row<'_>) -> f32 {
+    let bb = block_bytes(F);
+    // SAFETY: the caller guarantees `nb` blocks at `w`; `x` holds `nb` blocks (checked by
+    // `Panel::new`), and the slices below are indexed with bounds checks.
+    unsafe {
+        let mut acc = vdupq_n_f32(0.0);
+        let mut offset = 0f32;
+        for b in 0..nb {
+            let p = w.add(b * bb);
+            let d = f16::from_bits(p.cast::<u16>().read_unaligned()).to_f32();
+            let xs = &x.qs[b * QK8..(b + 1) * QK8];
+            let (xl, xh) = (vld1q_s8(xs.as_ptr()), vld1q_s8(xs.as_ptr().add(16)));
+            let dp = if F == F_Q8_0 {
+                let (w0, w1) = (vld1q_s8(p.add(2).cast()), vld1q_s8(p.add(18).cast()));
+                dot16::<DOT>(dot16::<DOT>(vdupq_n_s32(0), w0, xl), w1, xh)
+            } else {
+                let q = vld1q_u8(p.add(if F == F_Q4_1 { 4 } else { 2 }));
+                let mut lo = vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0x0F)));
+                let mut hi = vreinterpretq_s8_u8(vshrq_n_u8::<4>(q));
+                if F == F_Q4_0 {
+                    lo = vsubq_s8(lo, vdupq_n_s8(8));
+                    hi = vsubq_s8(hi, vdupq_n_s8(8));
+                } else {
+                    let m = f16::from_bits(p.add(2).cast::<u16>().read_unaligned()).to_f32();
+                    offset += m * x.sum(b);
+                }
+                dot16::<DOT>(dot16::<DOT>(vdupq_n_s32(0), lo, xl), hi, xh)
+            };
+            acc = vfmaq_f32(acc, vcvtq_f32_s32(dp), vdupq_n_f32(d * x.scale(b)));
+        }
+        vaddvq_f32(acc) + offset
+    }
+}
+
+#[inline(always)]
+unsafe fn panel<const F: u8, const DOT: bool>(p: &mut Panel<'_>) {
+    for r in 0..p.x.rows() {
+        for c in 0..p.out.cols() {
+            // SAFETY: `Panel::new` checked that row `c` of `row_bytes` = `nb` blocks exists.
+            let v = unsafe { row_dot::<F, DOT>(p.w.as_ptr().add(c * p.row_bytes), p.nb, p.x.row(r)) };
+            p.put(r, c, v);
+        }
+    }
+}
+
+/// NEON panel.
+///
+/// # Safety
+/// The CPU must support NEON.
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn panel_neon<const F: u8>(p: &mut Panel<'_>) {
+    // SAFETY: NEON is enabled here.
+    unsafe { panel::<F, false>(p) }
+}
+
+/// NEON panel with `sdot`.
+///
+/// # Safety
+/// The CPU must support NEON and the dot-product extension.
+#[target_feature(enable = "neon,dotprod")]
+pub(super) unsafe fn panel_neon_dot<const F: u8>(p: &mut Panel<'_>) {
+    // SAFETY: NEON and dotprod are enabled here.
+    unsafe { panel::<F, true>(p) }
+}

@@ -1,0 +1,233 @@
+//! Activation quantisers for the fast matmul: f32 rows → 8-bit blocks of 32 ([`Q8Acts`],
+//! scale and block sum kept, laid out for the SIMD kernels) and of 256 ([`BlockQ8_K`], for
+//! the K-quants). Plain slices only; the dot kernels that read them live beside this file.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::QK_K;
+
+/// Values per activation block (the block length of Q4_0, Q4_1 and Q8_0).
+pub const QK8: usize = 32;
+
+/// Copies of each block's scale and sum stored side by side, so that an AVX2 register
+/// (one block) or an AVX-512 register (two blocks) loads them with one instruction.
+pub const Q8_LANES: usize = 8;
+
+/// Rows of activations quantised to signed 8 bits in blocks of 32 (like GGML's Q8_1, with
+/// f32 scale and sum): value `i` of block `b` is `d[b] * qs[32b + i]`, `|qs| <= 127`.
+/// Buffers only grow, so one `Q8Acts` reused across calls allocates nothing in steady state.
+#[derive(Debug, Default, Clone)]
+pub struct Q8Acts {
+    rows: usize,
+    k: usize,
+    qs: Vec<i8>,
+    /// Per row and block, the scale `d` repeated [`Q8_LANES`] times.
+    d: Vec<f32>,
+    /// Per row and block, `d * Σ qs / Q8_LANES` repeated [`Q8_LANES`] times: summing the
+    /// lanes of a block gives the block's sum, which the kernels use for weight offsets.
+    s: Vec<f32>,
+    /// Per row and block, `d * Σ qs` (the same sums, one per block).
+    sums: Vec<f32>,
+}
+
+/// One quantised activation row (see [`Q8Acts`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Q8Row<'a> {
+    pub qs: &'a [i8],
+    pub d: &'a [f32],
+    pub s: &'a [f32],
+    pub sums: &'a [f32],
+}
+
+impl Q8Row<'_> {
+    /// Number of 32-value blocks.
+    pub fn blocks(&self) -> usize {
+        self.qs.len() / QK8
+    }
+
+    /// Scale of block `b`.
+    pub fn scale(&self, b: usize) -> f32 {
+        self.d[b * Q8_LANES]
+    }
+
+    /// `scale(b) * Σ qs` of block `b` (exact: the lane share times a power of two).
+    pub fn sum(&self, b: usize) -> f32 {
+        self.s[b * Q8_LANES] * Q8_LANES as f32
+    }
+}
+
+impl Q8Acts {
+    pub fn new() -> Q8Acts {
+        Q8Acts::default()
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Values per row.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Quantise `x` (`rows` rows of `k` values, `k` a multiple of 32), replacing the contents.
+    pub fn quantize(&mut self, x: &[f32], rows: usize, k: usize) {
+        self.quantize_with(x, rows, k, true)
+    }
+
+    /// [`Q8Acts::quantize`]; the SIMD build (same results) only when `simd`.
+    fn quantize_with(&mut self, x: &[f32], rows: usize, k: usize, simd: bool) {
+        assert!(k % QK8 == 0, "quantize_q8: row length {k} is not a multiple of {QK8}");
+        assert_eq!(x.len(), rows * k, "quantize_q8: {} values for {rows} rows of {k}", x.len());
+        let nb = k / QK8;
+        grow(&mut self.qs, rows * k);
+        grow(&mut self.d, rows * nb * Q8_LANES);
+        grow(&mut self.s, rows * nb * Q8_LANES);
+        grow(&mut self.sums, rows * nb);
+        self.rows = rows;
+        self.k = k;
+        let n = rows * nb;
+        #[cfg(target_arch = "x86_64")]
+        if simd && super::x86::has_avx512() {
+            let (qs, d, s, sums) = (
+                &mut self.qs[..n * QK8],
+                &mut self.d[..n * Q8_LANES],
+                &mut self.s[..n * Q8_LANES],
+                &mut self.sums[..n],
+            );
+            // SAFETY: AVX-512 F/BW/VL were detected; the slices hold `n` blocks each.
+            return unsafe { super::x86::quantize_q8_avx512(x, qs, d, s, sums) };
+        }
+        let _ = (simd, n);
+        for ((((xs, qs), d), s), sums) in x
+            .chunks_exact(QK8)
+            .zip(self.qs.chunks_exact_mut(QK8))
+            .zip(self.d.chunks_exact_mut(Q8_LANES))
+            .zip(self.s.chunks_exact_mut(Q8_LANES))
+            .zip(self.sums.iter_mut())
+        {
+            let (scale, sum) = quantize_block(xs, qs);
+            d.fill(scale);
+            *sums = scale * sum as f32;
+            s.fill(*sums / Q8_LANES as f32);
+        }
+    }
+
+    /// Row `r`.
+    pub fn row(&self, r: usize) -> Q8Row<'_> {
+        assert!(r < self.rows, "Q8Acts: row {r} of {}", self.rows);
+        let nb = self.k / QK8;
+        let lanes = nb * Q8_LANES;
+        Q8Row {
+            qs: &self.qs[r * self.k..(r + 1) * self.k],
+            d: &self.d[r * lanes..(r + 1) * lanes],
+            s: &self.s[r * lanes..(r + 1) * lanes],
+            sums: &self.sums[r * nb..(r + 1) * nb],
+        }
+    }
+}
+
+fn grow<T: Default + Clone>(v: &mut Vec<T>, n: usize) {
+    if v.len() < n {
+        v.resize(n, T::default());
+    }
+}
+
+/// Quantise 32 values: scale `max|x| / 127`, quants rounded to nearest (ties to even).
+/// Returns the scale and the sum of the quants.
+fn quantize_block(xs: &[f32], qs: &mut [i8]) -> (f32, i32) {
+    // Eight running maxima keep the reduction vectorisable.
+    let mut m = [0f32; 8];
+    for c in xs.chunks_exact(8) {
+        for j in 0..8 {
+            m[j] = m[j].max(c[j].abs());
+        }
+    }
+    let amax = m.iter().fold(0f32, |a, &v| a.max(v));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut sum = 0i32;
+    for (q, &v) in qs.iter_mut().zip(xs) {
+        let r = round_ties_even(v * id).clamp(-127.0, 127.0) as i8;
+        *q = r;
+        sum += r as i32;
+    }
+    (d, sum)
+}
+
+/// `v.round_ties_even()` for |v| < 2^22 by adding and removing 1.5 x 2^23 (plain f32 adds
+/// in the default rounding mode), which vectorises without SSE4.1 and needs no libm call.
+#[inline(always)]
+fn round_ties_even(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC) - MAGIC
+}
+
+/// 256 activations quantised for the K-quant kernels: `x[i] = d * qs[i]`, with the sums
+/// of each 16 quants precomputed (GGML's Q8_K layout, scale max|x| / 127).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockQ8_K {
+    pub d: f32,
+    pub qs: [i8; QK_K],
+    pub bsums: [i16; QK_K / 16],
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ8_K>() == 292);
+
+/// Quantise `x` (a multiple of 256 values) into `out` (one block per 256 values).
+pub fn quantize_q8_k(x: &[f32], out: &mut [BlockQ8_K]) {
+    assert!(x.len() % QK_K == 0, "quantize_q8_k: {} values are not whole 256-value blocks", x.len());
+    assert_eq!(out.len(), x.len() / QK_K, "quantize_q8_k: output holds {} blocks", out.len());
+    for (xs, b) in x.chunks_exact(QK_K).zip(out) {
+        let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        b.d = d;
+        for (q, &v) in b.qs.iter_mut().zip(xs) {
+            *q = round_ties_even(v * id).clamp(-127.0, 127.0) as i8;
+        }
+        for (s, qs) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
+            *s = qs.iter().map(|&q| q as i16).sum();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simd_quantiser_equals_scalar() {
+        let x: Vec<f32> = (0..7 * 96)
+            .map(|i| {
+                let v = ((i * 7919) % 1000) as f32 / 37.0 - 13.0;
+                if i % 96 < 32 {
+                    0.0
+                } else if i % 50 == 3 {
+                    v * 1e4
+                } else {
+                    v
+                }
+            })
+            .collect();
+        let (mut a, mut b) = (Q8Acts::new(), Q8Acts::new());
+        a.quantize_with(&x, 7, 96, false);
+        b.quantize_with(&x, 7, 96, true);
+        for r in 0..7 {
+            let (ra, rb) = (a.row(r), b.row(r));
+            assert_eq!((ra.qs, ra.d, ra.s, ra.sums), (rb.qs, rb.d, rb.s, rb.sums), "row {r}");
+        }
+    }
+
+    #[test]
+    fn magic_rounding_is_round_ties_even() {
+        for i in -300_000..300_000 {
+            let v = i as f32 * 0.000_5;
+            assert_eq!(round_ties_even(v), v.round_ties_even(), "{v}");
+        }
+        for v in [0.5f32, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -126.5, 127.49] {
+            assert_eq!(round_ties_even(v), v.round_ties_even(), "{v}");
+        }
+    }
+}
