@@ -27,7 +27,7 @@ fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
 fn check_rows(op: &str, x: &[f32], w: &[f32], out: &[f32]) {
     assert_eq!(x.len(), out.len(), "{op}: input and output lengths differ");
     assert!(
-        if w.is_empty() { x.is_empty() } else { x.len() % w.len() == 0 },
+        if w.is_empty() { x.is_empty() } else { x.len().is_multiple_of(w.len()) },
         "{op}: {} values are not whole rows of {}",
         x.len(),
         w.len()

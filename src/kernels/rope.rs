@@ -35,7 +35,7 @@ impl RopeTable {
     /// A table for heads of `head_dim` values (even, non-zero) at positions
     /// `0..max_pos`, with base frequency `theta` (10000 for LLaMA 2, 100000 for SmolLM2).
     pub fn new(head_dim: usize, max_pos: usize, theta: f32) -> Result<RopeTable> {
-        if head_dim == 0 || head_dim % 2 != 0 {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(Error::invalid(format!("rope table: head_dim must be even and non-zero, got {head_dim}")));
         }
         if !(theta.is_finite() && theta > 0.0) {

@@ -25,7 +25,11 @@ pub fn softmax_row(row: &mut [f32]) {
 
 /// Softmax of each `row_len`-long row of `x` into `out`.
 pub fn softmax(x: &[f32], row_len: usize, out: &mut [f32]) {
-    assert!(row_len == 0 || x.len() % row_len == 0, "softmax: {} values are not whole rows of {row_len}", x.len());
+    assert!(
+        row_len == 0 || x.len().is_multiple_of(row_len),
+        "softmax: {} values are not whole rows of {row_len}",
+        x.len()
+    );
     for_each_row_pair(x, out, row_len, |r, o| {
         o.copy_from_slice(r);
         softmax_row(o);
@@ -35,7 +39,7 @@ pub fn softmax(x: &[f32], row_len: usize, out: &mut [f32]) {
 /// Softmax of each `row_len`-long row of `data`, in place.
 pub fn softmax_in_place(data: &mut [f32], row_len: usize) {
     assert!(
-        row_len == 0 || data.len() % row_len == 0,
+        row_len == 0 || data.len().is_multiple_of(row_len),
         "softmax: {} values are not whole rows of {row_len}",
         data.len()
     );

@@ -377,7 +377,7 @@ fn parse_v1(b: &[u8]) -> Parsed<MllmInfo> {
 
         let dtype = dtype_of_id(&name, id as u32, &id.to_string())?;
         let bb = dtype.block_bytes() as u64;
-        if data_len % bb != 0 {
+        if !data_len.is_multiple_of(bb) {
             return Err(format!(
                 "tensor '{name}': {data_len} bytes are not a whole number of {dtype} {} ({bb} bytes)",
                 if dtype.is_quantized() { "blocks" } else { "elements" }

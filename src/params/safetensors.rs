@@ -118,7 +118,7 @@ impl ParameterFile {
         }
         for t in layout.tensors {
             let start = layout.data_start + t.start;
-            let aligned = (map.as_ptr() as usize + start) % t.dtype.block_bytes() == 0;
+            let aligned = (map.as_ptr() as usize + start).is_multiple_of(t.dtype.block_bytes());
             let tensor = if aligned {
                 Tensor::from_mmap(map.clone(), start, t.dtype, &t.dims, Some(&t.name))?
             } else {

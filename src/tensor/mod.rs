@@ -305,7 +305,7 @@ impl Tensor {
             return Ok(());
         }
         let last_ok = dims.last().is_none_or(|&d| d % b == 0) && strides.last().is_none_or(|&s| s == 1);
-        let rest_ok = strides.iter().rev().skip(1).all(|&s| s % b == 0) && offset % b == 0;
+        let rest_ok = strides.iter().rev().skip(1).all(|&s| s % b == 0) && offset.is_multiple_of(b);
         if last_ok && rest_ok {
             Ok(())
         } else {
@@ -324,7 +324,7 @@ impl Tensor {
         let mut dims = dims.to_vec();
         if let Some(pos) = dims.iter().position(|&d| d == usize::MAX) {
             let known: usize = dims.iter().enumerate().filter(|&(i, _)| i != pos).map(|(_, &d)| d).product();
-            if known == 0 || n % known != 0 {
+            if known == 0 || !n.is_multiple_of(known) {
                 return Err(Error::shape("reshape", format!("cannot infer a dimension of {dims:?} for {n} elements")));
             }
             dims[pos] = n / known;

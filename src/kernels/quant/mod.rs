@@ -53,7 +53,11 @@ fn for_each_block<B: QuantBlock>(bytes: &[u8], mut f: impl FnMut(usize, &B)) {
 /// Number of whole blocks in `bytes`; a partial block is a caller bug.
 fn block_count<B: QuantBlock>(op: &str, bytes: &[u8]) -> usize {
     let size = std::mem::size_of::<B>();
-    assert!(bytes.len() % size == 0, "{op}: {} bytes are not a whole number of {size}-byte blocks", bytes.len());
+    assert!(
+        bytes.len().is_multiple_of(size),
+        "{op}: {} bytes are not a whole number of {size}-byte blocks",
+        bytes.len()
+    );
     bytes.len() / size
 }
 
@@ -81,7 +85,7 @@ fn vec_dot_blocks<B: QuantBlock>(op: &str, bytes: &[u8], x: &[f32]) -> f32 {
 
 /// Checks a quantiser's input length.
 fn check_quantize_len(op: &str, n: usize, block: usize) {
-    assert!(n % block == 0, "{op}: {n} values are not a whole number of {block}-value blocks");
+    assert!(n.is_multiple_of(block), "{op}: {n} values are not a whole number of {block}-value blocks");
 }
 
 #[cfg(test)]

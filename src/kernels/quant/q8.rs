@@ -77,7 +77,7 @@ impl Q8Acts {
 
     /// [`Q8Acts::quantize`]; the SIMD build (same results) only when `simd`.
     fn quantize_with(&mut self, x: &[f32], rows: usize, k: usize, simd: bool) {
-        assert!(k % QK8 == 0, "quantize_q8: row length {k} is not a multiple of {QK8}");
+        assert!(k.is_multiple_of(QK8), "quantize_q8: row length {k} is not a multiple of {QK8}");
         assert_eq!(x.len(), rows * k, "quantize_q8: {} values for {rows} rows of {k}", x.len());
         let nb = k / QK8;
         grow(&mut self.qs, rows * k);
@@ -177,7 +177,7 @@ const _: () = assert!(std::mem::size_of::<BlockQ8_K>() == 292);
 
 /// Quantise `x` (a multiple of 256 values) into `out` (one block per 256 values).
 pub fn quantize_q8_k(x: &[f32], out: &mut [BlockQ8_K]) {
-    assert!(x.len() % QK_K == 0, "quantize_q8_k: {} values are not whole 256-value blocks", x.len());
+    assert!(x.len().is_multiple_of(QK_K), "quantize_q8_k: {} values are not whole 256-value blocks", x.len());
     assert_eq!(out.len(), x.len() / QK_K, "quantize_q8_k: output holds {} blocks", out.len());
     for (xs, b) in x.chunks_exact(QK_K).zip(out) {
         let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));

@@ -374,7 +374,7 @@ pub fn quantized_matmul_with(
     out: &mut [f32],
     accumulate: bool,
 ) {
-    assert!(k % fmt.block_len() == 0, "quantized matmul: k = {k} is not whole {fmt:?} blocks");
+    assert!(k.is_multiple_of(fmt.block_len()), "quantized matmul: k = {k} is not whole {fmt:?} blocks");
     let row_bytes = k / fmt.block_len() * fmt.block_bytes();
     assert_eq!(w.len(), n_out * row_bytes, "quantized matmul: {fmt:?} weight of {n_out} x {k}");
     assert_eq!(x.len(), m * k, "quantized matmul: input is not {m} x {k}");

@@ -34,7 +34,7 @@ pub(crate) fn bytes_to_f32(bytes: &[u8], dtype: DType) -> Result<Vec<f32>> {
 /// Dequantise whole blocks with `kernel`, in parallel on the current pool for large inputs.
 fn dequantize(bytes: &[u8], dtype: DType, kernel: fn(&[u8], &mut [f32])) -> Result<Vec<f32>> {
     let (bb, bl) = (dtype.block_bytes(), dtype.block_len());
-    if bytes.len() % bb != 0 {
+    if !bytes.len().is_multiple_of(bb) {
         return Err(Error::DType {
             op: "to_f32",
             dtype,
