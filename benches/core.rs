@@ -96,6 +96,9 @@ fn linear_case(c: &mut Criterion, label: &str, m: usize, k: usize, n: usize) {
         bch.iter(|| pool.install(|| gemm_direct(xs, ws, &mut out, m, k, n, gemm::Parallelism::None)))
     });
     // What linear does besides the product: a zeroed output tensor, then bias rows.
+    g.bench_function("output_zeros_only", |bch| {
+        bch.iter(|| black_box(Tensor::zeros(&[m, n], DType::F32).expect("zeros")))
+    });
     g.bench_function("output_setup_only", |bch| {
         bch.iter(|| {
             let mut o = Tensor::zeros(&[m, n], DType::F32).expect("zeros");

@@ -12,21 +12,23 @@ use std::time::Instant;
 /// pipes needs at least 8 in flight; 12 fits the 16 ymm registers with the 2 constants.
 const CHAINS: usize = 12;
 
+/// Latency of a dependent 256-bit FMA on Zen 4, in cycles (AMD's Zen 4 optimisation guide):
+/// timing one chain turns it into the core clock actually running.
+const FMA_LATENCY_CYCLES: f64 = 4.0;
+
 #[cfg(target_arch = "x86_64")]
 mod fma {
     use std::arch::x86_64::*;
 
-    use super::CHAINS;
-
-    /// `iters` rounds of `CHAINS` independent 8-lane FMAs; returns a value that depends
+    /// `iters` rounds of `C` independent 8-lane FMAs; returns a value that depends
     /// on all of them so nothing is optimised away.
     ///
     /// # Safety
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn avx2(iters: u64, m: f32, c: f32) -> f32 {
+    pub unsafe fn avx2<const C: usize>(iters: u64, m: f32, c: f32) -> f32 {
         let (vm, vc) = (_mm256_set1_ps(m), _mm256_set1_ps(c));
-        let mut acc = [_mm256_set1_ps(1.0); CHAINS];
+        let mut acc = [_mm256_set1_ps(1.0); C];
         for _ in 0..iters {
             for a in acc.iter_mut() {
                 *a = _mm256_fmadd_ps(*a, vm, vc);
@@ -47,7 +49,7 @@ type Kernel = fn(u64, f32, f32) -> f32;
 
 /// GFLOP/s of `threads` threads each running `kernel` for `iters` rounds (wall clock,
 /// from the first start to the last finish).
-fn run(threads: usize, iters: u64, lanes: u64, kernel: Kernel) -> f64 {
+fn run(threads: usize, iters: u64, chains: usize, lanes: u64, kernel: Kernel) -> f64 {
     let start = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..threads {
@@ -55,7 +57,7 @@ fn run(threads: usize, iters: u64, lanes: u64, kernel: Kernel) -> f64 {
         }
     });
     let secs = start.elapsed().as_secs_f64();
-    let flops = threads as f64 * iters as f64 * CHAINS as f64 * lanes as f64 * 2.0;
+    let flops = threads as f64 * iters as f64 * chains as f64 * lanes as f64 * 2.0;
     flops / secs / 1e9
 }
 
@@ -72,7 +74,9 @@ fn main() {
         return;
     }
     // SAFETY: only reached when the CPU reports AVX2 and FMA, checked just above.
-    let kernel: Kernel = |i, m, c| unsafe { fma::avx2(i, m, c) };
+    let kernel: Kernel = |i, m, c| unsafe { fma::avx2::<CHAINS>(i, m, c) };
+    // SAFETY: as above.
+    let one_chain: Kernel = |i, m, c| unsafe { fma::avx2::<1>(i, m, c) };
     let lanes = 8;
     // Size a run to about 0.3 s on one thread.
     let probe = 2_000_000;
@@ -85,9 +89,18 @@ fn main() {
         threads.push(cores);
     }
     for n in threads {
-        let g = median((0..7).map(|_| run(n, iters, lanes, kernel)).collect());
+        let g = median((0..7).map(|_| run(n, iters, CHAINS, lanes, kernel)).collect());
         println!("{n} thread(s): {g:7.1} GFLOP/s  ({:.1} per thread)", g / n as f64);
     }
+    // One dependent chain runs one FMA per latency: 16 flops every 4 cycles.
+    let chain_iters = iters * CHAINS as u64 / 8;
+    let g = median((0..7).map(|_| run(1, chain_iters, 1, lanes, one_chain)).collect());
+    let ghz = g / (2.0 * lanes as f64) * FMA_LATENCY_CYCLES;
+    println!(
+        "one dependent chain: {g:.1} GFLOP/s -> clock ~{ghz:.2} GHz (if FMA latency is {FMA_LATENCY_CYCLES} cycles); \
+         2 FMA pipes x 8 lanes x 2 flops = {:.1} GFLOP/s per core at that clock",
+        ghz * 32.0
+    );
 }
 
 #[cfg(not(target_arch = "x86_64"))]
