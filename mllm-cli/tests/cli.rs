@@ -105,6 +105,11 @@ fn reference_text(prompt_index: usize, n: usize) -> (String, String) {
 #[test]
 fn greedy_run_prints_the_reference_continuation_and_several_prompts_keep_their_order() {
     // The reference continuation of "The capital of France is" starts " Paris.\n\nThe answer is:".
+    // With --exact (f32 activations) all of it; on the default 8-bit-activation path the
+    // sixth token is a near tie (reference margin 0.22, see tests/golden.rs) and may
+    // differ, so only the first five tokens (" Paris.\n\nThe") are compared there.
+    let exact = run(&["run", "-m", model(), "--exact", "-p", "The capital of France is", "-n", "8"]);
+    assert!(text(&exact.stdout).starts_with(" Paris.\n\nThe answer is"), "{}", text(&exact.stdout));
     let (p0, _) = reference_text(0, 8);
     let (p1, _) = reference_text(1, 8);
     let one = |p: &str| {
@@ -114,7 +119,7 @@ fn greedy_run_prints_the_reference_continuation_and_several_prompts_keep_their_o
         text(&out.stdout)
     };
     let a = one(&p0);
-    assert!(a.starts_with(" Paris.\n\nThe answer is"), "{a:?}");
+    assert!(a.starts_with(" Paris.\n\nThe"), "{a:?}");
     let b = one(&p1);
     let both = run(&["run", "-m", model(), "-p", &p0, "-p", &p1, "-n", "8"]);
     assert!(both.status.success(), "{}", text(&both.stderr));
