@@ -8,6 +8,9 @@
 #        LLAMA_REPACK=auto|0|1 (default auto)   llama.cpp weight repacking ("extra buffer
 #                                               types"); auto = on unless a smoke test crashes
 #        MLLM_CACHE                             cache dir (default ~/.cache/mllm)
+# On a busy machine llama.cpp's OpenMP threads spin-wait at barriers and lose badly when
+# descheduled (its -t 2 drops far below -t 1); OMP_WAIT_POLICY=passive in the environment
+# avoids that (mllm-rs uses rayon and ignores it). The default here is llama.cpp's default.
 #
 # Each repetition block runs, per thread count, mllm-rs then llama.cpp (ours, theirs, ours,
 # theirs, ...), so slow drifts of machine load hit both engines alike. Per block and engine:
@@ -28,7 +31,7 @@ VERSION="${LLAMA_CPP_PY_VERSION:-0.3.36}"
 REPACK="${LLAMA_REPACK:-auto}"
 PROMPT="The capital of France is"
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --threads) THREADS="$2"; shift 2 ;;
@@ -125,6 +128,8 @@ if [ "$REPACK" = 1 ]; then CREPACK=(--repack); else CREPACK=(--no-repack); fi
 # --- runs --------------------------------------------------------------------------------
 OUT="${OUT:-$REPO/target/bench-vs-llamacpp/$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$OUT"
+trap 'echo "[bench-vs-llamacpp] failed at line $LINENO; logs in $OUT" >&2' ERR
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 now_ns() { date +%s%N; }
 # first_token ENGINE T B CMD...: wall ms of one whole process, into $OUT/ENGINE-ft-tT-bB.ms
 first_token() {
@@ -167,7 +172,8 @@ done
 {
   echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'); CPU: $(lscpu | sed -n 's/^Model name: *//p' | head -1);" \
     "$(nproc) cores; mllm-rs $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?');" \
-    "llama-cpp-python $VERSION sdist; llama.cpp repack=$REPACK; model $(basename "$MODEL")"
+    "llama-cpp-python $VERSION sdist; llama.cpp repack=$REPACK; model $(basename "$MODEL");" \
+    "load average (1/5/15 min) at start $LOAD_BEFORE, at end $(cut -d' ' -f1-3 /proc/loadavg)"
   echo
   python3 "$REPO/scripts/bench_vs_llamacpp_table.py" "$OUT"
 } | tee "$OUT/table.md"

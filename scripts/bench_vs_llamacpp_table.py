@@ -63,6 +63,9 @@ def main():
         if not m:
             continue
         engine, kind, threads, ext = m.group(1), m.group(2), int(m.group(3)), m.group(5)
+        if path.stat().st_size == 0:
+            print(f"skipping empty {path.name} (run still going or failed)", file=sys.stderr)
+            continue
         if ext == "ms":
             first[(engine, threads)].append(float(path.read_text()))
         elif ext == "time":
