@@ -31,7 +31,7 @@ VERSION="${LLAMA_CPP_PY_VERSION:-0.3.36}"
 REPACK="${LLAMA_REPACK:-auto}"
 PROMPT="The capital of France is"
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --threads) THREADS="$2"; shift 2 ;;
