@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: mllm-rs against llama.cpp on the same GGUF, same machine, same
+# thread counts, in one run; prints one markdown table (via bench_vs_llamacpp_table.py).
+# llama.cpp is built from the llama-cpp-python sdist into the cache dir, never into the repo.
+#
+# Usage: scripts/bench-vs-llamacpp.sh [--threads "1 2"] [--reps N] [--model FILE] [--out DIR]
+# Env:   LLAMA_CPP_PY_VERSION (default 0.3.36)  sdist whose vendor/llama.cpp is built
+#        LLAMA_REPACK=auto|0|1 (default auto)   llama.cpp weight repacking ("extra buffer
+#                                               types"); auto = on unless a smoke test crashes
+#        MLLM_CACHE                             cache dir (default ~/.cache/mllm)
+# On a busy machine llama.cpp's OpenMP threads spin-wait at barriers and lose badly when
+# descheduled (its -t 2 drops far below -t 1); OMP_WAIT_POLICY=passive in the environment
+# avoids that (mllm-rs uses rayon and ignores it). The default here is llama.cpp's default.
+#
+# Each repetition block runs, per thread count, mllm-rs then llama.cpp (ours, theirs, ours,
+# theirs, ...), so slow drifts of machine load hit both engines alike. Per block and engine:
+#   pp   : `bench -p 128,512 -r 1`: time to process a fresh 128/512-token prompt (one batch).
+#   tg   : 128 single-token decode steps after a 128-token prompt already in the KV cache
+#          (mllm: `bench -p 0 -n 128 --gen-after 128`; llama-bench: `-p 0 -n 128 -d 128`);
+#          the prompt is not timed. Run under `/usr/bin/time -v` for the peak RSS.
+#   first: wall time of a whole process that loads the model, reads a short prompt and
+#          prints one greedy token (`mllm run -n 1`, `llama-completion -n 1`), context 256.
+# Each bench process does one untimed warm-up run per test (both tools do this by default).
+set -euo pipefail
+
+THREADS="1 2"
+REPS=5
+MODEL=""
+OUT=""
+VERSION="${LLAMA_CPP_PY_VERSION:-0.3.36}"
+REPACK="${LLAMA_REPACK:-auto}"
+PROMPT="The capital of France is"
+
+usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --threads) THREADS="$2"; shift 2 ;;
+    --reps) REPS="$2"; shift 2 ;;
+    --model) MODEL="$2"; shift 2 ;;
+    --out) OUT="$2"; shift 2 ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+[[ "$REPS" =~ ^[1-9][0-9]*$ ]] || { echo "--reps must be a positive integer" >&2; exit 2; }
+for t in $THREADS; do
+  [[ "$t" =~ ^[1-9][0-9]*$ ]] || { echo "--threads: '$t' is not a positive integer" >&2; exit 2; }
+done
+case "$REPACK" in auto | 0 | 1) ;; *) echo "LLAMA_REPACK must be auto, 0 or 1" >&2; exit 2 ;; esac
+
+cd "$(dirname "$0")/.."
+REPO="$PWD"
+CACHE="${MLLM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mllm}"
+log() { echo "[bench-vs-llamacpp] $*" >&2; }
+
+# --- tools -------------------------------------------------------------------------------
+apt_install() {
+  log "installing $* with apt-get (needed to build/measure llama.cpp)"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+missing=()
+command -v cmake >/dev/null || missing+=(cmake)
+[ -x /usr/bin/time ] || missing+=(time)
+command -v c++ >/dev/null || missing+=(g++)
+command -v make >/dev/null || missing+=(make)
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+[ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+command -v cargo >/dev/null || { echo "cargo not found: install the Rust toolchain" >&2; exit 1; }
+
+# --- mllm-rs -----------------------------------------------------------------------------
+log "building mllm-cli (release)"
+cargo build --release -q -p mllm-cli
+MLLM="$REPO/target/release/mllm"
+if [ -z "$MODEL" ]; then
+  MODEL="$CACHE/SmolLM2-135M-Instruct.Q4_1.gguf"
+  [ -f "$MODEL" ] || { log "fetching the model"; "$MLLM" pull; }
+fi
+[ -f "$MODEL" ] || { echo "model not found: $MODEL" >&2; exit 1; }
+
+# --- llama.cpp (cached build) ------------------------------------------------------------
+LDIR="$CACHE/llama.cpp-$VERSION"
+LBENCH="$LDIR/build/bin/llama-bench"
+LCOMPL="$LDIR/build/bin/llama-completion"
+if [ ! -x "$LBENCH" ] || [ ! -x "$LCOMPL" ]; then
+  mkdir -p "$LDIR"
+  if [ ! -f "$LDIR/src/CMakeLists.txt" ]; then
+    log "downloading the llama-cpp-python $VERSION sdist (carries llama.cpp under vendor/llama.cpp)"
+    tmp="$(mktemp -d)"
+    trap 'rm -rf "$tmp"' EXIT
+    # --no-binary for this package only: its build deps (cmake, ninja) may come as wheels.
+    python3 -m pip download -q --no-deps --no-binary llama-cpp-python \
+      "llama-cpp-python==$VERSION" -d "$tmp" || {
+      echo "could not download llama-cpp-python==$VERSION; set LLAMA_CPP_PY_VERSION" >&2
+      exit 1
+    }
+    tar -xzf "$tmp"/llama_cpp_python-*.tar.gz -C "$tmp"
+    rm -rf "$LDIR/src"
+    mv "$tmp"/llama_cpp_python-*/vendor/llama.cpp "$LDIR/src"
+  fi
+  log "building llama.cpp ($VERSION) in $LDIR: llama-bench, llama-completion (slow the first time)"
+  cmake -S "$LDIR/src" -B "$LDIR/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+    -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TESTS=OFF \
+    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF -DBUILD_SHARED_LIBS=OFF >"$LDIR/configure.log" 2>&1 || {
+    echo "llama.cpp configure failed, see $LDIR/configure.log" >&2
+    exit 1
+  }
+  cmake --build "$LDIR/build" --target llama-bench llama-completion -j "$(nproc)" >"$LDIR/build.log" 2>&1 || {
+    echo "llama.cpp build failed, see $LDIR/build.log" >&2
+    exit 1
+  }
+fi
+
+# Weight repacking ("extra buffer types", e.g. AMX) is reported to crash on some VMs:
+# keep llama.cpp's default (on) unless a short smoke test fails, then turn it off.
+if [ "$REPACK" = auto ]; then
+  if "$LBENCH" -m "$MODEL" -t 1 -p 16 -n 2 -r 1 --repack 1 -o json >/dev/null 2>&1; then
+    REPACK=1
+  else
+    log "llama-bench crashed with --repack 1: using --repack 0 / --no-repack"
+    REPACK=0
+  fi
+fi
+if [ "$REPACK" = 1 ]; then CREPACK=(--repack); else CREPACK=(--no-repack); fi
+
+# --- runs --------------------------------------------------------------------------------
+OUT="${OUT:-$REPO/target/bench-vs-llamacpp/$(date +%Y%m%d-%H%M%S)}"
+mkdir -p "$OUT"
+trap 'echo "[bench-vs-llamacpp] failed at line $LINENO; logs in $OUT" >&2' ERR
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+now_ns() { date +%s%N; }
+# first_token ENGINE T B CMD...: wall ms of one whole process, into $OUT/ENGINE-ft-tT-bB.ms
+first_token() {
+  local f="$OUT/$1-ft-t$2-b$3"
+  shift 3
+  local t0 t1
+  t0=$(now_ns)
+  "$@" </dev/null >"$f.out" 2>"$f.err"
+  t1=$(now_ns)
+  awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f\n", (b - a) / 1e6 }' >"$f.ms"
+}
+ours() {
+  local t=$1 b=$2
+  "$MLLM" bench -m "$MODEL" -t "$t" -p 128,512 -n 0 -r 1 -o json >"$OUT/ours-pp-t$t-b$b.json"
+  /usr/bin/time -v -o "$OUT/ours-tg-t$t-b$b.time" \
+    "$MLLM" bench -m "$MODEL" -t "$t" -p 0 -n 128 --gen-after 128 -r 1 -o json >"$OUT/ours-tg-t$t-b$b.json"
+  first_token ours "$t" "$b" "$MLLM" run -m "$MODEL" -t "$t" -n 1 --ctx 256 -p "$PROMPT"
+}
+theirs() {
+  local t=$1 b=$2
+  "$LBENCH" -m "$MODEL" -t "$t" -p 128,512 -n 0 -r 1 --repack "$REPACK" -o json \
+    >"$OUT/theirs-pp-t$t-b$b.json" 2>"$OUT/theirs-pp-t$t-b$b.err"
+  /usr/bin/time -v -o "$OUT/theirs-tg-t$t-b$b.time" \
+    "$LBENCH" -m "$MODEL" -t "$t" -p 0 -n 128 -d 128 -r 1 --repack "$REPACK" -o json \
+    >"$OUT/theirs-tg-t$t-b$b.json" 2>"$OUT/theirs-tg-t$t-b$b.err"
+  first_token theirs "$t" "$b" "$LCOMPL" -m "$MODEL" -t "$t" -n 1 -c 256 -p "$PROMPT" \
+    -no-cnv --temp 0 "${CREPACK[@]}"
+}
+
+log "results in $OUT; threads: $THREADS; $REPS repetition blocks; llama.cpp repack=$REPACK"
+for ((b = 1; b <= REPS; b++)); do
+  for t in $THREADS; do
+    log "block $b/$REPS, $t thread(s): mllm-rs"
+    ours "$t" "$b"
+    log "block $b/$REPS, $t thread(s): llama.cpp"
+    theirs "$t" "$b"
+  done
+done
+
+{
+  echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'); CPU: $(lscpu | sed -n 's/^Model name: *//p' | head -1);" \
+    "$(nproc) cores; mllm-rs $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?');" \
+    "llama-cpp-python $VERSION sdist; llama.cpp repack=$REPACK; model $(basename "$MODEL");" \
+    "load average (1/5/15 min) at start $LOAD_BEFORE, at end $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo
+  python3 "$REPO/scripts/bench_vs_llamacpp_table.py" "$OUT"
+} | tee "$OUT/table.md"
