@@ -59,12 +59,13 @@ fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-/// Run `f` inside the context's pool: inline if this thread is one of its workers
+/// Run `f` inside the context's pool (`what` names the wait in a trace and is only
+/// built when tracing is on): inline if this thread is one of its workers
 /// (so a waiting worker keeps stealing work), else by handing it over and blocking.
-fn in_pool<R: Send>(what: &str, f: impl FnOnce() -> R + Send) -> R {
+fn in_pool<R: Send>(what: impl FnOnce() -> String, f: impl FnOnce() -> R + Send) -> R {
     let on_pool = rayon::current_thread_index().is_some();
     let r = {
-        let _span = trace::Span::new("wait", || what.to_string());
+        let _span = trace::Span::new("wait", what);
         context().pool().install(f)
     };
     if !on_pool {
@@ -76,8 +77,8 @@ fn in_pool<R: Send>(what: &str, f: impl FnOnce() -> R + Send) -> R {
 /// Run one task and return its result. Called from a pool thread (inside another
 /// task), the thread keeps running other queued work while it waits.
 pub fn wait<T: Send + 'static>(task: Task<T>) -> Result<T> {
-    let what = format!("wait {}", task.label);
-    in_pool(&what, move || task.run())
+    let label = task.label.clone();
+    in_pool(|| format!("wait {label}"), move || task.run())
 }
 
 /// Run all tasks concurrently on the pool and return their results in order.
@@ -89,11 +90,14 @@ pub fn wait_all<T: Send + 'static, const N: usize>(tasks: [Task<T>; N]) -> Resul
 
 /// Like [`wait_all`] for a run-time number of tasks.
 pub fn wait_many<T: Send + 'static>(tasks: Vec<Task<T>>) -> Result<Vec<T>> {
-    let what = format!("wait_all {} tasks", tasks.len());
-    let results: Vec<Result<T>> = in_pool(&what, move || {
-        // One task per split, so each can be stolen by an idle worker.
-        tasks.into_par_iter().with_max_len(1).map(Task::run).collect()
-    });
+    let n = tasks.len();
+    let results: Vec<Result<T>> = in_pool(
+        || format!("wait_all {n} tasks"),
+        move || {
+            // One task per split, so each can be stolen by an idle worker.
+            tasks.into_par_iter().with_max_len(1).map(Task::run).collect()
+        },
+    );
     results.into_iter().collect()
 }
 
@@ -108,8 +112,8 @@ macro_rules! wait {
 
 /// Run two tasks of different result types concurrently.
 pub fn join2<A: Send + 'static, B: Send + 'static>(a: Task<A>, b: Task<B>) -> Result<(A, B)> {
-    let what = format!("wait {} + {}", a.label, b.label);
-    let (ra, rb) = in_pool(&what, move || rayon::join(move || a.run(), move || b.run()));
+    let (la, lb) = (a.label.clone(), b.label.clone());
+    let (ra, rb) = in_pool(|| format!("wait {la} + {lb}"), move || rayon::join(move || a.run(), move || b.run()));
     Ok((ra?, rb?))
 }
 
