@@ -5,6 +5,11 @@
 mod dot_q8;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+mod packed;
+#[cfg(target_arch = "aarch64")]
+mod packed_neon;
+#[cfg(target_arch = "x86_64")]
+mod packed_x86;
 mod q4_0;
 mod q4_1;
 mod q4_k;
@@ -27,6 +32,9 @@ pub use dot_q8::{
     vec_dot_q4_0_q8, vec_dot_q4_1_q8, vec_dot_q4_k_q8_k, vec_dot_q5_k_q8_k, vec_dot_q6_k_q8_k, vec_dot_q8_0_q8,
 };
 pub use q8::{quantize_q8_k, BlockQ8_K, Q8Acts, Q8Row, Q8_LANES, QK8};
+pub use packed::{
+    dequantize_packed_row, pack_rows, packable, packed_matmul, packed_matmul_with, PACK_ROWS,
+};
 pub use qmatmul::{quantized_matmul, quantized_matmul_with, Isa, WeightFormat};
 
 /// Weights per block of the K-quants (a "super-block").

@@ -28,6 +28,8 @@ pub struct Q8Acts {
     s: Vec<f32>,
     /// Per row and block, `d * Σ qs` (the same sums, one per block).
     sums: Vec<f32>,
+    /// Per row and block, `Σ qs` (exact, for integer weight offsets).
+    isums: Vec<i32>,
 }
 
 /// One quantised activation row (see [`Q8Acts`]).
@@ -37,6 +39,7 @@ pub struct Q8Row<'a> {
     pub d: &'a [f32],
     pub s: &'a [f32],
     pub sums: &'a [f32],
+    pub isums: &'a [i32],
 }
 
 impl Q8Row<'_> {
@@ -84,29 +87,33 @@ impl Q8Acts {
         grow(&mut self.d, rows * nb * Q8_LANES);
         grow(&mut self.s, rows * nb * Q8_LANES);
         grow(&mut self.sums, rows * nb);
+        grow(&mut self.isums, rows * nb);
         self.rows = rows;
         self.k = k;
         let n = rows * nb;
         #[cfg(target_arch = "x86_64")]
         if simd && super::x86::has_avx512() {
-            let (qs, d, s, sums) = (
+            let (qs, d, s, sums, isums) = (
                 &mut self.qs[..n * QK8],
                 &mut self.d[..n * Q8_LANES],
                 &mut self.s[..n * Q8_LANES],
                 &mut self.sums[..n],
+                &mut self.isums[..n],
             );
             // SAFETY: AVX-512 F/BW/VL were detected; the slices hold `n` blocks each.
-            return unsafe { super::x86::quantize_q8_avx512(x, qs, d, s, sums) };
+            return unsafe { super::x86::quantize_q8_avx512(x, qs, d, s, sums, isums) };
         }
         let _ = (simd, n);
-        for ((((xs, qs), d), s), sums) in x
+        for (((((xs, qs), d), s), sums), isum) in x
             .chunks_exact(QK8)
             .zip(self.qs.chunks_exact_mut(QK8))
             .zip(self.d.chunks_exact_mut(Q8_LANES))
             .zip(self.s.chunks_exact_mut(Q8_LANES))
             .zip(self.sums.iter_mut())
+            .zip(self.isums.iter_mut())
         {
             let (scale, sum) = quantize_block(xs, qs);
+            *isum = sum;
             d.fill(scale);
             *sums = scale * sum as f32;
             s.fill(*sums / Q8_LANES as f32);
@@ -123,6 +130,7 @@ impl Q8Acts {
             d: &self.d[r * lanes..(r + 1) * lanes],
             s: &self.s[r * lanes..(r + 1) * lanes],
             sums: &self.sums[r * nb..(r + 1) * nb],
+            isums: &self.isums[r * nb..(r + 1) * nb],
         }
     }
 }
@@ -216,7 +224,7 @@ mod tests {
         b.quantize_with(&x, 7, 96, true);
         for r in 0..7 {
             let (ra, rb) = (a.row(r), b.row(r));
-            assert_eq!((ra.qs, ra.d, ra.s, ra.sums), (rb.qs, rb.d, rb.s, rb.sums), "row {r}");
+            assert_eq!((ra.qs, ra.d, ra.s, ra.sums, ra.isums), (rb.qs, rb.d, rb.s, rb.sums, rb.isums), "row {r}");
         }
     }
 
