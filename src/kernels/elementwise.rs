@@ -2,7 +2,7 @@
 //! scalar), scaling, and the activations SiLU and GELU (exact erf form and tanh form).
 //! Shapes and broadcasting are the tensor layer's business, not this file's.
 
-use super::rows::for_each_chunk;
+use super::rows::{for_each_chunk, for_each_row};
 
 /// The four arithmetic binary operations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,6 +140,18 @@ pub fn gelu_tanh_one(x: f32) -> f32 {
 /// `out[i] = silu(x[i])`.
 pub fn silu(x: &[f32], out: &mut [f32]) {
     map(x, out, silu_one)
+}
+
+/// SwiGLU on rows of stacked gate and up projections: row `r` of `gate_up` is
+/// `[gate (f values), up (f values)]`, and `out[r, j] = silu(gate[j]) * up[j]`.
+pub fn swiglu_rows(gate_up: &[f32], f: usize, out: &mut [f32]) {
+    assert_eq!(gate_up.len(), 2 * out.len(), "swiglu: input must hold a gate and an up row per output row");
+    for_each_row(out, f, |r, o| {
+        let (gate, up) = gate_up[2 * f * r..2 * f * (r + 1)].split_at(f);
+        for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
+            *o = silu_one(g) * u;
+        }
+    });
 }
 
 /// `out[i] = gelu(x[i])`, the exact (erf) form; see [`gelu_one`].

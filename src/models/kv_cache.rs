@@ -9,7 +9,15 @@ use crate::{Error, Result};
 /// Rows allocated up front (at most the capacity).
 const INITIAL_ROWS: usize = 256;
 
+/// Work buffers a model reuses across the forward passes of one sequence, so that a
+/// decode step allocates nothing. Their contents mean nothing between passes.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    pub bufs: [Vec<f32>; 6],
+}
+
 pub struct KvCache {
+    pub(crate) scratch: Scratch,
     keys: Vec<Tensor>,
     values: Vec<Tensor>,
     len: usize,
@@ -32,6 +40,7 @@ impl KvCache {
     pub fn new(n_layers: usize, capacity: usize, kv_dim: usize) -> Result<KvCache> {
         let rows = capacity.min(INITIAL_ROWS);
         Ok(KvCache {
+            scratch: Scratch::default(),
             keys: alloc_layers(n_layers, rows, kv_dim, "k")?,
             values: alloc_layers(n_layers, rows, kv_dim, "v")?,
             len: 0,
@@ -105,6 +114,20 @@ impl KvCache {
         self.keys[layer].data_mut::<f32>()?[at..at + k.len()].copy_from_slice(k);
         self.values[layer].data_mut::<f32>()?[at..at + v.len()].copy_from_slice(v);
         Ok(())
+    }
+
+    /// The next `n` key and value rows of `layer` after the filled ones, to be written in
+    /// place (the cache grows first if needed). Call [`KvCache::advance`] once all layers
+    /// are written.
+    pub fn rows_mut(&mut self, layer: usize, n: usize) -> Result<(&mut [f32], &mut [f32])> {
+        if layer >= self.keys.len() {
+            return Err(Error::invalid(format!("kv_cache: layer {layer} of {}", self.keys.len())));
+        }
+        self.reserve(n)?;
+        let (at, len) = (self.len * self.kv_dim, n * self.kv_dim);
+        let k = &mut self.keys[layer].data_mut::<f32>()?[at..at + len];
+        let v = &mut self.values[layer].data_mut::<f32>()?[at..at + len];
+        Ok((k, v))
     }
 
     /// Mark `n` written positions as filled.

@@ -6,13 +6,15 @@
 use std::sync::Arc;
 
 use crate::kernels::attention::{causal_attention, AttentionShape};
-use crate::kernels::rope::{RopeLayout, RopeTable};
+use crate::kernels::elementwise::swiglu_rows;
+use crate::kernels::norm::rms_norm;
+use crate::kernels::rope::{rope_row, RopeLayout, RopeTable};
 use crate::models::config::LlamaConfig;
 use crate::models::kv_cache::KvCache;
 use crate::nn::{self, Module, ModuleList, Registry};
 use crate::params::ParameterFile;
 use crate::tensor::ops::MatmulPrecision;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{DType, PackedLinear, Tensor};
 use crate::{Error, Result};
 
 /// One transformer block.
@@ -102,9 +104,29 @@ impl Module for Block {
     }
 }
 
+/// One block's weights repacked for the fast kernels, with q|k|v and gate|up stacked so
+/// that each pair or triple is one parallel matmul.
+#[derive(Clone)]
+struct PackedBlock {
+    attn_norm: Vec<f32>,
+    qkv: PackedLinear,
+    o: PackedLinear,
+    ffn_norm: Vec<f32>,
+    gate_up: PackedLinear,
+    down: PackedLinear,
+}
+
+/// All of a model's matmul weights repacked (see [`Llama::pack_weights`]).
+struct PackedModel {
+    blocks: Vec<PackedBlock>,
+    output_norm: Vec<f32>,
+    output: PackedLinear,
+}
+
 /// A LLaMA-family language model.
 #[derive(Clone)]
 pub struct Llama {
+    packed: Option<Arc<PackedModel>>,
     reg: Registry,
     cfg: LlamaConfig,
     token_embd: nn::Embedding,
@@ -138,6 +160,7 @@ impl Llama {
             cfg,
             reg,
             precision: MatmulPrecision::default(),
+            packed: None,
         })
     }
 
@@ -145,9 +168,49 @@ impl Llama {
     /// checked load of every weight.
     pub fn from_file(file: &ParameterFile) -> Result<Llama> {
         let cfg = LlamaConfig::from_gguf_metadata(file.metadata())?;
-        let model = Llama::new(cfg, !file.contains("output.weight"))?;
+        let mut model = Llama::new(cfg, !file.contains("output.weight"))?;
         model.load(file)?;
+        model.pack_weights()?;
         Ok(model)
+    }
+
+    /// Repack every matmul weight (once, after `load`) into the fast kernels' layout, with
+    /// q|k|v and gate|up stacked, letting the OS drop the original pages of a mapped file
+    /// as it goes (so resident memory holds one copy). Returns false, changing nothing, when some
+    /// weight's dtype or shape has no packed layout (then the block kernels are used).
+    /// [`MatmulPrecision::Fast`] passes use the packed weights; `Exact` ones the originals.
+    pub fn pack_weights(&mut self) -> Result<bool> {
+        let get = |l: &nn::Linear| l.weight().get();
+        let norm = |n: &nn::RmsNorm| -> Result<Vec<f32>> { n.weight().get()?.to_f32_vec() };
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for (l, b) in self.blocks.iter().enumerate() {
+            let (q, k, v, o) = (get(&b.attn_q)?, get(&b.attn_k)?, get(&b.attn_v)?, get(&b.attn_output)?);
+            let (g, u, d) = (get(&b.ffn_gate)?, get(&b.ffn_up)?, get(&b.ffn_down)?);
+            if ![&[&q, &k, &v][..], &[&o], &[&g, &u], &[&d]].iter().all(|ws| PackedLinear::can_pack(ws)) {
+                return Ok(false);
+            }
+            blocks.push(PackedBlock {
+                attn_norm: norm(&b.attn_norm)?,
+                qkv: PackedLinear::pack_releasing(&[&q, &k, &v], &format!("blk.{l}.attn_qkv.packed"))?,
+                o: PackedLinear::pack_releasing(&[&o], &format!("blk.{l}.attn_output.packed"))?,
+                ffn_norm: norm(&b.ffn_norm)?,
+                gate_up: PackedLinear::pack_releasing(&[&g, &u], &format!("blk.{l}.ffn_gate_up.packed"))?,
+                down: PackedLinear::pack_releasing(&[&d], &format!("blk.{l}.ffn_down.packed"))?,
+            });
+        }
+        let head = self.output.weight().get()?;
+        if !PackedLinear::can_pack(&[&head]) {
+            return Ok(false);
+        }
+        let output = PackedLinear::pack_releasing(&[&head], &format!("{}.packed", self.output.weight().name()))?;
+        self.packed =
+            Some(Arc::new(PackedModel { blocks, output_norm: self.output_norm.weight().get()?.to_f32_vec()?, output }));
+        Ok(true)
+    }
+
+    /// Whether [`Llama::pack_weights`] has repacked the weights.
+    pub fn is_packed(&self) -> bool {
+        self.packed.is_some()
     }
 
     /// The same model computing its quantised matmuls (every layer and the output head)
@@ -205,6 +268,10 @@ impl Llama {
         }
         let t = ids.len();
         let ids_t = Tensor::from_vec(ids.iter().map(|&i| i as i32).collect::<Vec<i32>>(), &[t])?;
+        if let (MatmulPrecision::Fast, Some(p)) = (self.precision, &self.packed) {
+            let x = self.token_embd.apply(&ids_t)?.to_vec::<f32>()?;
+            return self.forward_packed(p, x, cache, last_only);
+        }
         let mut x = self.token_embd.apply(&ids_t)?;
         for (l, block) in self.blocks.iter().enumerate() {
             x = block.forward_cached(&x, l, &self.cfg, &self.rope, cache, self.precision)?;
@@ -212,6 +279,67 @@ impl Llama {
         cache.advance(t);
         let x = if last_only { x.narrow(0, t - 1, 1)? } else { x };
         self.output.apply_with(&self.output_norm.apply(&x)?, self.precision)
+    }
+}
+
+impl Llama {
+    /// The forward pass on packed weights over plain buffers: per layer five parallel
+    /// regions (q|k|v, attention, output projection + residual, gate|up, down + residual);
+    /// norms, RoPE and SwiGLU in place; the sequence's scratch buffers are reused, so a
+    /// decode step allocates only its logits.
+    fn forward_packed(&self, p: &PackedModel, mut x: Vec<f32>, cache: &mut KvCache, last_only: bool) -> Result<Tensor> {
+        let c = &self.cfg;
+        let (hd, kvd, f, d) = (c.hidden, c.kv_dim(), c.ffn_hidden, c.head_dim);
+        let t = x.len() / hd;
+        let start = cache.len();
+        let qkv_w = hd + 2 * kvd;
+        let mut scratch = std::mem::take(&mut cache.scratch);
+        let [h, qkv, q, attn, gu, act] = &mut scratch.bufs;
+        for (buf, n) in [(&mut *h, hd), (&mut *qkv, qkv_w), (&mut *q, hd), (&mut *attn, hd), (&mut *gu, 2 * f), (&mut *act, f)]
+        {
+            buf.resize(t * n, 0.0);
+        }
+        let shape = AttentionShape {
+            n_queries: t,
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: d,
+            start_pos: start,
+        };
+        let result = (|| -> Result<()> {
+            for (l, b) in p.blocks.iter().enumerate() {
+                rms_norm(&x, &b.attn_norm, c.rms_eps, h);
+                b.qkv.matmul_into(h, t, qkv, false)?;
+                let (kdst, vdst) = cache.rows_mut(l, t)?;
+                for i in 0..t {
+                    let row = &mut qkv[i * qkv_w..(i + 1) * qkv_w];
+                    for head in row[..hd + kvd].chunks_exact_mut(d) {
+                        rope_row(head, &self.rope, start + i, RopeLayout::Interleaved);
+                    }
+                    q[i * hd..(i + 1) * hd].copy_from_slice(&row[..hd]);
+                    kdst[i * kvd..(i + 1) * kvd].copy_from_slice(&row[hd..hd + kvd]);
+                    vdst[i * kvd..(i + 1) * kvd].copy_from_slice(&row[hd + kvd..]);
+                }
+                let (kc, vc) = cache.layer(l, start + t)?;
+                causal_attention(shape, q, kc, vc, attn);
+                b.o.matmul_into(attn, t, &mut x, true)?;
+                rms_norm(&x, &b.ffn_norm, c.rms_eps, h);
+                b.gate_up.matmul_into(h, t, gu, false)?;
+                swiglu_rows(gu, f, act);
+                b.down.matmul_into(act, t, &mut x, true)?;
+            }
+            Ok(())
+        })();
+        cache.scratch = scratch;
+        result?;
+        cache.advance(t);
+        let rows = if last_only { &x[(t - 1) * hd..] } else { &x[..] };
+        let m = rows.len() / hd;
+        let mut normed = vec![0f32; rows.len()];
+        rms_norm(rows, &p.output_norm, c.rms_eps, &mut normed);
+        let mut logits = Tensor::empty(&[m, c.vocab_size], DType::F32).alloc()?;
+        p.output.matmul_into(&normed, m, logits.data_mut::<f32>()?, false)?;
+        Ok(logits)
     }
 }
 

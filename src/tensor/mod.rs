@@ -6,6 +6,7 @@ mod display;
 mod dtype;
 mod element;
 pub mod ops;
+mod packed;
 mod shape;
 mod storage;
 
@@ -13,6 +14,7 @@ use std::sync::Arc;
 
 pub use dtype::{DType, MemType};
 pub use element::Element;
+pub use packed::PackedLinear;
 pub(crate) use shape::for_each_run;
 pub use shape::Shape;
 pub use storage::Storage;
@@ -241,6 +243,16 @@ impl Tensor {
         }
         let start = self.byte_offset(self.offset);
         Ok(&self.storage.bytes()[start..start + self.nbytes()])
+    }
+
+    /// Let the OS drop this tensor's pages of a memory-mapped file from the resident set
+    /// (e.g. after making a repacked copy); they are read from the file again if used.
+    /// Does nothing for heap tensors.
+    pub fn release_mapped_pages(&self) {
+        if let Ok(b) = self.raw_bytes() {
+            let start = b.as_ptr() as usize - self.storage.bytes().as_ptr() as usize;
+            self.storage.release_mapped(start, b.len());
+        }
     }
 
     /// The elements of a contiguous tensor of element type `T`, without copying.

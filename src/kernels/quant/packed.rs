@@ -84,30 +84,6 @@ fn check_shape(op: &str, fmt: WeightFormat, n_out: usize, k: usize, bytes: usize
     assert_eq!(bytes, n_out * (k / QK8) * fmt.block_bytes(), "{op}: byte size");
 }
 
-/// The 32 quants of a GGUF block as unsigned values (Q4: 0..16; Q8_0: q + 128) and the
-/// block's f16 scale and min bits (min 0 unless Q4_1).
-fn read_block(fmt: WeightFormat, blk: &[u8]) -> ([u8; 32], [u8; 2], [u8; 2]) {
-    let mut q = [0u8; 32];
-    let d = [blk[0], blk[1]];
-    match fmt {
-        WeightFormat::Q8_0 => {
-            for (o, &b) in q.iter_mut().zip(&blk[2..34]) {
-                *o = b ^ 0x80;
-            }
-            (q, d, [0, 0])
-        }
-        _ => {
-            let off = if fmt == WeightFormat::Q4_1 { 4 } else { 2 };
-            for j in 0..16 {
-                q[j] = blk[off + j] & 0x0F;
-                q[j + 16] = blk[off + j] >> 4;
-            }
-            let m = if fmt == WeightFormat::Q4_1 { [blk[2], blk[3]] } else { [0, 0] };
-            (q, d, m)
-        }
-    }
-}
-
 /// Byte offset within a block's quants of weight `w` (0..32) of row `i`, and whether it
 /// sits in the high nibble (Q4 formats).
 #[inline(always)]
@@ -126,37 +102,42 @@ pub fn pack_rows(fmt: WeightFormat, src: &[u8], n_out: usize, k: usize, dst: &mu
     let lay = GroupLayout::new(fmt, k);
     let bb = fmt.block_bytes();
     let row_bytes = lay.nb * bb;
+    let q4 = fmt != WeightFormat::Q8_0;
+    let qs_off = if fmt == WeightFormat::Q4_1 { 4 } else { 2 };
+    let word = |b: &[u8], at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
     let pack_group = |(g, out): (usize, &mut [u8])| {
-        for i in 0..PACK_ROWS {
-            let row = &src[(g * PACK_ROWS + i) * row_bytes..][..row_bytes];
-            for b in 0..lay.nb {
-                let (q, d, m) = read_block(fmt, &row[b * bb..(b + 1) * bb]);
-                let quants = &mut out[lay.q_at(b)..lay.q_at(b) + lay.qb];
-                if fmt == WeightFormat::Q8_0 {
-                    for (w, &v) in q.iter().enumerate() {
-                        quants[quant_pos(fmt, i, w).0] = v;
+        for b in 0..lay.nb {
+            let (q0, d0, m0) = (lay.q_at(b), lay.d_at(b), lay.m_at(b));
+            for i in 0..PACK_ROWS {
+                let blk = &src[(g * PACK_ROWS + i) * row_bytes + b * bb..][..bb];
+                let qs = &blk[qs_off..];
+                // Four output bytes (one 32-bit lane) per vector; see the module docs.
+                if q4 {
+                    // GGUF: weight w < 16 is the low nibble of qs[w], w >= 16 the high one of qs[w - 16].
+                    for t in 0..4 {
+                        let a = 8 * (t % 2);
+                        let (lo, hi) = (word(qs, a), word(qs, a + 4));
+                        let v = if t < 2 {
+                            (lo & 0x0F0F_0F0F) | ((hi & 0x0F0F_0F0F) << 4)
+                        } else {
+                            ((lo >> 4) & 0x0F0F_0F0F) | (hi & 0xF0F0_F0F0)
+                        };
+                        out[q0 + 64 * t + 4 * i..][..4].copy_from_slice(&v.to_le_bytes());
                     }
                 } else {
-                    for (w, &v) in q.iter().enumerate() {
-                        let (pos, high) = quant_pos(fmt, i, w);
-                        if high {
-                            quants[pos] |= v << 4;
-                        } else {
-                            quants[pos] = v;
-                        }
+                    for t in 0..8 {
+                        let v = word(qs, 4 * t) ^ 0x8080_8080;
+                        out[q0 + 64 * t + 4 * i..][..4].copy_from_slice(&v.to_le_bytes());
                     }
                 }
-                let s = lay.d_at(b) + i * 2;
-                out[s..s + 2].copy_from_slice(&d);
+                out[d0 + 2 * i..][..2].copy_from_slice(&blk[..2]);
                 if fmt == WeightFormat::Q4_1 {
-                    let s = lay.m_at(b) + i * 2;
-                    out[s..s + 2].copy_from_slice(&m);
+                    out[m0 + 2 * i..][..2].copy_from_slice(&blk[2..4]);
                 }
             }
         }
     };
-    // Low nibbles are stored before high ones are or-ed in, vector by vector; every byte
-    // of a group is written, so `dst` need not be cleared.
+    // Every byte of a group is written, so `dst` need not be cleared.
     dst.par_chunks_mut(lay.bytes).enumerate().for_each(pack_group);
 }
 
