@@ -1,6 +1,11 @@
 //! Causal scaled-dot-product attention of new queries against a key/value cache, with
-//! grouped-query heads: each cached key and value row is read once per group of query heads
-//! sharing it. No allocation per call (online softmax over stack-sized chunks of rows).
+//! grouped-query heads. Work is cut into tiles of query rows that share one kv head (so
+//! each cached key and value row is read once per tile) and, when there are few queries
+//! (decode), into ranges of cache positions whose partial softmax sums are merged after
+//! ("flash decoding"), so every thread gets work. An AVX-512 kernel with a vectorised
+//! `exp` and a portable one with the same phases; no heap allocation per call.
+
+use std::cell::RefCell;
 
 use rayon::prelude::*;
 
@@ -16,159 +21,299 @@ pub struct AttentionShape {
     pub start_pos: usize,
 }
 
+/// Query rows per tile (query positions × heads of one kv group).
+const MAX_ROWS: usize = 16;
+/// Cache positions scored at once (scores stay on the stack).
+const CHUNK: usize = 64;
+/// Below this many multiply-adds the call runs on the calling thread.
+const PAR_MIN_WORK: usize = 1 << 15;
+
 /// `q` is `[n_queries, n_heads, head_dim]`; `k` and `v` are cache rows
 /// `[>= start_pos + n_queries, n_kv_heads, head_dim]`; `out` is like `q`.
-/// Parallel over (query, kv head) pairs on the current rayon pool when large enough.
+/// Parallel on the current rayon pool when large enough.
 pub fn causal_attention(s: AttentionShape, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32]) {
-    attention_with(s, q, k, v, out, true)
+    attention_with(s, q, k, v, out, Kernel::best(s.head_dim))
 }
 
-/// [`causal_attention`], with the AVX2 build only when `simd` (tests cover both).
-fn attention_with(s: AttentionShape, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], simd: bool) {
-    let AttentionShape { n_queries, n_heads, n_kv_heads, head_dim, start_pos } = s;
-    let kv_stride = n_kv_heads * head_dim;
+/// Which row kernel runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Kernel {
+    fn best(head_dim: usize) -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        if head_dim.is_multiple_of(16)
+            && head_dim <= 16 * MAX_D16
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("fma")
+        {
+            return Kernel::Avx512;
+        }
+        let _ = head_dim;
+        Kernel::Portable
+    }
+}
+
+/// One unit of work: query rows `q_rows` (offsets into `q`, one kv head), cache positions
+/// `p_lo..p_hi`, row `r` seeing positions below `limit[r]`.
+#[derive(Clone, Copy)]
+struct Tile {
+    n: usize,
+    q_rows: [usize; MAX_ROWS],
+    limit: [usize; MAX_ROWS],
+    kv_off: usize,
+    p_lo: usize,
+    p_hi: usize,
+}
+
+/// Unnormalised partial results of a tile: `o[r]` = Σ exp(s - m[r]) v, `l[r]` = Σ exp(s - m[r]).
+struct Partial<'a> {
+    o: &'a mut [f32],
+    m: &'a mut [f32],
+    l: &'a mut [f32],
+}
+
+/// Shared, read-only inputs of every tile.
+#[derive(Clone, Copy)]
+struct Inputs<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    d: usize,
+    kv_stride: usize,
+    scale: f32,
+}
+
+fn attention_with(s: AttentionShape, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], kernel: Kernel) {
+    let AttentionShape { n_queries, n_heads, n_kv_heads, head_dim: d, start_pos } = s;
+    let kv_stride = n_kv_heads * d;
     let kv_len = start_pos + n_queries;
     assert!(n_kv_heads > 0 && n_heads % n_kv_heads == 0, "attention: heads must be a multiple of kv heads");
-    assert_eq!(q.len(), n_queries * n_heads * head_dim, "attention: q size");
+    assert_eq!(q.len(), n_queries * n_heads * d, "attention: q size");
     assert_eq!(out.len(), q.len(), "attention: out size");
     assert!(k.len() >= kv_len * kv_stride && v.len() >= kv_len * kv_stride, "attention: cache too short");
     if q.is_empty() {
         return;
     }
     let group = n_heads / n_kv_heads;
-    let _ = simd; // only read on x86_64
-    let one = |(idx, o): (usize, &mut [f32])| {
-        // `o` holds the outputs of the `group` query heads that share kv head `kvh`.
-        let (i, kvh) = (idx / n_kv_heads, idx % n_kv_heads);
-        let qs = &q[(i * n_heads + kvh * group) * head_dim..][..group * head_dim];
-        let job = GroupJob { qs, k, v, o, head_dim, kv_stride, kv_off: kvh * head_dim, seen: start_pos + i + 1 };
-        #[cfg(target_arch = "x86_64")]
-        if simd && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY: AVX2 and FMA were just detected.
-            return unsafe { attend_group_avx2(job) };
+    let inputs = Inputs { q, k, v, d, kv_stride, scale: 1.0 / (d as f32).sqrt() };
+    // Tiles: `tq` query positions × the `group` heads of one kv head (a group larger than a
+    // tile is cut into several tiles of heads).
+    let heads_per_tile = group.min(MAX_ROWS);
+    let tq = (MAX_ROWS / heads_per_tile).max(1).min(n_queries);
+    let head_tiles = group.div_ceil(heads_per_tile);
+    let q_tiles = n_queries.div_ceil(tq);
+    let base_jobs = q_tiles * n_kv_heads * head_tiles;
+    let threads = rayon::current_num_threads();
+    let work = n_queries * n_heads * kv_len * d;
+    let parallel = threads > 1 && work >= PAR_MIN_WORK;
+    // Few tiles (decode): also split the cache positions so that each thread has work.
+    let splits =
+        if parallel && base_jobs < 2 * threads { (2 * threads).div_ceil(base_jobs).min(kv_len / CHUNK).max(1) } else { 1 };
+    let tile = |job: usize| -> Tile {
+        let split = job % splits;
+        let rest = job / splits;
+        let ht = rest % head_tiles;
+        let kvh = (rest / head_tiles) % n_kv_heads;
+        let qt = rest / (head_tiles * n_kv_heads);
+        let (i0, i1) = (qt * tq, ((qt + 1) * tq).min(n_queries));
+        let (g0, g1) = (ht * heads_per_tile, ((ht + 1) * heads_per_tile).min(group));
+        let mut t = Tile {
+            n: 0,
+            q_rows: [0; MAX_ROWS],
+            limit: [0; MAX_ROWS],
+            kv_off: kvh * d,
+            p_lo: kv_len * split / splits,
+            p_hi: kv_len * (split + 1) / splits,
+        };
+        for i in i0..i1 {
+            for g in g0..g1 {
+                t.q_rows[t.n] = (i * n_heads + kvh * group + g) * d;
+                t.limit[t.n] = start_pos + i + 1;
+                t.n += 1;
+            }
         }
-        attend_group::<false>(job)
+        t.p_hi = t.p_hi.min(start_pos + i1);
+        t
     };
-    let work = n_queries * n_heads * kv_len * head_dim;
-    if work >= 1 << 16 && rayon::current_num_threads() > 1 {
-        out.par_chunks_mut(group * head_dim).enumerate().for_each(one);
-    } else {
-        out.chunks_mut(group * head_dim).enumerate().for_each(one);
+    let n_jobs = base_jobs * splits;
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    PARTIALS.with(|cell| {
+        let mut own = Vec::new();
+        let mut borrowed = cell.try_borrow_mut();
+        let buf: &mut Vec<f32> = match borrowed.as_deref_mut() {
+            Ok(b) => b,
+            Err(_) => &mut own,
+        };
+        let per_job = MAX_ROWS * (d + 2);
+        if buf.len() < n_jobs * per_job {
+            buf.resize(n_jobs * per_job, 0.0);
+        }
+        let run = |(job, part): (usize, &mut [f32])| {
+            let t = tile(job);
+            let (o, ml) = part.split_at_mut(MAX_ROWS * d);
+            let (m, l) = ml.split_at_mut(MAX_ROWS);
+            let p = Partial { o: &mut o[..t.n * d], m: &mut m[..t.n], l: &mut l[..t.n] };
+            run_tile(kernel, &inputs, &t, p);
+            if splits == 1 {
+                for r in 0..t.n {
+                    // SAFETY: row `q_rows[r]` of `out` (d values) belongs to this job alone:
+                    // each (query, head) pair is in exactly one tile, and with one split
+                    // per tile one job; the offset is inside `out` (same shape as `q`).
+                    let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(t.q_rows[r]), d) };
+                    let inv = if l[r] > 0.0 { 1.0 / l[r] } else { 0.0 };
+                    for (x, &y) in dst.iter_mut().zip(&o[r * d..(r + 1) * d]) {
+                        *x = y * inv;
+                    }
+                }
+            }
+        };
+        if parallel {
+            buf[..n_jobs * per_job].par_chunks_mut(per_job).enumerate().for_each(run);
+        } else {
+            buf[..n_jobs * per_job].chunks_mut(per_job).enumerate().for_each(run);
+        }
+        if splits > 1 {
+            merge_splits(&buf[..n_jobs * per_job], per_job, splits, d, base_jobs, &tile, out);
+        }
+    });
+}
+
+/// Combines the position splits of each tile: with `M` the largest partial max,
+/// `out = Σ exp(m_s - M) o_s / Σ exp(m_s - M) l_s`.
+fn merge_splits(
+    parts: &[f32],
+    per_job: usize,
+    splits: usize,
+    d: usize,
+    base_jobs: usize,
+    tile: &dyn Fn(usize) -> Tile,
+    out: &mut [f32],
+) {
+    for b in 0..base_jobs {
+        let t = tile(b * splits);
+        for r in 0..t.n {
+            let ml = |s: usize| {
+                let part = &parts[(b * splits + s) * per_job..][..per_job];
+                (part[MAX_ROWS * d + r], part[MAX_ROWS * d + MAX_ROWS + r])
+            };
+            let big = (0..splits).map(|s| ml(s).0).fold(f32::NEG_INFINITY, f32::max);
+            let dst = &mut out[t.q_rows[r]..t.q_rows[r] + d];
+            dst.fill(0.0);
+            let mut total = 0.0;
+            for s in 0..splits {
+                let (m, l) = ml(s);
+                if l == 0.0 {
+                    continue;
+                }
+                let w = (m - big).exp();
+                total += w * l;
+                let o = &parts[(b * splits + s) * per_job + r * d..][..d];
+                for (x, &y) in dst.iter_mut().zip(o) {
+                    *x += w * y;
+                }
+            }
+            let inv = if total > 0.0 { 1.0 / total } else { 0.0 };
+            dst.iter_mut().for_each(|x| *x *= inv);
+        }
     }
 }
 
-/// The query heads of one position that share a kv head.
-struct GroupJob<'a> {
-    /// `group` query rows of `head_dim`.
-    qs: &'a [f32],
-    k: &'a [f32],
-    v: &'a [f32],
-    /// Outputs, like `qs`.
-    o: &'a mut [f32],
-    head_dim: usize,
-    kv_stride: usize,
-    /// Offset of this kv head within a cache row.
-    kv_off: usize,
-    /// Cache rows this query attends to.
-    seen: usize,
+thread_local! {
+    /// Per-thread partial results (grows to the largest call, then allocates nothing).
+    static PARTIALS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Scores kept on the stack per chunk of cache rows (over all heads of a group).
-const SCORE_BUF: usize = 1024;
+/// The output pointer shared by the tasks of one call (each writes its own rows).
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
 
-/// [`attend_group`] compiled for AVX2 + FMA.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn attend_group_avx2(job: GroupJob<'_>) {
-    attend_group::<true>(job)
+impl OutPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
 }
 
-/// Softmax attention of each query head in the group over rows `0..seen`, reading each key
-/// and value row once for the whole group. Online softmax over chunks of rows keeps the
-/// scores on the stack (no allocation) for any context length.
+// SAFETY: tasks only write the output rows of their own tiles through it.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+fn run_tile(kernel: Kernel, x: &Inputs<'_>, t: &Tile, p: Partial<'_>) {
+    match kernel {
+        Kernel::Portable => tile_portable(x, t, p),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Kernel::best` only picks Avx512 when AVX-512F and FMA were detected and
+        // `d` is a multiple of 16 up to 16 * MAX_D16; tests pick it under the same checks.
+        Kernel::Avx512 => unsafe { avx512::tile(x, t, p) },
+    }
+}
+
+/// Valid positions of row `r` in the chunk starting at `p0` with `n` positions.
 #[inline(always)]
-fn attend_group<const FMA: bool>(job: GroupJob<'_>) {
-    let GroupJob { qs, k, v, o, head_dim: d, kv_stride, kv_off, seen } = job;
-    let group = qs.len() / d;
-    let scale = 1.0 / (d as f32).sqrt();
-    let chunk = (SCORE_BUF / group).max(1);
-    let mut scores = [0f32; SCORE_BUF];
-    let mut max = [f32::NEG_INFINITY; 64];
-    let mut sum = [0f32; 64];
-    let (max, sum) = if group <= 64 {
-        (&mut max[..group], &mut sum[..group])
-    } else {
-        return attend_group_large::<FMA>(GroupJob { qs, k, v, o, head_dim: d, kv_stride, kv_off, seen });
-    };
-    o.fill(0.0);
-    let mut p0 = 0;
-    while p0 < seen {
-        let n = chunk.min(seen - p0);
-        for p in 0..n {
-            let krow = &k[(p0 + p) * kv_stride + kv_off..][..d];
-            for g in 0..group {
-                scores[g * chunk + p] = dot::<FMA>(&qs[g * d..(g + 1) * d], krow) * scale;
+fn valid(t: &Tile, r: usize, p0: usize, n: usize) -> usize {
+    t.limit[r].saturating_sub(p0).min(n)
+}
+
+/// The portable kernel: per chunk of positions, scores, then the online-softmax update,
+/// then the weighted sum of values; the reference the SIMD kernel is tested against.
+fn tile_portable(x: &Inputs<'_>, t: &Tile, p: Partial<'_>) {
+    let d = x.d;
+    let mut s = [[0f32; CHUNK]; MAX_ROWS];
+    p.m.fill(f32::NEG_INFINITY);
+    p.l.fill(0.0);
+    p.o.fill(0.0);
+    let mut p0 = t.p_lo;
+    while p0 < t.p_hi {
+        let n = CHUNK.min(t.p_hi - p0);
+        for r in 0..t.n {
+            let nv = valid(t, r, p0, n);
+            if nv == 0 {
+                continue;
             }
-        }
-        for g in 0..group {
-            let sc = &mut scores[g * chunk..g * chunk + n];
-            let m = sc.iter().copied().fold(max[g], f32::max);
-            let correction = (max[g] - m).exp();
-            max[g] = m;
-            let mut total = 0.0;
-            for s in sc.iter_mut() {
-                *s = (*s - m).exp();
-                total += *s;
+            let qr = &x.q[t.q_rows[r]..][..d];
+            for (j, sj) in s[r][..nv].iter_mut().enumerate() {
+                let kr = &x.k[(p0 + j) * x.kv_stride + t.kv_off..][..d];
+                *sj = dot(qr, kr) * x.scale;
             }
-            sum[g] = sum[g] * correction + total;
-            if correction != 1.0 {
-                o[g * d..(g + 1) * d].iter_mut().for_each(|x| *x *= correction);
+            let mx = s[r][..nv].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let m_new = p.m[r].max(mx);
+            let corr = (p.m[r] - m_new).exp();
+            let mut sum = 0.0;
+            for sj in &mut s[r][..nv] {
+                *sj = (*sj - m_new).exp();
+                sum += *sj;
             }
-        }
-        for p in 0..n {
-            let vrow = &v[(p0 + p) * kv_stride + kv_off..][..d];
-            for g in 0..group {
-                axpy::<FMA>(scores[g * chunk + p], vrow, &mut o[g * d..(g + 1) * d]);
+            p.l[r] = p.l[r] * corr + sum;
+            p.m[r] = m_new;
+            let o = &mut p.o[r * d..(r + 1) * d];
+            if corr != 1.0 {
+                o.iter_mut().for_each(|v| *v *= corr);
+            }
+            for (j, &w) in s[r][..nv].iter().enumerate() {
+                let vr = &x.v[(p0 + j) * x.kv_stride + t.kv_off..][..d];
+                for (ov, &vv) in o.iter_mut().zip(vr) {
+                    *ov += w * vv;
+                }
             }
         }
         p0 += n;
     }
-    for g in 0..group {
-        let inv = 1.0 / sum[g];
-        o[g * d..(g + 1) * d].iter_mut().for_each(|x| *x *= inv);
-    }
-}
-
-/// Groups of more than 64 query heads per kv head (no model has them): one head at a time.
-#[inline(always)]
-fn attend_group_large<const FMA: bool>(job: GroupJob<'_>) {
-    let GroupJob { qs, k, v, o, head_dim: d, kv_stride, kv_off, seen } = job;
-    for (qh, oh) in qs.chunks_exact(d).zip(o.chunks_exact_mut(d)) {
-        attend_group::<FMA>(GroupJob { qs: qh, k, v, o: oh, head_dim: d, kv_stride, kv_off, seen });
-    }
 }
 
 #[inline(always)]
-fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
-}
-
-#[inline(always)]
-fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+fn dot(a: &[f32], b: &[f32]) -> f32 {
     // Sixteen partial sums let the compiler vectorise without reassociation flags.
     let mut acc = [0.0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for j in 0..16 {
-            acc[j] = fmadd::<FMA>(x[j], y[j], acc[j]);
+            acc[j] += x[j] * y[j];
         }
     }
     let mut s: f32 = acc.iter().sum();
@@ -178,11 +323,151 @@ fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// `o += w * x`.
-#[inline(always)]
-fn axpy<const FMA: bool>(w: f32, x: &[f32], o: &mut [f32]) {
-    for (a, &b) in o.iter_mut().zip(x) {
-        *a = fmadd::<FMA>(w, b, *a);
+/// Largest head dimension / 16 the AVX-512 kernel handles (256).
+const MAX_D16: usize = 16;
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    // AVX-512 intrinsics are stable since Rust 1.89 (the crate's rust-version).
+    #![allow(clippy::incompatible_msrv)]
+
+    use std::arch::x86_64::*;
+
+    use super::{valid, Inputs, Partial, Tile, CHUNK, MAX_D16, MAX_ROWS};
+
+    /// `exp(x)` for 16 lanes: `x = n ln2 + r` with `|r| <= ln2/2`, a degree-6 polynomial
+    /// for `exp(r)` (relative error about 2e-7), then `2^n` by `vscalefps`. Inputs below
+    /// -104 give 0 (as exp does in f32 after rounding), `+inf` is not expected.
+    #[inline(always)]
+    pub(super) unsafe fn exp512(x: __m512) -> __m512 {
+        // SAFETY: only reached from functions compiled with AVX-512F.
+        unsafe {
+            let x = _mm512_max_ps(x, _mm512_set1_ps(-104.0));
+            let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+                x,
+                _mm512_set1_ps(std::f32::consts::LOG2_E),
+            ));
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
+            let mut p = _mm512_set1_ps(1.0 / 720.0);
+            for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+                p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+            }
+            _mm512_scalef_ps(p, n)
+        }
+    }
+
+    /// One tile; see `tile_portable` for the phases.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F and FMA; `x.d` is a multiple of 16, at most
+    /// `16 * MAX_D16`; the tile's rows and positions lie inside `q`, `k`, `v`.
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) unsafe fn tile(x: &Inputs<'_>, t: &Tile, p: Partial<'_>) {
+        // SAFETY: forwarded contract; each `D16` instance handles `d = 16 * D16`.
+        unsafe {
+            match x.d / 16 {
+                1 => tile_d::<1>(x, t, p),
+                2 => tile_d::<2>(x, t, p),
+                4 => tile_d::<4>(x, t, p),
+                8 => tile_d::<8>(x, t, p),
+                n => {
+                    debug_assert!(n <= MAX_D16);
+                    tile_d::<MAX_D16>(x, t, p)
+                }
+            }
+        }
+    }
+
+    /// `D16` is an upper bound of `d / 16`: loops run over the actual `d / 16` vectors.
+    #[inline(always)]
+    unsafe fn tile_d<const D16: usize>(x: &Inputs<'_>, t: &Tile, p: Partial<'_>) {
+        let d = x.d;
+        let dv = d / 16;
+        // SAFETY: every pointer below addresses `d` values of a row the tile owns or reads:
+        // query rows `q_rows[r]`, cache rows `p0 + j < p_hi <= kv_len` at `kv_off`, and
+        // output row `r < t.n` of `p.o`; `dv <= D16`.
+        unsafe {
+            let mut s = [[0f32; CHUNK]; MAX_ROWS];
+            p.m.fill(f32::NEG_INFINITY);
+            p.l.fill(0.0);
+            p.o.fill(0.0);
+            let mut p0 = t.p_lo;
+            while p0 < t.p_hi {
+                let n = CHUNK.min(t.p_hi - p0);
+                for r in 0..t.n {
+                    let nv = valid(t, r, p0, n);
+                    if nv == 0 {
+                        continue;
+                    }
+                    let qp = x.q.as_ptr().add(t.q_rows[r]);
+                    let qv: [__m512; D16] =
+                        std::array::from_fn(|i| if i < dv { _mm512_loadu_ps(qp.add(16 * i)) } else { _mm512_setzero_ps() });
+                    let kbase = x.k.as_ptr().add(p0 * x.kv_stride + t.kv_off);
+                    for (j, sj) in s[r][..nv].iter_mut().enumerate() {
+                        let kp = kbase.add(j * x.kv_stride);
+                        let mut acc = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kp));
+                        for (i, &qi) in qv.iter().enumerate().take(dv).skip(1) {
+                            acc = _mm512_fmadd_ps(qi, _mm512_loadu_ps(kp.add(16 * i)), acc);
+                        }
+                        *sj = _mm512_reduce_add_ps(acc) * x.scale;
+                    }
+                    // Online softmax over the chunk, 16 scores per vector.
+                    let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
+                    let mut j = 0;
+                    while j < nv {
+                        let mask = lanes(nv - j);
+                        mx = _mm512_mask_max_ps(mx, mask, mx, _mm512_maskz_loadu_ps(mask, s[r].as_ptr().add(j)));
+                        j += 16;
+                    }
+                    let m_new = p.m[r].max(_mm512_reduce_max_ps(mx));
+                    let corr = (p.m[r] - m_new).exp();
+                    let mut sum = _mm512_setzero_ps();
+                    let mut j = 0;
+                    while j < nv {
+                        let mask = lanes(nv - j);
+                        let sv = _mm512_maskz_loadu_ps(mask, s[r].as_ptr().add(j));
+                        let e = _mm512_maskz_mov_ps(mask, exp512(_mm512_sub_ps(sv, _mm512_set1_ps(m_new))));
+                        _mm512_mask_storeu_ps(s[r].as_mut_ptr().add(j), mask, e);
+                        sum = _mm512_add_ps(sum, e);
+                        j += 16;
+                    }
+                    p.l[r] = p.l[r] * corr + _mm512_reduce_add_ps(sum);
+                    p.m[r] = m_new;
+                    let op = p.o.as_mut_ptr().add(r * d);
+                    let cv = _mm512_set1_ps(corr);
+                    let mut ov: [__m512; D16] = std::array::from_fn(|i| {
+                        if i < dv {
+                            _mm512_mul_ps(_mm512_loadu_ps(op.add(16 * i)), cv)
+                        } else {
+                            _mm512_setzero_ps()
+                        }
+                    });
+                    let vbase = x.v.as_ptr().add(p0 * x.kv_stride + t.kv_off);
+                    for (j, &w) in s[r][..nv].iter().enumerate() {
+                        let vp = vbase.add(j * x.kv_stride);
+                        let wv = _mm512_set1_ps(w);
+                        for (i, o) in ov.iter_mut().enumerate().take(dv) {
+                            *o = _mm512_fmadd_ps(wv, _mm512_loadu_ps(vp.add(16 * i)), *o);
+                        }
+                    }
+                    for (i, o) in ov.iter().enumerate().take(dv) {
+                        _mm512_storeu_ps(op.add(16 * i), *o);
+                    }
+                }
+                p0 += n;
+            }
+        }
+    }
+
+    /// Mask of the first `min(n, 16)` lanes.
+    #[inline(always)]
+    fn lanes(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xFFFF
+        } else {
+            ((1u32 << n) - 1) as __mmask16
+        }
     }
 }
 
@@ -220,18 +505,34 @@ mod tests {
         out
     }
 
+    fn kernels(d: usize) -> Vec<Kernel> {
+        let mut v = vec![Kernel::Portable];
+        if Kernel::best(d) != Kernel::Portable {
+            v.push(Kernel::best(d));
+        }
+        v
+    }
+
+    /// Every kernel, serial and on a 3-thread pool (tiles, position splits and their merge),
+    /// against the f64 definition: GQA, MHA, groups larger than a tile, offsets past
+    /// chunk boundaries, head sizes with and without an AVX-512 kernel.
     #[test]
-    fn matches_definition_with_gqa_and_offsets() {
+    fn matches_definition_with_gqa_splits_and_offsets() {
         let mut r = rand::rngs::StdRng::seed_from_u64(9);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
         for &(nq, nh, nkv, d, start) in &[
             (1, 1, 1, 4, 0),
             (5, 9, 3, 64, 0),
             (1, 9, 3, 64, 17),
+            (1, 9, 3, 64, 700),
             (3, 4, 2, 12, 6),
             (40, 6, 3, 8, 2),
-            (3, 8, 1, 20, 300),
+            (3, 8, 1, 32, 300),
             (2, 2, 2, 7, 1500),
-            (1, 70, 1, 4, 5),
+            (1, 70, 1, 16, 5),
+            (37, 9, 3, 64, 100),
+            (2, 4, 4, 128, 200),
+            (1, 2, 1, 48, 129),
         ] {
             let s = AttentionShape { n_queries: nq, n_heads: nh, n_kv_heads: nkv, head_dim: d, start_pos: start };
             let q: Vec<f32> = (0..nq * nh * d).map(|_| r.random_range(-2.0..2.0)).collect();
@@ -239,12 +540,47 @@ mod tests {
             let k: Vec<f32> = (0..kv_len * nkv * d).map(|_| r.random_range(-2.0..2.0)).collect();
             let v: Vec<f32> = (0..kv_len * nkv * d).map(|_| r.random_range(-2.0..2.0)).collect();
             let want = reference(s, &q, &k, &v);
-            for simd in [false, true] {
-                let mut out = vec![f32::NAN; q.len()];
-                attention_with(s, &q, &k, &v, &mut out, simd);
-                for (a, b) in out.iter().zip(&want) {
-                    assert!((*a as f64 - b).abs() < 1e-4, "{s:?} simd={simd}: {a} vs {b}");
+            for kernel in kernels(d) {
+                for threads in [1, 3] {
+                    let mut out = vec![f32::NAN; q.len()];
+                    if threads == 1 {
+                        attention_with(s, &q, &k, &v, &mut out, kernel);
+                    } else {
+                        pool.install(|| attention_with(s, &q, &k, &v, &mut out, kernel));
+                    }
+                    for (a, b) in out.iter().zip(&want) {
+                        assert!((*a as f64 - b).abs() < 1e-4, "{s:?} {kernel:?} threads={threads}: {a} vs {b}");
+                    }
                 }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_exp_is_accurate() {
+        if !is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        use std::arch::x86_64::*;
+        let xs: Vec<f32> = (0..4000).map(|i| -100.0 + i as f32 * 0.025).chain([0.0, -0.0, -103.9, -200.0]).collect();
+        for c in xs.chunks(16) {
+            let mut buf = [0f32; 16];
+            buf[..c.len()].copy_from_slice(c);
+            let mut got = [0f32; 16];
+            // SAFETY: AVX-512F was detected above.
+            unsafe {
+                #[target_feature(enable = "avx512f,fma")]
+                unsafe fn run(x: &[f32; 16], out: &mut [f32; 16]) {
+                    // SAFETY: 16 values each; the caller checked AVX-512F.
+                    unsafe { _mm512_storeu_ps(out.as_mut_ptr(), avx512::exp512(_mm512_loadu_ps(x.as_ptr()))) }
+                }
+                run(&buf, &mut got);
+            }
+            for (&x, &g) in buf.iter().zip(&got).take(c.len()) {
+                let want = (x as f64).exp();
+                let tol = 4e-7 * want + 1e-38;
+                assert!(((g as f64) - want).abs() <= tol, "exp({x}) = {g}, want {want}");
             }
         }
     }
