@@ -65,12 +65,10 @@ fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
-    if std::env::var_os("RSSDBG").is_some() { eprintln!("RSSDBG start {}", std::fs::read_to_string("/proc/self/status").unwrap().lines().filter(|l| l.starts_with("VmRSS") || l.starts_with("VmHWM") || l.starts_with("RssAnon") || l.starts_with("RssFile")).collect::<Vec<_>>().join(" ")); }
     if args.reps == 0 {
         bail!("--reps must be at least 1");
     }
     let model = super::commands::load(&args.model)?;
-    if std::env::var_os("RSSDBG").is_some() { eprintln!("RSSDBG after load {}", std::fs::read_to_string("/proc/self/status").unwrap().lines().filter(|l| l.starts_with("VmRSS") || l.starts_with("VmHWM") || l.starts_with("RssAnon") || l.starts_with("RssFile")).collect::<Vec<_>>().join(" ")); }
     let threads = mllm::context().threads();
     let vocab = model.llama.config().vocab_size;
     let ctx = model.llama.config().context_length;
@@ -127,7 +125,6 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         let label = if before > 0 { format!("tg{n} @ pp{before}") } else { format!("tg{n}") };
         rows.push(Row { test: label, samples });
     }
-    if std::env::var_os("RSSDBG").is_some() { eprintln!("RSSDBG end {}", std::fs::read_to_string("/proc/self/status").unwrap().lines().filter(|l| l.starts_with("VmRSS") || l.starts_with("VmHWM") || l.starts_with("RssAnon") || l.starts_with("RssFile")).collect::<Vec<_>>().join(" ")); }
     let report = mllm::MemoryReport::capture();
     print_results(&args, &model, threads, &rows, ttft, report.total.peak);
     Ok(())

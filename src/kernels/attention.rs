@@ -112,8 +112,11 @@ fn attention_with(s: AttentionShape, q: &[f32], k: &[f32], v: &[f32], out: &mut 
     let work = n_queries * n_heads * kv_len * d;
     let parallel = threads > 1 && work >= PAR_MIN_WORK;
     // Few tiles (decode): also split the cache positions so that each thread has work.
-    let splits =
-        if parallel && base_jobs < 2 * threads { (2 * threads).div_ceil(base_jobs).min(kv_len / CHUNK).max(1) } else { 1 };
+    let splits = if parallel && base_jobs < 2 * threads {
+        (2 * threads).div_ceil(base_jobs).min(kv_len / CHUNK).max(1)
+    } else {
+        1
+    };
     let tile = |job: usize| -> Tile {
         let split = job % splits;
         let rest = job / splits;
@@ -270,21 +273,21 @@ fn tile_portable(x: &Inputs<'_>, t: &Tile, p: Partial<'_>) {
     let mut p0 = t.p_lo;
     while p0 < t.p_hi {
         let n = CHUNK.min(t.p_hi - p0);
-        for r in 0..t.n {
+        for (r, sr) in s.iter_mut().enumerate().take(t.n) {
             let nv = valid(t, r, p0, n);
             if nv == 0 {
                 continue;
             }
             let qr = &x.q[t.q_rows[r]..][..d];
-            for (j, sj) in s[r][..nv].iter_mut().enumerate() {
+            for (j, sj) in sr[..nv].iter_mut().enumerate() {
                 let kr = &x.k[(p0 + j) * x.kv_stride + t.kv_off..][..d];
                 *sj = dot(qr, kr) * x.scale;
             }
-            let mx = s[r][..nv].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mx = sr[..nv].iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let m_new = p.m[r].max(mx);
             let corr = (p.m[r] - m_new).exp();
             let mut sum = 0.0;
-            for sj in &mut s[r][..nv] {
+            for sj in &mut sr[..nv] {
                 *sj = (*sj - m_new).exp();
                 sum += *sj;
             }
@@ -294,7 +297,7 @@ fn tile_portable(x: &Inputs<'_>, t: &Tile, p: Partial<'_>) {
             if corr != 1.0 {
                 o.iter_mut().for_each(|v| *v *= corr);
             }
-            for (j, &w) in s[r][..nv].iter().enumerate() {
+            for (j, &w) in sr[..nv].iter().enumerate() {
                 let vr = &x.v[(p0 + j) * x.kv_stride + t.kv_off..][..d];
                 for (ov, &vv) in o.iter_mut().zip(vr) {
                     *ov += w * vv;
@@ -324,6 +327,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Largest head dimension / 16 the AVX-512 kernel handles (256).
+#[cfg(target_arch = "x86_64")]
 const MAX_D16: usize = 16;
 
 #[cfg(target_arch = "x86_64")]
@@ -395,16 +399,18 @@ mod avx512 {
             let mut p0 = t.p_lo;
             while p0 < t.p_hi {
                 let n = CHUNK.min(t.p_hi - p0);
-                for r in 0..t.n {
+                for (r, sr) in s.iter_mut().enumerate().take(t.n) {
                     let nv = valid(t, r, p0, n);
                     if nv == 0 {
                         continue;
                     }
                     let qp = x.q.as_ptr().add(t.q_rows[r]);
                     let qv: [__m512; D16] =
-                        std::array::from_fn(|i| if i < dv { _mm512_loadu_ps(qp.add(16 * i)) } else { _mm512_setzero_ps() });
+                        std::array::from_fn(
+                            |i| if i < dv { _mm512_loadu_ps(qp.add(16 * i)) } else { _mm512_setzero_ps() },
+                        );
                     let kbase = x.k.as_ptr().add(p0 * x.kv_stride + t.kv_off);
-                    for (j, sj) in s[r][..nv].iter_mut().enumerate() {
+                    for (j, sj) in sr[..nv].iter_mut().enumerate() {
                         let kp = kbase.add(j * x.kv_stride);
                         let mut acc = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kp));
                         for (i, &qi) in qv.iter().enumerate().take(dv).skip(1) {
@@ -417,7 +423,7 @@ mod avx512 {
                     let mut j = 0;
                     while j < nv {
                         let mask = lanes(nv - j);
-                        mx = _mm512_mask_max_ps(mx, mask, mx, _mm512_maskz_loadu_ps(mask, s[r].as_ptr().add(j)));
+                        mx = _mm512_mask_max_ps(mx, mask, mx, _mm512_maskz_loadu_ps(mask, sr.as_ptr().add(j)));
                         j += 16;
                     }
                     let m_new = p.m[r].max(_mm512_reduce_max_ps(mx));
@@ -426,9 +432,9 @@ mod avx512 {
                     let mut j = 0;
                     while j < nv {
                         let mask = lanes(nv - j);
-                        let sv = _mm512_maskz_loadu_ps(mask, s[r].as_ptr().add(j));
+                        let sv = _mm512_maskz_loadu_ps(mask, sr.as_ptr().add(j));
                         let e = _mm512_maskz_mov_ps(mask, exp512(_mm512_sub_ps(sv, _mm512_set1_ps(m_new))));
-                        _mm512_mask_storeu_ps(s[r].as_mut_ptr().add(j), mask, e);
+                        _mm512_mask_storeu_ps(sr.as_mut_ptr().add(j), mask, e);
                         sum = _mm512_add_ps(sum, e);
                         j += 16;
                     }
@@ -444,7 +450,7 @@ mod avx512 {
                         }
                     });
                     let vbase = x.v.as_ptr().add(p0 * x.kv_stride + t.kv_off);
-                    for (j, &w) in s[r][..nv].iter().enumerate() {
+                    for (j, &w) in sr[..nv].iter().enumerate() {
                         let vp = vbase.add(j * x.kv_stride);
                         let wv = _mm512_set1_ps(w);
                         for (i, o) in ov.iter_mut().enumerate().take(dv) {

@@ -121,6 +121,9 @@ struct PackedModel {
     blocks: Vec<PackedBlock>,
     output_norm: Vec<f32>,
     output: PackedLinear,
+    /// The head is the token embedding (tied): embedding rows are read from `output`, so
+    /// the mapped table is never touched again.
+    tied: bool,
 }
 
 /// A LLaMA-family language model.
@@ -203,8 +206,21 @@ impl Llama {
             return Ok(false);
         }
         let output = PackedLinear::pack_releasing(&[&head], &format!("{}.packed", self.output.weight().name()))?;
-        self.packed =
-            Some(Arc::new(PackedModel { blocks, output_norm: self.output_norm.weight().get()?.to_f32_vec()?, output }));
+        // Reading a page maps its neighbours too (fault-around), some of them in matrices
+        // packed and released before: one more pass drops those.
+        for b in self.blocks.iter() {
+            for l in [&b.attn_q, &b.attn_k, &b.attn_v, &b.attn_output, &b.ffn_gate, &b.ffn_up, &b.ffn_down] {
+                l.weight().get()?.release_mapped_pages();
+            }
+        }
+        head.release_mapped_pages();
+        let tied = self.token_embd.weight().name() == self.output.weight().name();
+        if !tied {
+            // One row per token from here on: keep the OS from reading ahead around each.
+            self.token_embd.weight().get()?.advise_random_access();
+        }
+        let output_norm = self.output_norm.weight().get()?.to_f32_vec()?;
+        self.packed = Some(Arc::new(PackedModel { blocks, output_norm, output, tied }));
         Ok(true)
     }
 
@@ -269,7 +285,15 @@ impl Llama {
         let t = ids.len();
         let ids_t = Tensor::from_vec(ids.iter().map(|&i| i as i32).collect::<Vec<i32>>(), &[t])?;
         if let (MatmulPrecision::Fast, Some(p)) = (self.precision, &self.packed) {
-            let x = self.token_embd.apply(&ids_t)?.to_vec::<f32>()?;
+            let x = if p.tied {
+                let mut x = vec![0f32; t * self.cfg.hidden];
+                for (&id, row) in ids.iter().zip(x.chunks_exact_mut(self.cfg.hidden)) {
+                    p.output.dequantize_row_into(id as usize, row)?;
+                }
+                x
+            } else {
+                self.token_embd.apply(&ids_t)?.to_vec::<f32>()?
+            };
             return self.forward_packed(p, x, cache, last_only);
         }
         let mut x = self.token_embd.apply(&ids_t)?;
@@ -295,7 +319,8 @@ impl Llama {
         let qkv_w = hd + 2 * kvd;
         let mut scratch = std::mem::take(&mut cache.scratch);
         let [h, qkv, q, attn, gu, act] = &mut scratch.bufs;
-        for (buf, n) in [(&mut *h, hd), (&mut *qkv, qkv_w), (&mut *q, hd), (&mut *attn, hd), (&mut *gu, 2 * f), (&mut *act, f)]
+        for (buf, n) in
+            [(&mut *h, hd), (&mut *qkv, qkv_w), (&mut *q, hd), (&mut *attn, hd), (&mut *gu, 2 * f), (&mut *act, f)]
         {
             buf.resize(t * n, 0.0);
         }

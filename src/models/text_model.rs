@@ -25,8 +25,14 @@ impl TextModel {
         let t0 = Instant::now();
         let path = path.as_ref().to_path_buf();
         let file = ParameterFile::open(&path)?;
-        let llama = Llama::from_file(&file)?;
+        // The tokenizer first, its build temporaries returned to the OS before the weights
+        // are repacked: the process's peak resident memory is then the model plus the
+        // tokenizer, not plus their temporaries too.
         let tokenizer = Arc::new(Tokenizer::from_gguf_metadata(file.metadata())?);
+        crate::context::memory::release_free_heap();
+        let llama = Llama::from_file(&file)?;
+        drop(file);
+        crate::context::memory::release_free_heap();
         Ok(TextModel { llama, tokenizer, path, load_time: t0.elapsed() })
     }
 

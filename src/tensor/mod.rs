@@ -255,6 +255,12 @@ impl Tensor {
         }
     }
 
+    /// Hint that this tensor's rows of a memory-mapped file will be read in random order
+    /// (an embedding table): only the pages touched become resident. No-op on the heap.
+    pub fn advise_random_access(&self) {
+        self.storage.advise_random();
+    }
+
     /// The elements of a contiguous tensor of element type `T`, without copying.
     pub fn as_slice<T: Element>(&self) -> Result<&[T]> {
         self.check_dtype::<T>("as_slice")?;

@@ -162,12 +162,24 @@ impl PackedLinear {
 
     /// Row `row` of the stacked matrix, dequantised.
     pub fn dequantize_row(&self, row: usize) -> Result<Vec<f32>> {
-        if row >= self.n_out {
-            return Err(Error::invalid(format!("packed linear: row {row} of {}", self.n_out)));
-        }
         let mut out = vec![0f32; self.k];
-        quant::dequantize_packed_row(self.fmt, self.data.as_slice::<u8>()?, self.n_out, self.k, row, &mut out);
+        self.dequantize_row_into(row, &mut out)?;
         Ok(out)
+    }
+
+    /// Row `row` of the stacked matrix, dequantised into `out` (`in_features` values): an
+    /// embedding lookup when the matrix is a tied output head.
+    pub fn dequantize_row_into(&self, row: usize, out: &mut [f32]) -> Result<()> {
+        if row >= self.n_out || out.len() != self.k {
+            return Err(Error::invalid(format!(
+                "packed linear: row {row} of {} into {} values (rows have {})",
+                self.n_out,
+                out.len(),
+                self.k
+            )));
+        }
+        quant::dequantize_packed_row(self.fmt, self.data.as_slice::<u8>()?, self.n_out, self.k, row, out);
+        Ok(())
     }
 }
 
@@ -200,7 +212,8 @@ mod tests {
             let ya = x.linear_with(&a, None, MatmulPrecision::Fast).unwrap().to_vec::<f32>().unwrap();
             let yb = x.linear_with(&b, None, MatmulPrecision::Fast).unwrap().to_vec::<f32>().unwrap();
             for i in 0..3 {
-                let want: Vec<f32> = ya[i * 32..(i + 1) * 32].iter().chain(&yb[i * 16..(i + 1) * 16]).copied().collect();
+                let want: Vec<f32> =
+                    ya[i * 32..(i + 1) * 32].iter().chain(&yb[i * 16..(i + 1) * 16]).copied().collect();
                 for (g, w) in got[i * 48..(i + 1) * 48].iter().zip(&want) {
                     assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{dtype}: {g} vs {w}");
                 }

@@ -19,7 +19,10 @@ pub(crate) enum Bytes {
     Heap(Vec<Line>),
     /// Large buffers: anonymous pages, zero-filled lazily by the OS on first touch.
     Anon(MmapMut),
-    Mapped { map: Arc<Mmap>, offset: usize },
+    Mapped {
+        map: Arc<Mmap>,
+        offset: usize,
+    },
 }
 
 /// From this size on, zeroed storage is an anonymous mapping: the OS hands out zero pages
@@ -98,13 +101,19 @@ impl Storage {
                 // data: later reads fault the same file bytes back in. The range lies inside
                 // the map (checked above and at construction); the call only changes which
                 // pages are resident, not what any live reference reads.
-                let _ = unsafe {
-                    map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset + start, len)
-                };
+                let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset + start, len) };
             }
         }
         #[cfg(not(unix))]
         let _ = (start, len);
+    }
+
+    /// For a mapped file: expect reads of scattered rows (an embedding table), so the OS
+    /// maps only the pages touched instead of reading ahead around each one.
+    pub(crate) fn advise_random(&self) {
+        if let Bytes::Mapped { map, offset } = &self.bytes {
+            let _ = map.advise_range(memmap2::Advice::Random, *offset, self.len);
+        }
     }
 
     /// Mutable bytes; `None` for a read-only mapped file.

@@ -6,9 +6,8 @@ use std::arch::aarch64::*;
 
 use half::f16;
 
-use super::packed::{format_of, quant_offset, GroupCall, P_Q4_1, P_Q8_0, PACK_ROWS};
+use super::packed::{format_of, quant_offset, GroupCall, PACK_ROWS, P_Q4_1, P_Q8_0};
 use super::q8::{Q8_LANES, QK8};
-
 
 /// Per 32-bit lane (one weight row each), Σ of four products of `w` and `x`.
 #[inline(always)]
@@ -67,7 +66,9 @@ unsafe fn row<const F: u8, const DOT: bool>(c: &mut GroupCall<'_, '_>, r: usize)
             let q = g.add(lay.q_at(b));
             let mut s = [vdupq_n_s32(0); 4];
             for u in 0..8 {
-                let xv = vreinterpretq_s8_s32(vdupq_n_s32(x.qs.as_ptr().add(b * QK8 + 4 * u).cast::<i32>().read_unaligned()));
+                let xv = vreinterpretq_s8_s32(vdupq_n_s32(
+                    x.qs.as_ptr().add(b * QK8 + 4 * u).cast::<i32>().read_unaligned(),
+                ));
                 for (part, sp) in s.iter_mut().enumerate() {
                     let w = if F == P_Q8_0 {
                         vreinterpretq_s8_u8(veorq_u8(vld1q_u8(q.add(64 * u + 16 * part)), flip))
