@@ -8,12 +8,14 @@
 # Usage: scripts/bench-serve-vs-llamaserver.sh [--threads 2] [--clients 1,4,16] [--requests 2]
 #          [--max-tokens 32] [--slots 16] [--ctx 512] [--reps 1] [--model FILE] [--out DIR]
 #          [--prompt-cache]
+#        scripts/bench-serve-vs-llamaserver.sh --table DIR   (the table of an earlier run's --out DIR)
 #   --threads     compute threads of both servers (mllm -t; llama-server -t and -tb)
 #   --clients     concurrency levels; each client sends --requests streamed chat requests
 #   --slots       sequences generating at once: mllm --max-concurrent, llama-server -np
 #   --ctx         context per slot: mllm --ctx; llama-server -c is slots x ctx, split evenly
 #                 over its slots (--no-kv-unified)
-#   --reps        repetitions; engine order alternates (ours, theirs; theirs, ours; ...)
+#   --reps        repetitions; engine order alternates (ours, theirs; theirs, ours; ...);
+#                 ratios of the median and of the best repetition (max tok/s, min TTFT)
 #   --prompt-cache  keep llama-server's per-slot prompt reuse (its default; a request then
 #                 skips the prompt prefix it shares with the slot's previous one). Without
 #                 it every request sends "cache_prompt": false, so both engines process
@@ -23,6 +25,8 @@
 #        MLLM_CACHE                             cache dir (default ~/.cache/mllm)
 #        OMP_WAIT_POLICY                        passed through (llama.cpp's OpenMP threads
 #                                               spin at barriers; see bench-vs-llamacpp.sh)
+# On a shared machine llama-server's figures collapse (5-20x) whenever another process
+# takes a core; use --reps 3 and look at the best-of-reps ratios, or a quiet machine.
 # Per engine and repetition: start the server on a free 127.0.0.1 port, wait for /health
 # (bounded), one untimed warm-up request, then scripts/bench-serve.py once per level
 # (llama-server's /metrics is read around each level: llama_decode calls and busy slots
@@ -40,6 +44,7 @@ REPS=1
 MODEL=""
 OUT=""
 PROMPT_CACHE=0
+TABLE_ONLY=""
 VERSION="${LLAMA_CPP_PY_VERSION:-0.3.36}"
 REPACK="${LLAMA_REPACK:-1}"
 HEALTH_WAIT=120   # seconds a server may take to load
@@ -58,6 +63,7 @@ while [ $# -gt 0 ]; do
     --model) MODEL="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
     --prompt-cache) PROMPT_CACHE=1; shift ;;
+    --table) TABLE_ONLY="$2"; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -69,6 +75,78 @@ done
 [[ "$CLIENTS" =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || { echo "--clients: expected e.g. 1,4,16" >&2; exit 2; }
 [ "$MAX_TOKENS" -lt "$CTX" ] || { echo "--max-tokens must be below --ctx" >&2; exit 2; }
 case "$REPACK" in 0 | 1) ;; *) echo "LLAMA_REPACK must be 0 or 1" >&2; exit 2 ;; esac
+
+# print_table DIR: the combined markdown table of a run's output directory.
+print_table() {
+  [ ! -f "$1/header.txt" ] || { cat "$1/header.txt"; echo; }
+  python3 - "$1" <<'EOF'
+import statistics, sys
+from pathlib import Path
+
+out = Path(sys.argv[1])
+# Levels and repetitions from the files of the run (ENGINE-rR-cN.row).
+runs = [f.stem.split("-") for f in out.glob("*-r*-c*.row")]
+levels = sorted({int(c[1:]) for _, _, c in runs})
+reps = max((int(r[1:]) for _, r, _ in runs), default=0)
+NAMES = {"ours": "mllm serve", "theirs": "llama-server"}
+
+def row(engine, r, n):
+    f = out / f"{engine}-r{r}-c{n}.row"
+    cells = [c.strip() for c in f.read_text().strip().split("|")[1:-1]] if f.exists() else []
+    return cells[1:] if len(cells) == 10 else None  # drop the label
+
+def metrics(path):
+    m = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        if line.startswith("llamacpp:"):
+            k, v = line[len("llamacpp:"):].split()
+            m[k] = float(v)
+    return m
+
+def per_step(r, n):
+    a, b = metrics(out / f"theirs-r{r}-c{n}.before"), metrics(out / f"theirs-r{r}-c{n}.after")
+    if "n_decode_total" not in a or "n_decode_total" not in b:
+        return "?", "?"
+    steps = b["n_decode_total"] - a["n_decode_total"]
+    busy = b["n_busy_slots_per_decode"] * b["n_decode_total"] - a["n_busy_slots_per_decode"] * a["n_decode_total"]
+    cached = b["prompt_tokens_cached_total"] - a["prompt_tokens_cached_total"]
+    return f"{steps:.0f} steps, {busy / max(steps, 1):.1f} seqs/step", f"{cached:.0f}"
+
+def num(x):
+    try:
+        return float(x)
+    except ValueError:
+        return float("nan")
+
+print("| engine | rep | clients | requests | prompt tokens | gen tokens | wall s | agg gen tok/s | TTFT p50 ms "
+      "| TTFT p95 ms | per-req gen tok/s | llama_decode calls (batching) | prompt tokens reused |")
+print("| :----- | --: | ------: | -------: | ------------: | ---------: | -----: | ------------: | ----------: "
+      "| ----------: | ----------------: | :---------------------------- | ------------------: |")
+missing = False
+for n in levels:
+    med, best = {}, {}
+    for engine in ("ours", "theirs"):
+        got = []
+        for r in range(1, reps + 1):
+            cells = row(engine, r, n)
+            if cells is None:
+                missing = True
+                print(f"| {NAMES[engine]} | {r} | {n} | failed, see {engine}-r{r}.log | | | | | | | | | |")
+                continue
+            got.append(cells)
+            steps, cached = per_step(r, n) if engine == "theirs" else ("n/a (no batched step)", "0")
+            print(f"| {NAMES[engine]} | {r} | " + " | ".join(cells) + f" | {steps} | {cached} |")
+        cols = [[num(c[i]) for c in got] for i in (5, 6, 7)]  # agg tok/s, TTFT p50, TTFT p95
+        med[engine] = [statistics.median(c) if c else float("nan") for c in cols]
+        best[engine] = [max(cols[0]), min(cols[1]), min(cols[2])] if got else [float("nan")] * 3
+    kinds = [("median of reps", med), ("best of reps", best)] if reps > 1 else [("", med)]
+    for label, v in kinds:
+        ratio = [f"**{a / b:.2f}**" if b else "-" for a, b in zip(v["ours"], v["theirs"])]
+        print(f"| ours/theirs | {label} | {n} | | | | | {ratio[0]} | {ratio[1]} | {ratio[2]} | | | |")
+sys.exit(1 if missing else 0)
+EOF
+}
+[ -z "$TABLE_ONLY" ] || { print_table "$TABLE_ONLY"; exit; }
 
 cd "$(dirname "$0")/.."
 REPO="$PWD"
@@ -141,7 +219,9 @@ fi
 OUT="${OUT:-$REPO/target/bench-serve-vs-llamaserver/$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$OUT"
 SERVER_PID=""
+BENCH_PID=""
 stop_server() {
+  [ -z "$BENCH_PID" ] || { kill "$BENCH_PID" 2>/dev/null || true; BENCH_PID=""; }
   [ -n "$SERVER_PID" ] || return 0
   kill "$SERVER_PID" 2>/dev/null || true
   local i
@@ -204,9 +284,15 @@ bench() {
     model="$(basename "$MODEL")"
     [ "$PROMPT_CACHE" = 1 ] || extra='{"cache_prompt": false}'
   fi
+  # In the background + wait, so that a signal stops the script at once (see the traps).
   timeout -k 5 $((REQUESTS * REQ_TIMEOUT + 60)) python3 "$REPO/scripts/bench-serve.py" --port "$PORT" \
     --requests "$REQUESTS" --max-tokens "$MAX_TOKENS" --timeout "$REQ_TIMEOUT" --model "$model" \
-    --extra-body "$extra" --no-header --label "$engine" "$@"
+    --extra-body "$extra" --no-header --label "$engine" "$@" &
+  BENCH_PID=$!
+  local rc=0
+  wait "$BENCH_PID" || rc=$?
+  BENCH_PID=""
+  return "$rc"
 }
 run_engine() {
   local engine=$1 r=$2 n
@@ -230,72 +316,10 @@ for ((r = 1; r <= REPS; r++)); do
   for e in $order; do run_engine "$e" "$r"; done
 done
 
-{
-  echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'); CPU: $(lscpu | sed -n 's/^Model name: *//p' | head -1);" \
-    "$(nproc) cores; mllm-rs $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?');" \
-    "llama-cpp-python $VERSION sdist (llama-server, repack=$REPACK, prompt cache $([ "$PROMPT_CACHE" = 1 ] && echo on || echo off));" \
-    "model $(basename "$MODEL"); $THREADS threads; $SLOTS slots x $CTX tokens; $REQUESTS streamed chat requests" \
-    "per client, max_tokens $MAX_TOKENS, greedy; OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset};" \
-    "load average (1/5/15 min) at start $LOAD_BEFORE, at end $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo
-  python3 - "$OUT" "$CLIENTS" "$REPS" <<'EOF'
-import statistics, sys
-from pathlib import Path
-
-out, levels, reps = Path(sys.argv[1]), [int(c) for c in sys.argv[2].split(",")], int(sys.argv[3])
-NAMES = {"ours": "mllm serve", "theirs": "llama-server"}
-
-def row(engine, r, n):
-    f = out / f"{engine}-r{r}-c{n}.row"
-    cells = [c.strip() for c in f.read_text().strip().split("|")[1:-1]] if f.exists() else []
-    return cells[1:] if len(cells) == 10 else None  # drop the label
-
-def metrics(path):
-    m = {}
-    for line in path.read_text().splitlines() if path.exists() else []:
-        if line.startswith("llamacpp:"):
-            k, v = line[len("llamacpp:"):].split()
-            m[k] = float(v)
-    return m
-
-def per_step(r, n):
-    a, b = metrics(out / f"theirs-r{r}-c{n}.before"), metrics(out / f"theirs-r{r}-c{n}.after")
-    if "n_decode_total" not in a or "n_decode_total" not in b:
-        return "?", "?"
-    steps = b["n_decode_total"] - a["n_decode_total"]
-    busy = b["n_busy_slots_per_decode"] * b["n_decode_total"] - a["n_busy_slots_per_decode"] * a["n_decode_total"]
-    cached = b["prompt_tokens_cached_total"] - a["prompt_tokens_cached_total"]
-    return f"{steps:.0f} steps, {busy / max(steps, 1):.1f} seqs/step", f"{cached:.0f}"
-
-def num(x):
-    try:
-        return float(x)
-    except ValueError:
-        return float("nan")
-
-print("| engine | rep | clients | requests | prompt tokens | gen tokens | wall s | agg gen tok/s | TTFT p50 ms "
-      "| TTFT p95 ms | per-req gen tok/s | llama_decode calls (batching) | prompt tokens reused |")
-print("| :----- | --: | ------: | -------: | ------------: | ---------: | -----: | ------------: | ----------: "
-      "| ----------: | ----------------: | :---------------------------- | ------------------: |")
-missing = False
-for n in levels:
-    med = {}
-    for engine in ("ours", "theirs"):
-        got = []
-        for r in range(1, reps + 1):
-            cells = row(engine, r, n)
-            if cells is None:
-                missing = True
-                print(f"| {NAMES[engine]} | {r} | {n} | failed, see {engine}-r{r}.log | | | | | | | | | |")
-                continue
-            got.append(cells)
-            steps, cached = per_step(r, n) if engine == "theirs" else ("n/a (no batched step)", "0")
-            print(f"| {NAMES[engine]} | {r} | " + " | ".join(cells) + f" | {steps} | {cached} |")
-        med[engine] = [statistics.median(num(c[i]) for c in got) if got else float("nan") for i in (5, 6, 7)]
-    o, t = med["ours"], med["theirs"]
-    ratio = [f"**{a / b:.2f}**" if b else "-" for a, b in zip(o, t)]
-    label = "median of reps" if reps > 1 else ""
-    print(f"| ours/theirs | {label} | {n} | | | | | {ratio[0]} | {ratio[1]} | {ratio[2]} | | | |")
-sys.exit(1 if missing else 0)
-EOF
-} | tee "$OUT/table.md"
+echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'); CPU: $(lscpu | sed -n 's/^Model name: *//p' | head -1);" \
+  "$(nproc) cores; mllm-rs $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?');" \
+  "llama-cpp-python $VERSION sdist (llama-server, repack=$REPACK, prompt cache $([ "$PROMPT_CACHE" = 1 ] && echo on || echo off));" \
+  "model $(basename "$MODEL"); $THREADS threads; $SLOTS slots x $CTX tokens; $REQUESTS streamed chat requests" \
+  "per client, max_tokens $MAX_TOKENS, greedy; OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset};" \
+  "load average (1/5/15 min) at start $LOAD_BEFORE, at end $(cut -d' ' -f1-3 /proc/loadavg)" >"$OUT/header.txt"
+print_table "$OUT" | tee "$OUT/table.md"
