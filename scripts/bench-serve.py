@@ -10,6 +10,11 @@ per-request decode rate after the first token.
     mllm serve --port 8080 --max-concurrent 16 &
     python3 scripts/bench-serve.py --port 8080 --clients 1,4,16 --requests 2 --max-tokens 16
 
+It also works against other OpenAI-compatible servers (e.g. llama.cpp's llama-server):
+--model sets the request's model name, --extra-body merges server-specific fields into
+every request, --label adds a leading column naming the engine
+(scripts/bench-serve-vs-llamaserver.sh runs it that way, one level per call).
+
 Only talks to the host given (default 127.0.0.1); every loop is bounded.
 """
 
@@ -38,10 +43,10 @@ def percentile(xs, q):
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
-def one_request(host, port, prompt, max_tokens, timeout):
+def one_request(host, port, prompt, max_tokens, timeout, model="bench", extra=None):
     """Send one streamed chat request; return (ttft_s, total_s, completion_tokens, prompt_tokens)."""
-    body = json.dumps({
-        "model": "bench",
+    body = {
+        "model": model,
         # A short system prompt (the model's default one is long; prompts cost as much
         # per token as generation with today's kernels).
         "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": prompt}],
@@ -49,7 +54,8 @@ def one_request(host, port, prompt, max_tokens, timeout):
         "temperature": 0,
         "stream": True,
         "stream_options": {"include_usage": True},
-    })
+    }
+    body = json.dumps({**body, **(extra or {})})
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     t0 = time.perf_counter()
     ttft, tokens, prompt_tokens = None, None, None
@@ -88,7 +94,9 @@ def run_level(args, clients):
         for r in range(args.requests):
             prompt = PROMPTS[(c + r) % len(PROMPTS)]
             try:
-                res = one_request(args.host, args.port, prompt, args.max_tokens, args.timeout)
+                res = one_request(
+                    args.host, args.port, prompt, args.max_tokens, args.timeout, args.model, args.extra
+                )
                 with lock:
                     results.append(res)
             except Exception as e:  # noqa: BLE001 - reported below
@@ -113,16 +121,30 @@ def main():
     ap.add_argument("--requests", type=int, default=2, help="requests per client per level")
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--timeout", type=float, default=300, help="seconds allowed per request")
+    ap.add_argument("--model", default="bench", help="the requests' model field")
+    ap.add_argument("--extra-body", default="{}", help="JSON object merged into every request body")
+    ap.add_argument("--label", default=None, help="add a leading 'engine' column with this text")
+    ap.add_argument("--no-header", action="store_true", help="print the table rows only")
+    ap.add_argument("--no-warmup", action="store_true", help="skip the short untimed warm-up request")
     args = ap.parse_args()
+    try:
+        args.extra = json.loads(args.extra_body)
+    except json.JSONDecodeError as e:
+        sys.exit(f"--extra-body is not valid JSON: {e}")
+    if not isinstance(args.extra, dict):
+        sys.exit("--extra-body must be a JSON object")
     levels = [int(x) for x in args.clients.split(",") if x.strip()]
     if not levels or min(levels) < 1 or max(levels) > 256 or not 1 <= args.requests <= 100:
         sys.exit("--clients must be 1..256 and --requests 1..100")
 
-    one_request(args.host, args.port, PROMPTS[0], 2, args.timeout)  # warm-up
-    print("| clients | requests | prompt tokens | gen tokens | wall s | agg gen tok/s | TTFT p50 ms | TTFT p95 ms "
-          "| per-req gen tok/s |")
-    print("| ------: | -------: | ------------: | ---------: | -----: | ------------: | ----------: | ----------: "
-          "| ----------------: |")
+    if not args.no_warmup:
+        one_request(args.host, args.port, PROMPTS[0], 2, args.timeout, args.model, args.extra)
+    lead, lead_rule = ("| engine ", "| :----- ") if args.label is not None else ("", "")
+    if not args.no_header:
+        print(lead + "| clients | requests | prompt tokens | gen tokens | wall s | agg gen tok/s | TTFT p50 ms "
+              "| TTFT p95 ms | per-req gen tok/s |")
+        print(lead_rule + "| ------: | -------: | ------------: | ---------: | -----: | ------------: | ----------: "
+              "| ----------: | ----------------: |")
     failed = False
     for n in levels:
         results, errors, wall = run_level(args, n)
@@ -137,7 +159,9 @@ def main():
         # Decode rate of each request after its first token.
         rates = [(r[2] - 1) / (r[1] - r[0]) for r in results if r[2] > 1 and r[1] > r[0]]
         print(
-            f"| {n:7d} | {len(results):8d} | {prompt_tokens:13d} | {tokens:10d} | {wall:6.1f} | {tokens / wall:13.1f} "
+            (f"| {args.label} " if args.label is not None else "")
+            + f"| {n:7d} | {len(results):8d} | {prompt_tokens:13d} | {tokens:10d} | {wall:6.1f} "
+            f"| {tokens / wall:13.1f} "
             f"| {percentile(ttfts, 0.5):11.0f} | {percentile(ttfts, 0.95):11.0f} "
             f"| {statistics.mean(rates) if rates else float('nan'):17.1f} |",
             flush=True,
