@@ -3,11 +3,14 @@
 # thread counts, in one run; prints one markdown table (via bench_vs_llamacpp_table.py).
 # llama.cpp is built from the llama-cpp-python sdist into the cache dir, never into the repo.
 #
-# Usage: scripts/bench-vs-llamacpp.sh [--threads "1 2"] [--reps N] [--model FILE] [--out DIR]
+# Usage: scripts/bench-vs-llamacpp.sh [--threads "1 2"] [--reps N] [--model FILE] [--out DIR] [--no-torch]
 # Env:   LLAMA_CPP_PY_VERSION (default 0.3.36)  sdist whose vendor/llama.cpp is built
 #        LLAMA_REPACK=auto|0|1 (default auto)   llama.cpp weight repacking ("extra buffer
 #                                               types"); auto = on unless a smoke test crashes
 #        MLLM_CACHE                             cache dir (default ~/.cache/mllm)
+# PyTorch (HF transformers, f32, the GGUF dequantised on load; scripts/bench_torch.py) is the
+# third engine: its venv (scripts/golden-requirements.txt, a large download the first time)
+# is cached in $MLLM_CACHE/venv-torch. --no-torch leaves it out.
 # On a busy machine llama.cpp's OpenMP threads spin-wait at barriers and lose badly when
 # descheduled (its -t 2 drops far below -t 1); OMP_WAIT_POLICY=passive in the environment
 # avoids that (mllm-rs uses rayon and ignores it). The default here is llama.cpp's default.
@@ -27,6 +30,7 @@ THREADS="1 2"
 REPS=5
 MODEL=""
 OUT=""
+TORCH=1
 VERSION="${LLAMA_CPP_PY_VERSION:-0.3.36}"
 REPACK="${LLAMA_REPACK:-auto}"
 PROMPT="The capital of France is"
@@ -38,6 +42,7 @@ while [ $# -gt 0 ]; do
     --reps) REPS="$2"; shift 2 ;;
     --model) MODEL="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
+    --no-torch) TORCH=0; shift ;;
     -h | --help) usage; exit 0 ;;
     *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -159,13 +164,25 @@ theirs() {
     -no-cnv --temp 0 "${CREPACK[@]}"
 }
 
-log "results in $OUT; threads: $THREADS; $REPS repetition blocks; llama.cpp repack=$REPACK"
+torch_run() {
+  local t=$1 b=$2
+  "$TPY" "$REPO/scripts/bench_torch.py" --model "$MODEL" --threads "$t" --prompt 128,512 --gen 0 \
+    >"$OUT/torch-pp-t$t-b$b.json" 2>"$OUT/torch-pp-t$t-b$b.err"
+  "$TPY" "$REPO/scripts/bench_torch.py" --model "$MODEL" --threads "$t" --prompt 0 --gen 128 --gen-after 128 \
+    >"$OUT/torch-tg-t$t-b$b.json" 2>"$OUT/torch-tg-t$t-b$b.err"
+}
+
+log "results in $OUT; threads: $THREADS; $REPS repetition blocks; llama.cpp repack=$REPACK; torch=$TORCH"
 for ((b = 1; b <= REPS; b++)); do
   for t in $THREADS; do
     log "block $b/$REPS, $t thread(s): mllm-rs"
     ours "$t" "$b"
     log "block $b/$REPS, $t thread(s): llama.cpp"
     theirs "$t" "$b"
+    if [ "$TORCH" = 1 ]; then
+      log "block $b/$REPS, $t thread(s): PyTorch"
+      torch_run "$t" "$b"
+    fi
   done
 done
 

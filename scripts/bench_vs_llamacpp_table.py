@@ -2,7 +2,8 @@
 """Formats the raw results of scripts/bench-vs-llamacpp.sh as one markdown table.
 
 Reads a results directory (standard library only) and prints to stdout; runs nothing itself.
-File names: {ours,theirs}-{pp,tg}-t{T}-b{B}.json, *-tg-*.time (/usr/bin/time -v), *-ft-*.ms.
+File names: {ours,theirs,torch}-{pp,tg}-t{T}-b{B}.json, *-tg-*.time (/usr/bin/time -v), *-ft-*.ms.
+"torch" files (scripts/bench_torch.py) have the shape of `mllm bench -o json`.
 """
 
 import json
@@ -12,7 +13,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-NAME = re.compile(r"^(ours|theirs)-(pp|tg|ft)-t(\d+)-b(\d+)\.(json|time|ms)$")
+NAME = re.compile(r"^(ours|theirs|torch)-(pp|tg|ft)-t(\d+)-b(\d+)\.(json|time|ms)$")
 
 
 def theirs_label(entry):
@@ -70,7 +71,7 @@ def main():
             first[(engine, threads)].append(float(path.read_text()))
         elif ext == "time":
             rss[(engine, threads)].append(max_rss_kib(path) / 1024)
-        elif engine == "ours":
+        elif engine in ("ours", "torch"):
             doc = json.loads(path.read_text())
             for t in doc["tests"]:
                 speed[(engine, t["test"], threads)].extend(t["samples"])
@@ -82,18 +83,29 @@ def main():
 
     tests = sorted({k[1] for k in speed}, key=lambda s: (not s.startswith("pp"), len(s), s))
     threads = sorted({k[2] for k in speed})
-    print("| test | threads | mllm-rs | llama.cpp | mllm-rs / llama.cpp |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    torch = any(k[0] == "torch" for k in speed)
+    head = "| test | threads | mllm-rs | llama.cpp | mllm-rs / llama.cpp |"
+    rule = "| --- | ---: | ---: | ---: | ---: |"
+    if torch:
+        head += " PyTorch f32 | mllm-rs / PyTorch |"
+        rule += " ---: | ---: |"
+    print(head)
+    print(rule)
     for test in tests:
         for t in threads:
             a, b = speed.get(("ours", test, t), []), speed.get(("theirs", test, t), [])
-            print(f"| {test} (t/s) | {t} | {fmt(a, 2)} | {fmt(b, 2)} | {ratio(a, b)} |")
+            row = f"| {test} (t/s) | {t} | {fmt(a, 2)} | {fmt(b, 2)} | {ratio(a, b)} |"
+            if torch:
+                c = speed.get(("torch", test, t), [])
+                row += f" {fmt(c, 2)} | {ratio(a, c)} |"
+            print(row)
+    pad = " | |" if torch else ""
     for t in threads:
         a, b = rss.get(("ours", t), []), rss.get(("theirs", t), [])
-        print(f"| peak RSS, tg128 @ pp128 process (MiB) | {t} | {fmt(a, 1)} | {fmt(b, 1)} | {ratio(a, b)} |")
+        print(f"| peak RSS, tg128 @ pp128 process (MiB) | {t} | {fmt(a, 1)} | {fmt(b, 1)} | {ratio(a, b)} |{pad}")
     for t in threads:
         a, b = first.get(("ours", t), []), first.get(("theirs", t), [])
-        print(f"| first token, whole process (ms) | {t} | {fmt(a, 0)} | {fmt(b, 0)} | {ratio(a, b)} |")
+        print(f"| first token, whole process (ms) | {t} | {fmt(a, 0)} | {fmt(b, 0)} | {ratio(a, b)} |{pad}")
     n = max((len(v) for v in speed.values()), default=0)
     print()
     print(f"median ± sd over {n} samples per cell; t/s: higher is better, RSS and ms: lower is better.")

@@ -1,7 +1,9 @@
 //! `mllm serve`: an OpenAI-compatible HTTP server (axum on tokio). Each request is one
-//! sequence with its own KV cache whose model passes run as tasks on the engine's shared
-//! pool; the async side only reads, checks, queues and streams, and never computes.
+//! sequence with its own KV cache; the next steps of all active sequences run as one
+//! batched model pass on the engine's shared pool (or, with `--no-batch`, each step as its
+//! own forked task); the async side only reads, checks, queues and streams.
 
+mod batcher;
 mod request;
 mod sequence;
 
@@ -45,8 +47,8 @@ pub struct ServeArgs {
     /// Port to listen on (0: any free port; the address is printed on stderr)
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// Requests generating at the same time (their model passes take turns on the shared pool)
-    #[arg(long, default_value_t = 4)]
+    /// Requests generating at the same time (their steps run together as one batched pass)
+    #[arg(long, default_value_t = 8)]
     max_concurrent: usize,
     /// Requests that may wait for a turn; beyond this the server answers 503 at once
     #[arg(long, default_value_t = 64)]
@@ -57,7 +59,14 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes
     #[arg(long, default_value_t = 1 << 20)]
     max_body: usize,
+    /// Run each sequence's model passes as separate forked tasks that take turns on the
+    /// pool, instead of one batched pass over all active sequences (slower; see BENCHMARKS.md)
+    #[arg(long)]
+    no_batch: bool,
 }
+
+/// New tokens in one batched step at most (a longer prompt runs alone).
+const MAX_BATCH_ROWS: usize = 1024;
 
 /// The chat endpoint's default answer length is the rest of the context; the legacy
 /// completions endpoint's is 16 tokens, as in the OpenAI API.
@@ -69,6 +78,7 @@ const DRAIN_LIMIT: usize = 64 << 20;
 
 struct ServerState {
     model: TextModel,
+    batcher: Option<batcher::Batcher>,
     model_id: String,
     created: u64,
     ctx: usize,
@@ -111,8 +121,11 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         None => trained,
     };
     let model_id = model.path.file_stem().map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
+    let batcher =
+        if args.no_batch { None } else { Some(batcher::Batcher::start(model.llama.clone(), MAX_BATCH_ROWS)?) };
     let state = Arc::new(ServerState {
         model,
+        batcher,
         model_id,
         created: unix_now(),
         ctx,
@@ -483,7 +496,9 @@ async fn whole_answer(s: Shared, mut seat: Seat, job: Job, chunks: Chunks, t0: I
     let mut gone = ClientGone { endpoint: job.endpoint, id: chunks.id.clone(), armed: true };
     seat.take_slot().await;
     let queued = t0.elapsed();
-    let result = sequence::generate(&s.model, &chunks.id, &job.ids, &job.opts, &mut |_| true, &|| false).await;
+    let result =
+        sequence::generate(&s.model, s.batcher.as_ref(), &chunks.id, &job.ids, &job.opts, &mut |_| true, &|| false)
+            .await;
     gone.armed = false;
     let g = result.map_err(|e| server_error(format!("generation failed: {e}")))?;
     drop(seat);
@@ -592,7 +607,9 @@ fn stream_answer(s: Shared, mut seat: Seat, job: Job, chunks: Chunks, t0: Instan
             tx.send(chunks.text(piece)).is_ok()
         };
         let gone = || tx.is_closed();
-        let result = sequence::generate(&s.model, &chunks.id, &job.ids, &job.opts, &mut on_text, &gone).await;
+        let result =
+            sequence::generate(&s.model, s.batcher.as_ref(), &chunks.id, &job.ids, &job.opts, &mut on_text, &gone)
+                .await;
         drop(seat);
         match result {
             Ok(g) if g.finish == FinishReason::Cancelled => {

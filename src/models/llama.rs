@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use crate::kernels::attention::{causal_attention, AttentionShape};
 use crate::kernels::elementwise::swiglu_rows;
 use crate::kernels::norm::rms_norm;
@@ -267,7 +269,8 @@ impl Llama {
         self.forward_hidden(ids, cache, false)
     }
 
-    fn forward_hidden(&self, ids: &[u32], cache: &mut KvCache, last_only: bool) -> Result<Tensor> {
+    /// Checks one sequence's new tokens against the vocabulary and its cache.
+    fn check_step(&self, ids: &[u32], cache: &KvCache) -> Result<()> {
         if ids.is_empty() {
             return Err(Error::invalid("forward: no tokens"));
         }
@@ -282,20 +285,17 @@ impl Llama {
                 cache.capacity()
             )));
         }
+        Ok(())
+    }
+
+    fn forward_hidden(&self, ids: &[u32], cache: &mut KvCache, last_only: bool) -> Result<Tensor> {
+        self.check_step(ids, cache)?;
         let t = ids.len();
-        let ids_t = Tensor::from_vec(ids.iter().map(|&i| i as i32).collect::<Vec<i32>>(), &[t])?;
         if let (MatmulPrecision::Fast, Some(p)) = (self.precision, &self.packed) {
-            let x = if p.tied {
-                let mut x = vec![0f32; t * self.cfg.hidden];
-                for (&id, row) in ids.iter().zip(x.chunks_exact_mut(self.cfg.hidden)) {
-                    p.output.dequantize_row_into(id as usize, row)?;
-                }
-                x
-            } else {
-                self.token_embd.apply(&ids_t)?.to_vec::<f32>()?
-            };
-            return self.forward_packed(p, x, cache, last_only);
+            let x = self.embed_packed(p, ids)?;
+            return self.forward_packed(p, x, &mut [(t, cache)], last_only);
         }
+        let ids_t = Tensor::from_vec(ids.iter().map(|&i| i as i32).collect::<Vec<i32>>(), &[t])?;
         let mut x = self.token_embd.apply(&ids_t)?;
         for (l, block) in self.blocks.iter().enumerate() {
             x = block.forward_cached(&x, l, &self.cfg, &self.rope, cache, self.precision)?;
@@ -304,49 +304,118 @@ impl Llama {
         let x = if last_only { x.narrow(0, t - 1, 1)? } else { x };
         self.output.apply_with(&self.output_norm.apply(&x)?, self.precision)
     }
+
+    /// One step of several independent sequences at once: `steps[i]` is the next tokens of
+    /// the sequence in its cache (a prompt, or one generated token). Returns the logits
+    /// after each sequence's last token, `[steps.len(), vocab]`; every cache advances.
+    ///
+    /// On packed weights the sequences share each matmul (their rows stacked, so each
+    /// weight is read once per step, not once per sequence) and run attention in one
+    /// parallel region; otherwise they run one after another. Results equal separate
+    /// [`Llama::forward_tokens`] calls up to float summation order.
+    pub fn forward_batch(&self, steps: &mut [(&[u32], &mut KvCache)]) -> Result<Tensor> {
+        if steps.is_empty() {
+            return Err(Error::invalid("forward_batch: no sequences"));
+        }
+        for (ids, cache) in steps.iter() {
+            self.check_step(ids, cache)?;
+        }
+        if let (MatmulPrecision::Fast, Some(p)) = (self.precision, &self.packed) {
+            let ids: Vec<u32> = steps.iter().flat_map(|(ids, _)| ids.iter().copied()).collect();
+            let x = self.embed_packed(p, &ids)?;
+            let mut seqs: Vec<(usize, &mut KvCache)> = steps.iter_mut().map(|(ids, c)| (ids.len(), &mut **c)).collect();
+            return self.forward_packed(p, x, &mut seqs, true);
+        }
+        let mut rows = Vec::with_capacity(steps.len() * self.cfg.vocab_size);
+        for (ids, cache) in steps.iter_mut() {
+            rows.extend_from_slice(self.forward_tokens(ids, cache)?.as_slice::<f32>()?);
+        }
+        Tensor::from_vec(rows, &[steps.len(), self.cfg.vocab_size])
+    }
+
+    /// Embedding rows of `ids` for the packed path (from the packed head when tied).
+    fn embed_packed(&self, p: &PackedModel, ids: &[u32]) -> Result<Vec<f32>> {
+        if p.tied {
+            let mut x = vec![0f32; ids.len() * self.cfg.hidden];
+            for (&id, row) in ids.iter().zip(x.chunks_exact_mut(self.cfg.hidden)) {
+                p.output.dequantize_row_into(id as usize, row)?;
+            }
+            Ok(x)
+        } else {
+            let ids_t = Tensor::from_vec(ids.iter().map(|&i| i as i32).collect::<Vec<i32>>(), &[ids.len()])?;
+            self.token_embd.apply(&ids_t)?.to_vec::<f32>()
+        }
+    }
 }
 
 impl Llama {
-    /// The forward pass on packed weights over plain buffers: per layer five parallel
-    /// regions (q|k|v, attention, output projection + residual, gate|up, down + residual);
-    /// norms, RoPE and SwiGLU in place; the sequence's scratch buffers are reused, so a
-    /// decode step allocates only its logits.
-    fn forward_packed(&self, p: &PackedModel, mut x: Vec<f32>, cache: &mut KvCache, last_only: bool) -> Result<Tensor> {
+    /// The forward pass on packed weights over plain buffers, for one or more sequences
+    /// (`seqs[i]`: its number of new rows in `x`, in order, and its cache). Per layer five
+    /// parallel regions (q|k|v, attention, output projection + residual, gate|up, down +
+    /// residual); norms, RoPE and SwiGLU in place; the first sequence's scratch buffers are
+    /// reused, so a decode step allocates only its logits. Returns the logits of each
+    /// sequence's last row (`last_only`) or of every row.
+    fn forward_packed(
+        &self,
+        p: &PackedModel,
+        mut x: Vec<f32>,
+        seqs: &mut [(usize, &mut KvCache)],
+        last_only: bool,
+    ) -> Result<Tensor> {
         let c = &self.cfg;
         let (hd, kvd, f, d) = (c.hidden, c.kv_dim(), c.ffn_hidden, c.head_dim);
         let t = x.len() / hd;
-        let start = cache.len();
+        debug_assert_eq!(t, seqs.iter().map(|s| s.0).sum::<usize>());
+        let starts: Vec<usize> = seqs.iter().map(|(_, cache)| cache.len()).collect();
         let qkv_w = hd + 2 * kvd;
-        let mut scratch = std::mem::take(&mut cache.scratch);
+        let mut scratch = std::mem::take(&mut seqs[0].1.scratch);
         let [h, qkv, q, attn, gu, act] = &mut scratch.bufs;
         for (buf, n) in
             [(&mut *h, hd), (&mut *qkv, qkv_w), (&mut *q, hd), (&mut *attn, hd), (&mut *gu, 2 * f), (&mut *act, f)]
         {
             buf.resize(t * n, 0.0);
         }
-        let shape = AttentionShape {
-            n_queries: t,
+        let shape = |n_queries: usize, start_pos: usize| AttentionShape {
+            n_queries,
             n_heads: c.n_heads,
             n_kv_heads: c.n_kv_heads,
             head_dim: d,
-            start_pos: start,
+            start_pos,
         };
         let result = (|| -> Result<()> {
             for (l, b) in p.blocks.iter().enumerate() {
                 rms_norm(&x, &b.attn_norm, c.rms_eps, h);
                 b.qkv.matmul_into(h, t, qkv, false)?;
-                let (kdst, vdst) = cache.rows_mut(l, t)?;
-                for i in 0..t {
-                    let row = &mut qkv[i * qkv_w..(i + 1) * qkv_w];
-                    for head in row[..hd + kvd].chunks_exact_mut(d) {
-                        rope_row(head, &self.rope, start + i, RopeLayout::Interleaved);
+                let mut r0 = 0;
+                for ((n, cache), &start) in seqs.iter_mut().zip(&starts) {
+                    let (kdst, vdst) = cache.rows_mut(l, *n)?;
+                    for i in 0..*n {
+                        let row = &mut qkv[(r0 + i) * qkv_w..(r0 + i + 1) * qkv_w];
+                        for head in row[..hd + kvd].chunks_exact_mut(d) {
+                            rope_row(head, &self.rope, start + i, RopeLayout::Interleaved);
+                        }
+                        q[(r0 + i) * hd..(r0 + i + 1) * hd].copy_from_slice(&row[..hd]);
+                        kdst[i * kvd..(i + 1) * kvd].copy_from_slice(&row[hd..hd + kvd]);
+                        vdst[i * kvd..(i + 1) * kvd].copy_from_slice(&row[hd + kvd..]);
                     }
-                    q[i * hd..(i + 1) * hd].copy_from_slice(&row[..hd]);
-                    kdst[i * kvd..(i + 1) * kvd].copy_from_slice(&row[hd..hd + kvd]);
-                    vdst[i * kvd..(i + 1) * kvd].copy_from_slice(&row[hd + kvd..]);
+                    r0 += *n;
                 }
-                let (kc, vc) = cache.layer(l, start + t)?;
-                causal_attention(shape, q, kc, vc, attn);
+                if let [(n, cache)] = seqs {
+                    let (kc, vc) = cache.layer(l, starts[0] + *n)?;
+                    causal_attention(shape(*n, starts[0]), q, kc, vc, attn);
+                } else {
+                    // One parallel region over the sequences (each call may split further).
+                    let mut jobs = Vec::with_capacity(seqs.len());
+                    let (mut qs, mut outs): (&[f32], &mut [f32]) = (q, attn);
+                    for ((n, cache), &start) in seqs.iter().zip(&starts) {
+                        let (kc, vc) = cache.layer(l, start + n)?;
+                        let (qh, qt) = qs.split_at(n * hd);
+                        let (oh, ot) = std::mem::take(&mut outs).split_at_mut(n * hd);
+                        jobs.push((shape(*n, start), qh, kc, vc, oh));
+                        (qs, outs) = (qt, ot);
+                    }
+                    jobs.into_par_iter().for_each(|(s, qh, kc, vc, oh)| causal_attention(s, qh, kc, vc, oh));
+                }
                 b.o.matmul_into(attn, t, &mut x, true)?;
                 rms_norm(&x, &b.ffn_norm, c.rms_eps, h);
                 b.gate_up.matmul_into(h, t, gu, false)?;
@@ -355,13 +424,25 @@ impl Llama {
             }
             Ok(())
         })();
-        cache.scratch = scratch;
+        seqs[0].1.scratch = scratch;
         result?;
-        cache.advance(t);
-        let rows = if last_only { &x[(t - 1) * hd..] } else { &x[..] };
+        for (n, cache) in seqs.iter_mut() {
+            cache.advance(*n);
+        }
+        let rows: Vec<f32> = if last_only {
+            let mut r0 = 0;
+            let mut rows = Vec::with_capacity(seqs.len() * hd);
+            for (n, _) in seqs.iter() {
+                r0 += n;
+                rows.extend_from_slice(&x[(r0 - 1) * hd..r0 * hd]);
+            }
+            rows
+        } else {
+            x
+        };
         let m = rows.len() / hd;
         let mut normed = vec![0f32; rows.len()];
-        rms_norm(rows, &p.output_norm, c.rms_eps, &mut normed);
+        rms_norm(&rows, &p.output_norm, c.rms_eps, &mut normed);
         let mut logits = Tensor::empty(&[m, c.vocab_size], DType::F32).alloc()?;
         p.output.matmul_into(&normed, m, logits.data_mut::<f32>()?, false)?;
         Ok(logits)

@@ -1,28 +1,26 @@
-//! One request's generation driven from async code, one model pass per task: the prompt,
-//! then each new token is its own `Task` awaited on the engine pool. Sequences thus take
-//! turns token by token (no request holds a pool thread for its whole answer), and one
-//! whose future is dropped stops at once. Same algorithm and results as `generate`.
+//! One request's generation driven from async code, one model pass per step: the prompt,
+//! then each new token. A step goes to the batcher (one batched pass over every active
+//! sequence) or, without one, is its own `Task` awaited on the engine pool; either way
+//! sequences advance token by token (no request holds a pool thread for its whole answer),
+//! and one whose future is dropped stops at once. Same algorithm and results as `generate`.
 
 use std::time::Instant;
 
 use anyhow::{bail, Result};
 
 use mllm::models::generate::{find_stop, held_back};
-use mllm::models::{FinishReason, GenerateOptions, Generation, KvCache, Sampler, TextModel};
+use mllm::models::{FinishReason, GenerateOptions, Generation, Sampler, TextModel};
 use mllm::task::Task;
 
-/// What a step task takes and gives back: the sequence's cache, sampler and history.
-struct State {
-    cache: KvCache,
-    sampler: Sampler,
-    history: Vec<u32>,
-}
+use super::batcher::{Batcher, SeqState as State};
 
 /// Generate after `prompt`, calling `on_text` with each final piece of text (held back
 /// while it could still become a stop string); `on_text` returning `false`, or
 /// `cancelled()` turning true between steps, ends generation as `Cancelled`.
+#[allow(clippy::too_many_arguments)]
 pub async fn generate(
     model: &TextModel,
+    batcher: Option<&Batcher>,
     label: &str,
     prompt: &[u32],
     opts: &GenerateOptions,
@@ -51,6 +49,7 @@ pub async fn generate(
     let mut finish = FinishReason::Length;
     let mut input = prompt.to_vec();
 
+    let _member = batcher.map(Batcher::join);
     let t0 = Instant::now();
     let (mut prefill_time, mut t1) = (None, t0);
     while tokens.len() < max_tokens {
@@ -59,15 +58,21 @@ pub async fn generate(
             break;
         }
         // One pass over `input` and the choice of the next token, on the pool.
-        let llama = model.llama.clone();
         let mut st = state.take().expect("the state comes back after each step");
-        let step = Task::lazy(label.to_string(), move || {
-            let logits = llama.forward_tokens(&input, &mut st.cache)?;
-            let next = st.sampler.sample(logits.as_slice::<f32>()?, &st.history)?;
-            st.history.push(next);
-            Ok((st, next))
-        });
-        let (st, next) = step.await?;
+        let (st, next) = match batcher {
+            Some(b) => b.step(std::mem::take(&mut input), st).await?,
+            None => {
+                let llama = model.llama.clone();
+                let input = std::mem::take(&mut input);
+                let step = Task::lazy(label.to_string(), move || {
+                    let logits = llama.forward_tokens(&input, &mut st.cache)?;
+                    let next = st.sampler.sample(logits.as_slice::<f32>()?, &st.history)?;
+                    st.history.push(next);
+                    Ok((st, next))
+                });
+                step.await?
+            }
+        };
         state = Some(st);
         if prefill_time.is_none() {
             prefill_time = Some(t0.elapsed());

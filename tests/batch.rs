@@ -1,0 +1,48 @@
+//! `Llama::forward_batch` against one `forward_tokens` call per sequence on the real model:
+//! prompts of different lengths prefilled in one batch, then decode steps batched, with a
+//! sequence joining late (continuous batching) — the logits must agree.
+
+mod common;
+
+use mllm::models::sampler::argmax;
+
+#[test]
+fn batched_steps_equal_separate_passes() {
+    let llama = &common::model().llama;
+    let prompts: [&[u32]; 3] = [&[504, 3575, 282, 4649, 314], &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13], &[44]];
+    let vocab = llama.config().vocab_size;
+    let mut solo: Vec<_> = prompts.iter().map(|_| llama.new_cache(64).unwrap()).collect();
+    let mut batch: Vec<_> = prompts.iter().map(|_| llama.new_cache(64).unwrap()).collect();
+    let mut next: Vec<Vec<u32>> = prompts.iter().map(|p| p.to_vec()).collect();
+    let mut worst = 0f32;
+    for step in 0..6 {
+        // The third sequence joins at step 2 (its prompt then rides with the others' tokens).
+        let active: Vec<usize> = (0..3).filter(|&i| i < 2 || step >= 2).collect();
+        let want: Vec<Vec<f32>> = active
+            .iter()
+            .map(|&i| llama.forward_tokens(&next[i], &mut solo[i]).unwrap().to_vec::<f32>().unwrap())
+            .collect();
+        let mut steps: Vec<(&[u32], &mut mllm::models::KvCache)> = Vec::new();
+        for (i, cache) in batch.iter_mut().enumerate() {
+            if active.contains(&i) {
+                steps.push((&next[i], cache));
+            }
+        }
+        let got = llama.forward_batch(&mut steps).unwrap();
+        assert_eq!(got.dims(), &[active.len(), vocab]);
+        let got = got.to_vec::<f32>().unwrap();
+        for (k, &i) in active.iter().enumerate() {
+            let row = &got[k * vocab..(k + 1) * vocab];
+            for (a, b) in row.iter().zip(&want[k]) {
+                worst = worst.max((a - b).abs());
+            }
+            assert_eq!(batch[i].len(), solo[i].len(), "sequence {i} cache length");
+            next[i] = vec![argmax(&want[k])];
+        }
+    }
+    eprintln!("batched vs separate: worst logit difference {worst}");
+    assert!(worst <= 1e-3, "batched logits differ from separate passes by {worst}");
+    assert!(llama.forward_batch(&mut []).is_err());
+    let mut full = llama.new_cache(2).unwrap();
+    assert!(llama.forward_batch(&mut [(&[1, 2, 3][..], &mut full)]).is_err(), "a step past the cache fails");
+}
