@@ -118,6 +118,17 @@ if [ ! -x "$LBENCH" ] || [ ! -x "$LCOMPL" ]; then
   }
 fi
 
+# --- PyTorch (cached venv) ---------------------------------------------------------------
+TPY="$CACHE/venv-torch/bin/python"
+if [ "$TORCH" = 1 ] && ! "$TPY" -c "import torch, transformers, gguf, accelerate" >/dev/null 2>&1; then
+  log "installing torch + transformers into $CACHE/venv-torch (scripts/golden-requirements.txt; slow once)"
+  python3 -m venv "$CACHE/venv-torch"
+  "$TPY" -m pip install -q -r "$REPO/scripts/golden-requirements.txt" || {
+    echo "could not install PyTorch; rerun with --no-torch to compare with llama.cpp only" >&2
+    exit 1
+  }
+fi
+
 # Weight repacking ("extra buffer types", e.g. AMX) is reported to crash on some VMs:
 # keep llama.cpp's default (on) unless a short smoke test fails, then turn it off.
 if [ "$REPACK" = auto ]; then

@@ -353,7 +353,8 @@ impl Llama {
     /// (`seqs[i]`: its number of new rows in `x`, in order, and its cache). Per layer five
     /// parallel regions (q|k|v, attention, output projection + residual, gate|up, down +
     /// residual); norms, RoPE and SwiGLU in place; the first sequence's scratch buffers are
-    /// reused, so a decode step allocates only its logits. Returns the logits of each
+    /// reused, so a decode step allocates only its logits and a few row-sized vectors.
+    /// Returns the logits of each
     /// sequence's last row (`last_only`) or of every row.
     fn forward_packed(
         &self,
