@@ -134,7 +134,7 @@ for n in levels:
                 print(f"| {NAMES[engine]} | {r} | {n} | failed, see {engine}-r{r}.log | | | | | | | | | |")
                 continue
             got.append(cells)
-            steps, cached = per_step(r, n) if engine == "theirs" else ("n/a (no batched step)", "0")
+            steps, cached = per_step(r, n) if engine == "theirs" else ("batched (not exposed)", "0")
             print(f"| {NAMES[engine]} | {r} | " + " | ".join(cells) + f" | {steps} | {cached} |")
         cols = [[num(c[i]) for c in got] for i in (5, 6, 7)]  # agg tok/s, TTFT p50, TTFT p95
         med[engine] = [statistics.median(c) if c else float("nan") for c in cols]

@@ -56,9 +56,8 @@ impl Tensor {
         if let Some(b) = b {
             let bf = b.to_f32_contiguous("linear")?;
             let bs = bf.as_slice::<f32>()?;
-            for row in os.chunks_exact_mut(n_out.max(1)) {
-                row.copy_from_slice(bs);
-            }
+            // On the pool when large: the first write of each fresh page faults it in.
+            crate::kernels::rows::for_each_row(os, n_out, |_, row| row.copy_from_slice(bs));
         }
         if w.dtype().is_quantized() {
             // Work on the blocks: never dequantise the whole matrix per call.
