@@ -2,28 +2,35 @@
 //! all 30 layers' worth of distinct weights so they stream from memory as in a real token:
 //! the GGUF-layout kernels (`quantized_matmul`) against the packed 16-row kernels
 //! (`packed_matmul`), interleaved in one run, 1 and 2 threads, decode (m = 1) and prefill
-//! (m = 128). Prints medians and the ratio. Run: `cargo bench --bench qmatmul`.
+//! (m = 128). Prints medians and the ratio. Then the K-quants (whose GGUF-layout path is
+//! scalar) on eight 2048 x 2048 matrices. Run: `cargo bench --bench qmatmul`.
 
 use std::hint::black_box;
 use std::time::Instant;
 
-use mllm::kernels::quant::{pack_rows, packed_matmul, quantized_matmul, WeightFormat};
+use mllm::kernels::quant::{pack_rows, packed_len, packed_matmul, quantized_matmul, WeightFormat};
 
 /// Deterministic bytes from a 64-bit LCG; each block's f16 scale (and min) set to a small
 /// finite value so no NaN or infinity enters the sums.
 fn blocks(fmt: WeightFormat, n: usize, k: usize, seed: u64) -> Vec<u8> {
     let bb = fmt.block_bytes();
     let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-    let mut v: Vec<u8> = (0..n * k / 32 * bb)
+    let mut v: Vec<u8> = (0..n * k / fmt.block_len() * bb)
         .map(|_| {
             s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             (s >> 56) as u8
         })
         .collect();
     for b in v.chunks_exact_mut(bb) {
-        b[..2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
-        if fmt == WeightFormat::Q4_1 {
-            b[2..4].copy_from_slice(&half::f16::from_f32(-0.05).to_le_bytes());
+        // The f16 scale (and min) of each format, where GGUF puts them.
+        let (d_at, m_at) = match fmt {
+            WeightFormat::Q6_K => (208, None),
+            WeightFormat::Q4_1 | WeightFormat::Q4_K | WeightFormat::Q5_K => (0, Some(2)),
+            _ => (0, None),
+        };
+        b[d_at..d_at + 2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
+        if let Some(m) = m_at {
+            b[m..m + 2].copy_from_slice(&half::f16::from_f32(-0.05).to_le_bytes());
         }
     }
     v
@@ -55,7 +62,20 @@ fn model() -> Vec<Mat> {
     mats.into_iter()
         .map(|(fmt, n, k, seed)| {
             let gguf = blocks(fmt, n, k, seed);
-            let mut packed = vec![0u8; gguf.len()];
+            let mut packed = vec![0u8; packed_len(fmt, n, k)];
+            pack_rows(fmt, &gguf, n, k, &mut packed);
+            Mat { fmt, n, k, gguf, packed }
+        })
+        .collect()
+}
+
+/// Eight 2048 x 2048 matrices of one K-quant format.
+fn k_model(fmt: WeightFormat) -> Vec<Mat> {
+    (0..8)
+        .map(|seed| {
+            let (n, k) = (2048, 2048);
+            let gguf = blocks(fmt, n, k, 1000 + seed);
+            let mut packed = vec![0u8; packed_len(fmt, n, k)];
             pack_rows(fmt, &gguf, n, k, &mut packed);
             Mat { fmt, n, k, gguf, packed }
         })
@@ -99,7 +119,7 @@ fn main() {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
         for &m in &ms {
             let reps = if m < 16 { 41 } else { 5 };
-            let x: Vec<f32> = (0..m * 1536).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+            let x: Vec<f32> = (0..m * 2048).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
             let mut out = vec![0f32; m * 49152];
             let (mut a, mut b) = (Vec::new(), Vec::new());
             pool.install(|| {
@@ -112,6 +132,34 @@ fn main() {
             });
             let (a, b) = (median(a), median(b));
             println!("| {threads} | {m} | {:.2} | {:.2} | {:.2} |", a * 1e3, b * 1e3, a / b);
+        }
+    }
+    if std::env::var_os("QMATMUL_SKIP_K").is_some() {
+        return;
+    }
+    println!();
+    println!("K-quants, 8 matrices of 2048 x 2048 (GGUF layout: scalar Q8_K dots)");
+    println!("| format | threads | m | gguf-layout ms | packed ms | gguf/packed |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    for fmt in [WeightFormat::Q4_K, WeightFormat::Q5_K, WeightFormat::Q6_K] {
+        let mats = k_model(fmt);
+        for threads in list("QMATMUL_THREADS", &[1, 2]) {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+            for &m in &ms {
+                let reps = if m < 16 { 11 } else { 1 };
+                let x: Vec<f32> = (0..m * 2048).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+                let mut out = vec![0f32; m * 2048];
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                pool.install(|| {
+                    pass(&mats, m, true, &x, &mut out);
+                    for _ in 0..reps {
+                        a.push(pass(&mats, m, false, &x, &mut out));
+                        b.push(pass(&mats, m, true, &x, &mut out));
+                    }
+                });
+                let (a, b) = (median(a), median(b));
+                println!("| {fmt:?} | {threads} | {m} | {:.2} | {:.2} | {:.2} |", a * 1e3, b * 1e3, a / b);
+            }
         }
     }
 }

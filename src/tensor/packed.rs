@@ -1,28 +1,37 @@
-//! [`PackedLinear`]: one or more block-quantised weight matrices (Q4_0, Q4_1, Q8_0) stacked
-//! and repacked once into the kernels' 16-row interleaved layout, then multiplied with
-//! 8-bit activations. Stacking lets one parallel matmul compute e.g. q, k and v together.
+//! [`PackedLinear`]: one or more block-quantised weight matrices (Q4_0, Q4_1, Q8_0, Q4_K,
+//! Q5_K, Q6_K) stacked along the output dimension and repacked once into the kernels'
+//! 16-row interleaved layout, then multiplied with 8-bit activations. Stacking lets one
+//! call compute e.g. q, k and v together; parts in different formats (as in "_M" files,
+//! where v may be Q6_K and q Q4_K) become segments of the stack, each packed in its own.
 //! Knows shapes and dtypes; the layout itself belongs to `kernels::quant`.
 
-use crate::kernels::quant::{self, WeightFormat, PACK_ROWS};
+use crate::kernels::quant::{self, Isa, WeightFormat, PACK_ROWS};
 use crate::tensor::{DType, MemType, Tensor};
 use crate::{Error, Result};
+
+/// Consecutive stacked rows of one format.
+#[derive(Clone)]
+struct Segment {
+    fmt: WeightFormat,
+    /// First output column (stacked row) and number of rows.
+    col0: usize,
+    rows: usize,
+    data: Tensor,
+}
 
 /// Stacked, repacked quantised weights `[n_out, k]` (heap memory, `ParamsNormal`).
 #[derive(Clone)]
 pub struct PackedLinear {
-    fmt: WeightFormat,
-    dtype: DType,
     n_out: usize,
     k: usize,
-    /// Output rows of each stacked matrix, in order.
-    parts: Vec<usize>,
-    data: Tensor,
+    /// Output rows and dtype of each stacked matrix, in order.
+    parts: Vec<(usize, DType)>,
+    segments: Vec<Segment>,
 }
 
 impl std::fmt::Debug for PackedLinear {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PackedLinear")
-            .field("dtype", &self.dtype)
             .field("n_out", &self.n_out)
             .field("k", &self.k)
             .field("parts", &self.parts)
@@ -35,22 +44,24 @@ fn weight_format(d: DType) -> Option<WeightFormat> {
         DType::Q4_0 => Some(WeightFormat::Q4_0),
         DType::Q4_1 => Some(WeightFormat::Q4_1),
         DType::Q8_0 => Some(WeightFormat::Q8_0),
+        DType::Q4_K => Some(WeightFormat::Q4_K),
+        DType::Q5_K => Some(WeightFormat::Q5_K),
+        DType::Q6_K => Some(WeightFormat::Q6_K),
         _ => None,
     }
 }
 
 impl PackedLinear {
-    /// Whether [`PackedLinear::pack`] accepts these weights: all 2-D, contiguous, of one
-    /// packable dtype, with one row length and row counts that are multiples of 16.
+    /// Whether [`PackedLinear::pack`] accepts these weights: all 2-D, contiguous, of
+    /// block-quantised dtypes, with one row length (whole blocks of each dtype) and row
+    /// counts that are multiples of 16.
     pub fn can_pack(weights: &[&Tensor]) -> bool {
         let Some(first) = weights.first() else { return false };
         weights.iter().all(|w| {
             w.rank() == 2
                 && w.is_contiguous()
-                && w.dtype() == first.dtype()
-                && weight_format(w.dtype()).is_some()
+                && weight_format(w.dtype()).is_some_and(|f| w.dims()[1] % f.block_len() == 0)
                 && w.dims()[1] == first.dims()[1]
-                && w.dims()[1] % quant::QK8 == 0
                 && w.dims()[0] % PACK_ROWS == 0
         })
     }
@@ -73,44 +84,55 @@ impl PackedLinear {
         if !PackedLinear::can_pack(weights) {
             let desc: Vec<String> = weights.iter().map(|w| format!("{} {:?}", w.dtype(), w.dims())).collect();
             return Err(Error::invalid(format!(
-                "pack {name}: needs contiguous 2-D q4_0/q4_1/q8_0 weights of one dtype and row length with \
-                 row counts divisible by {PACK_ROWS}; got [{}]",
+                "pack {name}: needs contiguous 2-D block-quantised weights (q4_0, q4_1, q8_0, q4_k, q5_k, q6_k) \
+                 with one row length and row counts divisible by {PACK_ROWS}; got [{}]",
                 desc.join(", ")
             )));
         }
-        let dtype = weights[0].dtype();
-        let fmt = weight_format(dtype).expect("checked by can_pack");
         let k = weights[0].dims()[1];
-        let parts: Vec<usize> = weights.iter().map(|w| w.dims()[0]).collect();
-        let n_out: usize = parts.iter().sum();
-        let bytes = dtype.bytes_for(n_out * k).ok_or_else(|| Error::Overflow(format!("pack {name}: {n_out} x {k}")))?;
-        let mut data = Tensor::empty(&[bytes], DType::U8).mem_type(MemType::ParamsNormal).name(name).alloc()?;
-        let dst = data.data_mut::<u8>()?;
-        let row_bytes = dtype.bytes_for(k).ok_or_else(|| Error::Overflow(format!("pack {name}: row of {k}")))?;
-        // Slices of about 1 MiB (whole groups of rows) between releases.
-        let slice_rows = ((1 << 20) / row_bytes).max(1).next_multiple_of(PACK_ROWS);
-        let mut at = 0;
+        let parts: Vec<(usize, DType)> = weights.iter().map(|w| (w.dims()[0], w.dtype())).collect();
+        let n_out = parts.iter().map(|p| p.0).sum();
+        // Runs of one dtype become one segment.
+        let mut runs: Vec<Vec<&Tensor>> = Vec::new();
         for w in weights {
-            let rows = w.dims()[0];
-            let mut r0 = 0;
-            while r0 < rows {
-                let n = slice_rows.min(rows - r0);
-                let part = w.narrow(0, r0, n)?;
-                let src = part.raw_bytes()?;
-                quant::pack_rows(fmt, src, n, k, &mut dst[at..at + src.len()]);
-                if release {
-                    part.release_mapped_pages();
-                }
-                at += src.len();
-                r0 += n;
+            match runs.last_mut() {
+                Some(run) if run[0].dtype() == w.dtype() => run.push(w),
+                _ => runs.push(vec![w]),
             }
         }
-        Ok(PackedLinear { fmt, dtype, n_out, k, parts, data })
-    }
-
-    /// The original dtype of the weights.
-    pub fn dtype(&self) -> DType {
-        self.dtype
+        let mut segments = Vec::with_capacity(runs.len());
+        let mut col0 = 0;
+        for (s, run) in runs.iter().enumerate() {
+            let fmt = weight_format(run[0].dtype()).expect("checked by can_pack");
+            let rows: usize = run.iter().map(|w| w.dims()[0]).sum();
+            let label = if runs.len() == 1 { name.to_string() } else { format!("{name}.{s}") };
+            let len = quant::packed_len(fmt, rows, k);
+            let mut data = Tensor::empty(&[len], DType::U8).mem_type(MemType::ParamsNormal).name(&label).alloc()?;
+            let dst = data.data_mut::<u8>()?;
+            let row_bytes =
+                run[0].dtype().bytes_for(k).ok_or_else(|| Error::Overflow(format!("pack {name}: row of {k}")))?;
+            // Slices of about 1 MiB (whole groups of rows) between releases.
+            let slice_rows = ((1 << 20) / row_bytes).max(1).next_multiple_of(PACK_ROWS);
+            let mut at = 0;
+            for w in run {
+                let total = w.dims()[0];
+                let mut r0 = 0;
+                while r0 < total {
+                    let n = slice_rows.min(total - r0);
+                    let part = w.narrow(0, r0, n)?;
+                    let len = quant::packed_len(fmt, n, k);
+                    quant::pack_rows(fmt, part.raw_bytes()?, n, k, &mut dst[at..at + len]);
+                    if release {
+                        part.release_mapped_pages();
+                    }
+                    at += len;
+                    r0 += n;
+                }
+            }
+            segments.push(Segment { fmt, col0, rows, data });
+            col0 += rows;
+        }
+        Ok(PackedLinear { n_out, k, parts, segments })
     }
 
     /// Total output features (all stacked matrices).
@@ -122,9 +144,14 @@ impl PackedLinear {
         self.k
     }
 
-    /// Output features of each stacked matrix.
-    pub fn parts(&self) -> &[usize] {
+    /// Output features and original dtype of each stacked matrix.
+    pub fn parts(&self) -> &[(usize, DType)] {
         &self.parts
+    }
+
+    /// Bytes of the packed copy.
+    pub fn nbytes(&self) -> usize {
+        self.segments.iter().map(|s| s.data.nbytes()).sum()
     }
 
     /// `out[m, n_out] (+)= x[m, k] · W^T` on plain slices (the model's hot path).
@@ -141,7 +168,10 @@ impl PackedLinear {
                 ),
             ));
         }
-        quant::packed_matmul(self.fmt, self.data.as_slice::<u8>()?, self.n_out, self.k, x, m, out, accumulate);
+        for s in &self.segments {
+            let w = s.data.as_slice::<u8>()?;
+            quant::packed_matmul_cols(Isa::best(), s.fmt, w, s.rows, self.k, x, m, out, self.n_out, s.col0, accumulate);
+        }
         Ok(())
     }
 
@@ -170,15 +200,16 @@ impl PackedLinear {
     /// Row `row` of the stacked matrix, dequantised into `out` (`in_features` values): an
     /// embedding lookup when the matrix is a tied output head.
     pub fn dequantize_row_into(&self, row: usize, out: &mut [f32]) -> Result<()> {
-        if row >= self.n_out || out.len() != self.k {
+        let seg = self.segments.iter().find(|s| row >= s.col0 && row < s.col0 + s.rows);
+        let Some(s) = seg.filter(|_| out.len() == self.k) else {
             return Err(Error::invalid(format!(
                 "packed linear: row {row} of {} into {} values (rows have {})",
                 self.n_out,
                 out.len(),
                 self.k
             )));
-        }
-        quant::dequantize_packed_row(self.fmt, self.data.as_slice::<u8>()?, self.n_out, self.k, row, out);
+        };
+        quant::dequantize_packed_row(s.fmt, s.data.as_slice::<u8>()?, s.rows, self.k, row - s.col0, out);
         Ok(())
     }
 }
@@ -194,6 +225,9 @@ mod tests {
         let bytes = match dtype {
             DType::Q4_0 => quant::quantize_q4_0(&w),
             DType::Q4_1 => quant::quantize_q4_1(&w),
+            DType::Q4_K => quant::quantize_q4_k(&w),
+            DType::Q5_K => quant::quantize_q5_k(&w),
+            DType::Q6_K => quant::quantize_q6_k(&w),
             _ => quant::quantize_q8_0(&w),
         };
         Tensor::from_bytes(&bytes, dtype, &[n, k], MemType::ParamsNormal).unwrap()
@@ -205,7 +239,7 @@ mod tests {
         for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
             let (a, b) = (q_weight(dtype, 32, 64, &mut r), q_weight(dtype, 16, 64, &mut r));
             let p = PackedLinear::pack(&[&a, &b], "ab").unwrap();
-            assert_eq!((p.out_features(), p.in_features(), p.parts()), (48, 64, &[32usize, 16][..]));
+            assert_eq!((p.out_features(), p.in_features(), p.parts()), (48, 64, &[(32, dtype), (16, dtype)][..]));
             let x = Tensor::from_vec((0..3 * 64).map(|_| r.random_range(-2.0f32..2.0)).collect::<Vec<_>>(), &[3, 64])
                 .unwrap();
             let got = p.apply(&x).unwrap().to_vec::<f32>().unwrap();
@@ -223,14 +257,48 @@ mod tests {
         }
     }
 
+    /// A stack of three formats (as in a Q4_K_M file) against the exact f32 product of the
+    /// dequantised weights: the 8-bit activations bound the error.
+    #[test]
+    fn mixed_format_stack_matches_the_dequantised_product() {
+        let mut r = rand::rngs::StdRng::seed_from_u64(7);
+        let k = 512;
+        let ws = [
+            q_weight(DType::Q4_K, 32, k, &mut r),
+            q_weight(DType::Q6_K, 16, k, &mut r),
+            q_weight(DType::Q5_K, 16, k, &mut r),
+        ];
+        let p = PackedLinear::pack(&ws.iter().collect::<Vec<_>>(), "mixed").unwrap();
+        assert_eq!(p.out_features(), 64);
+        let x =
+            Tensor::from_vec((0..2 * k).map(|_| r.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), &[2, k]).unwrap();
+        let got = p.apply(&x).unwrap().to_vec::<f32>().unwrap();
+        let xs = x.to_vec::<f32>().unwrap();
+        let rows: Vec<f32> = ws.iter().flat_map(|w| w.to_f32_vec().unwrap()).collect();
+        for i in 0..2 {
+            for j in 0..64 {
+                let wr = &rows[j * k..(j + 1) * k];
+                let want: f32 = wr.iter().zip(&xs[i * k..(i + 1) * k]).map(|(a, b)| a * b).sum();
+                let mag: f32 = wr.iter().zip(&xs[i * k..(i + 1) * k]).map(|(a, b)| (a * b).abs()).sum();
+                // 8-bit activations: about 1/254 of each block's largest value per product.
+                assert!((got[i * 64 + j] - want).abs() <= 0.01 * mag + 1e-4, "[{i},{j}] {} vs {want}", got[i * 64 + j]);
+            }
+        }
+        for row in [0, 31, 32, 47, 48, 63] {
+            assert_eq!(p.dequantize_row(row).unwrap(), rows[row * k..(row + 1) * k], "row {row}");
+        }
+        assert!(p.dequantize_row(64).is_err());
+    }
+
     #[test]
     fn refuses_what_it_cannot_pack() {
         let mut r = rand::rngs::StdRng::seed_from_u64(6);
         let a = q_weight(DType::Q4_1, 32, 64, &mut r);
         let odd = q_weight(DType::Q4_1, 8, 64, &mut r);
-        let other = q_weight(DType::Q8_0, 16, 64, &mut r);
+        let other = q_weight(DType::Q8_0, 16, 96, &mut r);
+        let short_k = q_weight(DType::Q4_K, 16, 256, &mut r);
         let f = Tensor::zeros(&[16, 64], DType::F32).unwrap();
-        for bad in [vec![&a, &odd], vec![&a, &other], vec![&f], vec![]] {
+        for bad in [vec![&a, &odd], vec![&a, &other], vec![&f], vec![], vec![&a, &short_k]] {
             assert!(!PackedLinear::can_pack(&bad));
             let e = PackedLinear::pack(&bad, "w").unwrap_err().to_string();
             assert!(e.contains("pack w"), "{e}");

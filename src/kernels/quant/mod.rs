@@ -31,7 +31,10 @@ pub use q8_0::{dequantize_q8_0, quantize_q8_0, vec_dot_q8_0_f32, BlockQ8_0};
 pub use dot_q8::{
     vec_dot_q4_0_q8, vec_dot_q4_1_q8, vec_dot_q4_k_q8_k, vec_dot_q5_k_q8_k, vec_dot_q6_k_q8_k, vec_dot_q8_0_q8,
 };
-pub use packed::{dequantize_packed_row, pack_rows, packable, packed_matmul, packed_matmul_with, PACK_ROWS};
+pub use packed::{
+    dequantize_packed_row, pack_rows, packable, packed_len, packed_matmul, packed_matmul_cols, packed_matmul_with,
+    PACK_ROWS,
+};
 pub use q8::{quantize_q8_k, BlockQ8_K, Q8Acts, Q8Row, Q8_LANES, QK8};
 pub use qmatmul::{quantized_matmul, quantized_matmul_with, Isa, WeightFormat};
 

@@ -1,19 +1,27 @@
-//! Row-interleaved ("packed") copies of Q4_0, Q4_1 and Q8_0 weights and the matmul that
-//! reads them: 16 weight rows share each block's vectors, one 32-bit lane per row, so a
-//! SIMD dot instruction computes 16 outputs at once and no horizontal sum is needed.
+//! Row-interleaved ("packed") copies of Q4_0, Q4_1, Q8_0 and K-quant (Q4_K, Q5_K, Q6_K)
+//! weights and the matmul that reads them: 16 weight rows share each block's vectors, one
+//! 32-bit lane per row, so a SIMD dot instruction computes 16 outputs at once and no
+//! horizontal sum is needed.
 //! Layout, packer, row decoder, scalar reference and the parallel driver live here; the
 //! SIMD bodies are in packed_x86.rs and packed_neon.rs. Plain byte slices only.
 //!
-//! Layout of one group of [`PACK_ROWS`] rows with `nb` blocks per row (all little endian):
-//! `nb` times `[quants: QB bytes][d: 16 × f16][m: 16 × f16, Q4_1 only]`, so a group is one
-//! sequential stream for the prefetchers.
-//! * Q4_0 / Q4_1 (QB = 256): block `b` is four 64-byte vectors; byte `4i + j` of vector `t`
-//!   holds weight `8t + j` of row `i` in its low nibble and weight `8t + 4 + j` in its high one.
-//! * Q8_0 (QB = 512): eight 64-byte vectors; byte `4i + j` of vector `t` is weight `4t + j`
-//!   of row `i` plus 128 (as u8), so that unsigned × signed dot instructions apply.
+//! Layout of one group of [`PACK_ROWS`] rows with `nb` blocks of 32 weights per row (all
+//! little endian): `nb` times `[quants: QB bytes][s1: 16 scales][s2: 16 values]`, so a
+//! group is one sequential stream for the prefetchers.
+//! * Nibble formats (Q4_0, Q4_1, Q4_K; QB = 256): block `b` is four 64-byte vectors; byte
+//!   `4i + j` of vector `t` holds weight `8t + j` of row `i` in its low nibble and weight
+//!   `8t + 4 + j` in its high one.
+//! * Byte formats (Q8_0, Q5_K, Q6_K; QB = 512): eight 64-byte vectors; byte `4i + j` of
+//!   vector `t` is weight `4t + j` of row `i`, unsigned: Q8_0 stores `q + 128`, so that
+//!   unsigned × signed dot instructions apply.
+//! * Weight value per format: Q4_0 `s1 (q - 8)`, Q4_1 `s1 q + s2`, Q8_0 `s1 (q - 128)` with
+//!   f16 `s1`, `s2` (Q4_0 and Q8_0 have no `s2`): the GGUF bytes, so these packed matrices
+//!   have the size of the original. K-quants keep f32 `s1`, `s2`, which hold the products of
+//!   their super-block and sub-block scales exactly: Q4_K and Q5_K `s1 q + s2`, Q6_K
+//!   `s1 (q - 32)` for weights 0..16 and `s2 (q - 32)` for 16..32 (its scales cover 16).
+//!   They take 6 (Q4_K) and 10 (Q5_K, Q6_K) bits per weight instead of 4.5, 5.5 and 6.6.
 //!
-//! A group takes exactly the bytes of its 16 rows in GGUF layout, so a packed matrix has
-//! the size of the original, and stacking packed matrices (e.g. q, k, v) is concatenation.
+//! Stacking packed matrices of one format (e.g. q, k, v) is concatenation.
 
 use std::cell::RefCell;
 
@@ -26,17 +34,65 @@ use super::qmatmul::{Isa, WeightFormat};
 /// Weight rows per packed group.
 pub const PACK_ROWS: usize = 16;
 
-/// Bytes of quants per block and group.
-const fn quant_bytes(fmt: WeightFormat) -> usize {
+pub(super) const P_Q4_0: u8 = 0;
+pub(super) const P_Q4_1: u8 = 1;
+pub(super) const P_Q8_0: u8 = 2;
+pub(super) const P_Q4_K: u8 = 3;
+pub(super) const P_Q5_K: u8 = 4;
+pub(super) const P_Q6_K: u8 = 5;
+
+/// The kernels' format number.
+pub(super) const fn pid(fmt: WeightFormat) -> u8 {
     match fmt {
-        WeightFormat::Q8_0 => 512,
-        _ => 256,
+        WeightFormat::Q4_0 => P_Q4_0,
+        WeightFormat::Q4_1 => P_Q4_1,
+        WeightFormat::Q8_0 => P_Q8_0,
+        WeightFormat::Q4_K => P_Q4_K,
+        WeightFormat::Q5_K => P_Q5_K,
+        WeightFormat::Q6_K => P_Q6_K,
     }
 }
 
-/// True for the formats that have a packed layout.
+/// Quants stored as nibbles (else one byte each).
+pub(super) const fn nibbles(f: u8) -> bool {
+    matches!(f, P_Q4_0 | P_Q4_1 | P_Q4_K)
+}
+
+/// Scales stored as f32 (else f16).
+pub(super) const fn f32_scales(f: u8) -> bool {
+    f >= P_Q4_K
+}
+
+/// `s2` is a per-block min added times the activation sum.
+pub(super) const fn has_min(f: u8) -> bool {
+    matches!(f, P_Q4_1 | P_Q4_K | P_Q5_K)
+}
+
+/// `s2` is the scale of the block's second half (Q6_K).
+pub(super) const fn two_scales(f: u8) -> bool {
+    f == P_Q6_K
+}
+
+/// Integer offset of the stored quants: `q - offset` times the activations, i.e. the
+/// offset times the activation sum of the block (of each half for Q6_K) is subtracted.
+pub(super) const fn quant_offset(f: u8) -> i32 {
+    match f {
+        P_Q4_0 => 8,
+        P_Q8_0 => 128,
+        P_Q6_K => 32,
+        _ => 0,
+    }
+}
+
+/// True for the formats that have a packed layout (all of [`WeightFormat`]).
 pub fn packable(fmt: WeightFormat) -> bool {
-    matches!(fmt, WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0)
+    let _ = fmt;
+    true
+}
+
+/// Bytes of a packed `n_out` × `k` matrix (`n_out` a multiple of 16).
+pub fn packed_len(fmt: WeightFormat, n_out: usize, k: usize) -> usize {
+    n_out / PACK_ROWS * GroupLayout::new(fmt, k).bytes
 }
 
 /// Where the parts of one group lie.
@@ -47,15 +103,21 @@ pub(super) struct GroupLayout {
     pub stride: usize,
     /// Bytes of quants per block.
     pub qb: usize,
+    /// Bytes per scale value (2: f16, 4: f32).
+    pub sb: usize,
     /// Bytes per group.
     pub bytes: usize,
 }
 
 impl GroupLayout {
     pub fn new(fmt: WeightFormat, k: usize) -> GroupLayout {
+        let f = pid(fmt);
         let nb = k / QK8;
-        let stride = PACK_ROWS * fmt.block_bytes();
-        GroupLayout { nb, stride, qb: quant_bytes(fmt), bytes: nb * stride }
+        let qb = if nibbles(f) { 256 } else { 512 };
+        let sb = if f32_scales(f) { 4 } else { 2 };
+        let second = has_min(f) || two_scales(f);
+        let stride = qb + PACK_ROWS * sb * (1 + second as usize);
+        GroupLayout { nb, stride, qb, sb, bytes: nb * stride }
     }
 
     /// Offset of block `b`'s quants from the group start.
@@ -64,42 +126,52 @@ impl GroupLayout {
         b * self.stride
     }
 
-    /// Offset of block `b`'s 16 f16 scales.
+    /// Offset of block `b`'s 16 `s1` scales.
     #[inline(always)]
     pub fn d_at(&self, b: usize) -> usize {
         b * self.stride + self.qb
     }
 
-    /// Offset of block `b`'s 16 f16 mins (Q4_1).
+    /// Offset of block `b`'s 16 `s2` values (mins, or Q6_K's second scales).
     #[inline(always)]
     pub fn m_at(&self, b: usize) -> usize {
-        b * self.stride + self.qb + 2 * PACK_ROWS
+        b * self.stride + self.qb + self.sb * PACK_ROWS
     }
 }
 
-fn check_shape(op: &str, fmt: WeightFormat, n_out: usize, k: usize, bytes: usize) {
-    assert!(packable(fmt), "{op}: {fmt:?} has no packed layout");
+/// Checks the matrix shape (not the byte sizes).
+fn check_dims(op: &str, fmt: WeightFormat, n_out: usize, k: usize) {
     assert!(n_out.is_multiple_of(PACK_ROWS), "{op}: {n_out} rows are not whole groups of {PACK_ROWS}");
-    assert!(k.is_multiple_of(QK8), "{op}: rows of {k} are not whole blocks of {QK8}");
-    assert_eq!(bytes, n_out * (k / QK8) * fmt.block_bytes(), "{op}: byte size");
+    assert!(k.is_multiple_of(fmt.block_len()), "{op}: rows of {k} are not whole {fmt:?} blocks");
+}
+
+fn check_packed(op: &str, fmt: WeightFormat, n_out: usize, k: usize, bytes: usize) {
+    check_dims(op, fmt, n_out, k);
+    assert_eq!(bytes, packed_len(fmt, n_out, k), "{op}: packed byte size");
 }
 
 /// Byte offset within a block's quants of weight `w` (0..32) of row `i`, and whether it
-/// sits in the high nibble (Q4 formats).
+/// sits in the high nibble (nibble formats).
 #[inline(always)]
 fn quant_pos(fmt: WeightFormat, i: usize, w: usize) -> (usize, bool) {
-    match fmt {
-        WeightFormat::Q8_0 => ((w / 4) * 64 + 4 * i + w % 4, false),
-        _ => ((w / 8) * 64 + 4 * i + w % 4, w % 8 >= 4),
+    if nibbles(pid(fmt)) {
+        ((w / 8) * 64 + 4 * i + w % 4, w % 8 >= 4)
+    } else {
+        ((w / 4) * 64 + 4 * i + w % 4, false)
     }
 }
 
-/// Pack `src` (`n_out` rows of `k` weights in GGUF block layout) into `dst` (same size).
-/// Panics unless `n_out` is a multiple of [`PACK_ROWS`] and the sizes agree.
+/// Pack `src` (`n_out` rows of `k` weights in GGUF block layout) into `dst`
+/// ([`packed_len`] bytes). Panics unless `n_out` is a multiple of [`PACK_ROWS`] and the
+/// sizes agree.
 pub fn pack_rows(fmt: WeightFormat, src: &[u8], n_out: usize, k: usize, dst: &mut [u8]) {
-    check_shape("pack_rows", fmt, n_out, k, src.len());
-    assert_eq!(dst.len(), src.len(), "pack_rows: destination size");
+    check_dims("pack_rows", fmt, n_out, k);
+    assert_eq!(src.len(), n_out * (k / fmt.block_len()) * fmt.block_bytes(), "pack_rows: source byte size");
+    assert_eq!(dst.len(), packed_len(fmt, n_out, k), "pack_rows: destination size");
     let lay = GroupLayout::new(fmt, k);
+    if matches!(fmt, WeightFormat::Q4_K | WeightFormat::Q5_K | WeightFormat::Q6_K) {
+        return pack_k_rows(fmt, src, n_out, k, dst, &lay);
+    }
     let bb = fmt.block_bytes();
     let row_bytes = lay.nb * bb;
     let q4 = fmt != WeightFormat::Q8_0;
@@ -141,9 +213,84 @@ pub fn pack_rows(fmt: WeightFormat, src: &[u8], n_out: usize, k: usize, dst: &mu
     dst.par_chunks_mut(lay.bytes).enumerate().for_each(pack_group);
 }
 
+/// One 32-weight sub-block of a K-quant as stored packed: unsigned quants and `s1`, `s2`.
+type SubBlock = ([u8; 32], f32, f32);
+
+/// The eight 32-weight sub-blocks of one K-quant super-block (256 weights).
+fn k_sub_blocks(fmt: WeightFormat, blk: &[u8]) -> [SubBlock; 8] {
+    use super::{BlockQ4_K, BlockQ5_K, BlockQ6_K};
+    let mut out = [([0u8; 32], 0f32, 0f32); 8];
+    match fmt {
+        WeightFormat::Q4_K | WeightFormat::Q5_K => {
+            // Q5_K is Q4_K's layout plus one high bit per weight.
+            let (d, dmin, scales, qs, qh) = if fmt == WeightFormat::Q4_K {
+                let b: BlockQ4_K = bytemuck::pod_read_unaligned(blk);
+                (b.d.to_f32(), b.dmin.to_f32(), b.scales, b.qs, None)
+            } else {
+                let b: BlockQ5_K = bytemuck::pod_read_unaligned(blk);
+                (b.d.to_f32(), b.dmin.to_f32(), b.scales, b.qs, Some(b.qh))
+            };
+            for (j, (q, s1, s2)) in out.iter_mut().enumerate() {
+                let (sc, m) = super::q4_k::scale_min_k4(j, &scales);
+                // Exact in f32: an f16 times a 6-bit integer.
+                (*s1, *s2) = (d * sc as f32, -(dmin * m as f32));
+                for (l, v) in q.iter_mut().enumerate() {
+                    *v = (qs[32 * (j / 2) + l] >> (4 * (j % 2))) & 0xF;
+                    if let Some(qh) = &qh {
+                        *v |= ((qh[l] >> j) & 1) << 4;
+                    }
+                }
+            }
+        }
+        _ => {
+            let b: BlockQ6_K = bytemuck::pod_read_unaligned(blk);
+            let d = b.d.to_f32();
+            for (j, (q, s1, s2)) in out.iter_mut().enumerate() {
+                // Exact in f32: an f16 times an 8-bit integer.
+                (*s1, *s2) = (d * b.scales[2 * j] as f32, d * b.scales[2 * j + 1] as f32);
+                for (l, v) in q.iter_mut().enumerate() {
+                    let (lb, ls, hb, hs) = super::q6_k::position(32 * j + l);
+                    *v = ((b.ql[lb] >> ls) & 0xF) | (((b.qh[hb] >> hs) & 3) << 4);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// [`pack_rows`] for the K-quants: each super-block decoded into its sub-blocks first.
+fn pack_k_rows(fmt: WeightFormat, src: &[u8], n_out: usize, k: usize, dst: &mut [u8], lay: &GroupLayout) {
+    let bb = fmt.block_bytes();
+    let row_bytes = k / super::QK_K * bb;
+    debug_assert_eq!(src.len(), n_out * row_bytes);
+    let pack_group = |(g, out): (usize, &mut [u8])| {
+        for i in 0..PACK_ROWS {
+            let row = &src[(g * PACK_ROWS + i) * row_bytes..][..row_bytes];
+            for (sb, blk) in row.chunks_exact(bb).enumerate() {
+                for (j, (q, s1, s2)) in k_sub_blocks(fmt, blk).iter().enumerate() {
+                    let b = 8 * sb + j;
+                    let quants = &mut out[lay.q_at(b)..lay.q_at(b) + lay.qb];
+                    for (w, &v) in q.iter().enumerate() {
+                        let (pos, high) = quant_pos(fmt, i, w);
+                        if high {
+                            quants[pos] |= v << 4;
+                        } else {
+                            quants[pos] = v;
+                        }
+                    }
+                    out[lay.d_at(b) + 4 * i..][..4].copy_from_slice(&s1.to_le_bytes());
+                    out[lay.m_at(b) + 4 * i..][..4].copy_from_slice(&s2.to_le_bytes());
+                }
+            }
+        }
+    };
+    // Low nibbles are stored before high ones are or-ed in (w % 8 < 4 comes first).
+    dst.par_chunks_mut(lay.bytes).enumerate().for_each(pack_group);
+}
+
 /// Decode row `row` of a packed matrix into `out` (`k` values).
 pub fn dequantize_packed_row(fmt: WeightFormat, packed: &[u8], n_out: usize, k: usize, row: usize, out: &mut [f32]) {
-    check_shape("dequantize_packed_row", fmt, n_out, k, packed.len());
+    check_packed("dequantize_packed_row", fmt, n_out, k, packed.len());
     assert!(row < n_out, "dequantize_packed_row: row {row} of {n_out}");
     assert_eq!(out.len(), k, "dequantize_packed_row: output length");
     let lay = GroupLayout::new(fmt, k);
@@ -153,10 +300,11 @@ pub fn dequantize_packed_row(fmt: WeightFormat, packed: &[u8], n_out: usize, k: 
         let (d, m) = scale_min(fmt, grp, &lay, b, i);
         for w in 0..QK8 {
             let q = quant(fmt, &grp[lay.q_at(b)..lay.q_at(b) + lay.qb], i, w);
-            out[b * QK8 + w] = match fmt {
-                WeightFormat::Q4_0 => d * (q - 8) as f32,
-                WeightFormat::Q4_1 => d * q as f32 + m,
-                _ => d * (q - 128) as f32,
+            let f = pid(fmt);
+            out[b * QK8 + w] = if two_scales(f) {
+                (if w < QK8 / 2 { d } else { m }) * (q - quant_offset(f)) as f32
+            } else {
+                d * (q - quant_offset(f)) as f32 + m
             };
         }
     }
@@ -167,29 +315,28 @@ pub fn dequantize_packed_row(fmt: WeightFormat, packed: &[u8], n_out: usize, k: 
 fn quant(fmt: WeightFormat, quants: &[u8], i: usize, w: usize) -> i32 {
     let (pos, high) = quant_pos(fmt, i, w);
     let v = quants[pos];
-    (match fmt {
-        WeightFormat::Q8_0 => v,
-        _ if high => v >> 4,
-        _ => v & 0x0F,
+    (if !nibbles(pid(fmt)) {
+        v
+    } else if high {
+        v >> 4
+    } else {
+        v & 0x0F
     }) as i32
 }
 
+/// `s1` and `s2` of row `i` in block `b` (`s2` is 0 where the format has none).
 #[inline(always)]
 fn scale_min(fmt: WeightFormat, grp: &[u8], lay: &GroupLayout, b: usize, i: usize) -> (f32, f32) {
+    let f = pid(fmt);
     let at = |off: usize| {
-        let s = off + i * 2;
-        f16::from_le_bytes([grp[s], grp[s + 1]]).to_f32()
+        let s = off + i * lay.sb;
+        if lay.sb == 4 {
+            f32::from_le_bytes([grp[s], grp[s + 1], grp[s + 2], grp[s + 3]])
+        } else {
+            f16::from_le_bytes([grp[s], grp[s + 1]]).to_f32()
+        }
     };
-    (at(lay.d_at(b)), if fmt == WeightFormat::Q4_1 { at(lay.m_at(b)) } else { 0.0 })
-}
-
-/// Integer offset subtracted per activation-block sum: w = d (q - offset) (+ m).
-pub(super) const fn quant_offset(fmt: WeightFormat) -> i32 {
-    match fmt {
-        WeightFormat::Q4_0 => 8,
-        WeightFormat::Q8_0 => 128,
-        _ => 0,
-    }
+    (at(lay.d_at(b)), if has_min(f) || two_scales(f) { at(lay.m_at(b)) } else { 0.0 })
 }
 
 /// One kernel call: the 16 outputs of one group for activation rows `x`, stored to (or
@@ -213,21 +360,33 @@ pub(super) type GroupFn = unsafe fn(&mut GroupCall<'_, '_>);
 unsafe fn scalar_group<const F: u8>(c: &mut GroupCall<'_, '_>) {
     let fmt = format_of(F);
     let lay = c.lay;
+    let off = quant_offset(F);
     for (x, out) in c.x.iter().zip(c.out.iter_mut()) {
         let mut acc = [0f32; PACK_ROWS];
         for b in 0..lay.nb {
             let quants = &c.grp[lay.q_at(b)..lay.q_at(b) + lay.qb];
             let xs = &x.qs[b * QK8..(b + 1) * QK8];
             for (i, a) in acc.iter_mut().enumerate() {
-                let mut isum = 0i32;
+                // Exact integer dots of each half.
+                let (mut lo, mut hi) = (0i32, 0i32);
                 for (w, &xv) in xs.iter().enumerate() {
-                    isum += quant(fmt, quants, i, w) * xv as i32;
+                    let p = quant(fmt, quants, i, w) * xv as i32;
+                    if w < QK8 / 2 {
+                        lo += p;
+                    } else {
+                        hi += p;
+                    }
                 }
-                isum -= quant_offset(fmt) * x.isums[b];
-                let (d, m) = scale_min(fmt, c.grp, &c.lay, b, i);
-                *a = (isum as f32 * d).mul_add(x.scale(b), *a);
-                if fmt == WeightFormat::Q4_1 {
-                    *a = m.mul_add(x.sums[b], *a);
+                let (s1, s2) = scale_min(fmt, c.grp, &c.lay, b, i);
+                let f = if two_scales(F) {
+                    let (lo, hi) = (lo - off * x.hsums[2 * b], hi - off * x.hsums[2 * b + 1]);
+                    (hi as f32).mul_add(s2, lo as f32 * s1)
+                } else {
+                    (lo + hi - off * x.isums[b]) as f32 * s1
+                };
+                *a = f.mul_add(x.scale(b), *a);
+                if has_min(F) {
+                    *a = s2.mul_add(x.sums[b], *a);
                 }
             }
         }
@@ -237,50 +396,63 @@ unsafe fn scalar_group<const F: u8>(c: &mut GroupCall<'_, '_>) {
     }
 }
 
-pub(super) const P_Q4_0: u8 = 0;
-pub(super) const P_Q4_1: u8 = 1;
-pub(super) const P_Q8_0: u8 = 2;
-
 pub(super) const fn format_of(f: u8) -> WeightFormat {
     match f {
         P_Q4_0 => WeightFormat::Q4_0,
         P_Q4_1 => WeightFormat::Q4_1,
-        _ => WeightFormat::Q8_0,
+        P_Q8_0 => WeightFormat::Q8_0,
+        P_Q4_K => WeightFormat::Q4_K,
+        P_Q5_K => WeightFormat::Q5_K,
+        _ => WeightFormat::Q6_K,
     }
 }
 
-/// The kernels of one instruction set for the three formats.
+/// The kernels of one instruction set for the six formats (indexed by [`pid`]).
 struct PackedKernels {
     isa: Isa,
-    f: [GroupFn; 3],
+    f: [GroupFn; 6],
+}
+
+/// The six monomorphs of a kernel, in [`pid`] order.
+macro_rules! six {
+    ($k:ident $(, $extra:expr)?) => {
+        [
+            $k::<P_Q4_0 $(, $extra)?>,
+            $k::<P_Q4_1 $(, $extra)?>,
+            $k::<P_Q8_0 $(, $extra)?>,
+            $k::<P_Q4_K $(, $extra)?>,
+            $k::<P_Q5_K $(, $extra)?>,
+            $k::<P_Q6_K $(, $extra)?>,
+        ]
+    };
 }
 
 fn packed_kernels(isa: Isa) -> Option<PackedKernels> {
     if !Isa::available().contains(&isa) {
         return None;
     }
-    let k = |f: [GroupFn; 3]| Some(PackedKernels { isa, f });
+    let k = |f: [GroupFn; 6]| Some(PackedKernels { isa, f });
     match isa {
-        Isa::Scalar => k([scalar_group::<P_Q4_0>, scalar_group::<P_Q4_1>, scalar_group::<P_Q8_0>]),
+        Isa::Scalar => k(six!(scalar_group)),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512 => {
             use super::packed_x86::group_avx2;
-            k([group_avx2::<P_Q4_0>, group_avx2::<P_Q4_1>, group_avx2::<P_Q8_0>])
+            k(six!(group_avx2))
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => {
             use super::packed_x86::group_avx512_vnni;
-            k([group_avx512_vnni::<P_Q4_0>, group_avx512_vnni::<P_Q4_1>, group_avx512_vnni::<P_Q8_0>])
+            k(six!(group_avx512_vnni))
         }
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => {
             use super::packed_neon::group_neon;
-            k([group_neon::<P_Q4_0, false>, group_neon::<P_Q4_1, false>, group_neon::<P_Q8_0, false>])
+            k(six!(group_neon, false))
         }
         #[cfg(target_arch = "aarch64")]
         Isa::NeonDot => {
             use super::packed_neon::group_neon;
-            k([group_neon::<P_Q4_0, true>, group_neon::<P_Q4_1, true>, group_neon::<P_Q8_0, true>])
+            k(six!(group_neon, true))
         }
         #[allow(unreachable_patterns)]
         _ => None,
@@ -337,17 +509,33 @@ pub fn packed_matmul_with(
     out: &mut [f32],
     accumulate: bool,
 ) {
-    check_shape("packed_matmul", fmt, n_out, k, w.len());
+    packed_matmul_cols(isa, fmt, w, n_out, k, x, m, out, n_out, 0, accumulate)
+}
+
+/// [`packed_matmul_with`] writing columns `col0..col0 + n_out` of an output with rows of
+/// `ldo` values (`out` is `[m, ldo]`): one part of a stack of matrices in several formats.
+#[allow(clippy::too_many_arguments)]
+pub fn packed_matmul_cols(
+    isa: Isa,
+    fmt: WeightFormat,
+    w: &[u8],
+    n_out: usize,
+    k: usize,
+    x: &[f32],
+    m: usize,
+    out: &mut [f32],
+    ldo: usize,
+    col0: usize,
+    accumulate: bool,
+) {
+    check_packed("packed_matmul", fmt, n_out, k, w.len());
     assert_eq!(x.len(), m * k, "packed_matmul: input is not {m} x {k}");
-    assert_eq!(out.len(), m * n_out, "packed_matmul: output is not {m} x {n_out}");
+    assert!(col0 + n_out <= ldo, "packed_matmul: columns {col0}..{} outside rows of {ldo}", col0 + n_out);
+    assert_eq!(out.len(), m * ldo, "packed_matmul: output is not {m} x {ldo}");
     if m == 0 || n_out == 0 {
         return;
     }
-    let kernel = packed_table(isa).f[match fmt {
-        WeightFormat::Q4_0 => 0,
-        WeightFormat::Q4_1 => 1,
-        _ => 2,
-    }];
+    let kernel = packed_table(isa).f[pid(fmt) as usize];
     let lay = GroupLayout::new(fmt, k);
     let groups = n_out / PACK_ROWS;
     let threads = rayon::current_num_threads();
@@ -361,12 +549,18 @@ pub fn packed_matmul_with(
                 let n = ROW_TILE.min(m - r0);
                 let xr: [Q8Row<'_>; ROW_TILE] = std::array::from_fn(|i| acts.row((r0 + i).min(m - 1)));
                 let mut outs: [&mut [f32]; ROW_TILE] = std::array::from_fn(|i| {
-                    let r = (r0 + i).min(m - 1);
-                    // SAFETY: row `r` columns `16g..16g + 16` lie inside `out` (`r < m`,
-                    // `g < groups`); tasks own disjoint group ranges, and within a call the
-                    // rows `r0..r0 + n` are distinct (the clamped duplicates past `n` are
-                    // never handed to the kernel: see the slices below).
-                    unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(r * n_out + g * PACK_ROWS), PACK_ROWS) }
+                    if i >= n {
+                        return &mut [][..];
+                    }
+                    // SAFETY: row `r0 + i < m`, columns `col0 + 16g..col0 + 16g + 16` lie
+                    // inside `out` (`g < groups`, `col0 + n_out <= ldo`); tasks own disjoint
+                    // group ranges and the rows of one call are distinct.
+                    unsafe {
+                        std::slice::from_raw_parts_mut(
+                            out_ptr.get().add((r0 + i) * ldo + col0 + g * PACK_ROWS),
+                            PACK_ROWS,
+                        )
+                    }
                 });
                 let mut call = GroupCall { grp, lay, x: &xr[..n], out: &mut outs[..n], accumulate };
                 // SAFETY: the table only holds kernels this CPU supports; the group holds
@@ -421,19 +615,32 @@ unsafe impl Sync for OutPtr {}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::quant::{dequantize_q4_0, dequantize_q4_1, dequantize_q8_0, quantized_matmul_with};
+    use crate::kernels::quant::{
+        dequantize_q4_0, dequantize_q4_1, dequantize_q4_k, dequantize_q5_k, dequantize_q6_k, dequantize_q8_0,
+    };
     use rand::{Rng, SeedableRng};
 
+    /// Random blocks of `fmt` with finite, moderate f16 scales (the rest random bytes).
     fn random_blocks(fmt: WeightFormat, n_out: usize, k: usize, r: &mut impl Rng) -> Vec<u8> {
         let bb = fmt.block_bytes();
-        let mut v = vec![0u8; n_out * k / QK8 * bb];
+        let mut v = vec![0u8; n_out * k / fmt.block_len() * bb];
+        let f16_at = |blk: &mut [u8], at: usize, lim: f32, r: &mut dyn rand::RngCore| {
+            let x: f32 = r.random_range(-lim..lim);
+            blk[at..at + 2].copy_from_slice(&f16::from_f32(x).to_le_bytes());
+        };
         for blk in v.chunks_exact_mut(bb) {
             r.fill(blk);
-            // finite f16 scale/min in a sane range
-            let d = f16::from_f32(r.random_range(-0.05..0.05)).to_le_bytes();
-            blk[..2].copy_from_slice(&d);
-            if fmt == WeightFormat::Q4_1 {
-                blk[2..4].copy_from_slice(&f16::from_f32(r.random_range(-0.2..0.2)).to_le_bytes());
+            match fmt {
+                WeightFormat::Q4_0 | WeightFormat::Q8_0 => f16_at(blk, 0, 0.05, r),
+                WeightFormat::Q4_1 => {
+                    f16_at(blk, 0, 0.05, r);
+                    f16_at(blk, 2, 0.2, r);
+                }
+                WeightFormat::Q4_K | WeightFormat::Q5_K => {
+                    f16_at(blk, 0, 0.002, r);
+                    f16_at(blk, 2, 0.005, r);
+                }
+                WeightFormat::Q6_K => f16_at(blk, 208, 0.0005, r),
             }
         }
         v
@@ -443,53 +650,80 @@ mod tests {
         match fmt {
             WeightFormat::Q4_0 => dequantize_q4_0(w, out),
             WeightFormat::Q4_1 => dequantize_q4_1(w, out),
-            _ => dequantize_q8_0(w, out),
+            WeightFormat::Q8_0 => dequantize_q8_0(w, out),
+            WeightFormat::Q4_K => dequantize_q4_k(w, out),
+            WeightFormat::Q5_K => dequantize_q5_k(w, out),
+            WeightFormat::Q6_K => dequantize_q6_k(w, out),
         }
+    }
+
+    fn packed(fmt: WeightFormat, w: &[u8], n_out: usize, k: usize) -> Vec<u8> {
+        let mut p = vec![0xAAu8; packed_len(fmt, n_out, k)];
+        pack_rows(fmt, w, n_out, k, &mut p);
+        p
+    }
+
+    /// Row length for a format: whole K-quant super-blocks.
+    fn k_for(fmt: WeightFormat, k: usize) -> usize {
+        k.next_multiple_of(fmt.block_len())
     }
 
     #[test]
     fn packed_rows_decode_to_the_original_weights() {
         let mut r = rand::rngs::StdRng::seed_from_u64(1);
-        for fmt in [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0] {
-            let (n_out, k) = (48, 96);
+        for fmt in WeightFormat::ALL {
+            let (n_out, k) = (48, k_for(fmt, 96));
             let w = random_blocks(fmt, n_out, k, &mut r);
-            let mut p = vec![0xAAu8; w.len()];
-            pack_rows(fmt, &w, n_out, k, &mut p);
+            let p = packed(fmt, &w, n_out, k);
             let mut want = vec![0f32; n_out * k];
             dequant_rows(fmt, &w, &mut want);
             let mut got = vec![0f32; k];
             for row in 0..n_out {
                 dequantize_packed_row(fmt, &p, n_out, k, row, &mut got);
-                assert_eq!(got, want[row * k..(row + 1) * k], "{fmt:?} row {row}");
+                for (c, (g, w)) in got.iter().zip(&want[row * k..(row + 1) * k]).enumerate() {
+                    // Q4_0/Q4_1/Q8_0 decode bit for bit; K-quants' products of scales are exact
+                    // too, only the order of the final multiply-add may differ.
+                    assert!((g - w).abs() <= 1e-6 * (1.0 + w.abs()), "{fmt:?} row {row} col {c}: {g} vs {w}");
+                }
             }
         }
     }
 
-    /// Every instruction set against the unpacked scalar reference (vec_dot_*_q8 through
-    /// quantized_matmul_with(Scalar)), on odd row counts, tails of the row tile and both
-    /// store modes.
+    /// Every instruction set and format against an independent f64 reference: the GGUF
+    /// weights dequantised by the block decoders times the same 8-bit activations
+    /// (dequantised), on odd row counts, tails of the row tile and both store modes.
     #[test]
-    fn packed_matmul_matches_the_block_reference_on_every_isa() {
+    fn packed_matmul_matches_the_reference_on_every_isa_and_format() {
         let mut r = rand::rngs::StdRng::seed_from_u64(2);
-        for fmt in [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0] {
-            for &(n_out, k, m) in &[(16, 32, 1), (48, 96, 3), (64, 576, 1), (32, 160, 9), (80, 64, 17)] {
+        for fmt in WeightFormat::ALL {
+            for &(n_out, k, m) in &[(16, 32, 1), (48, 96, 3), (64, 576, 1), (32, 160, 9), (80, 256, 17)] {
+                let k = k_for(fmt, k);
                 let w = random_blocks(fmt, n_out, k, &mut r);
-                let mut p = vec![0u8; w.len()];
-                pack_rows(fmt, &w, n_out, k, &mut p);
+                let p = packed(fmt, &w, n_out, k);
+                let mut wf = vec![0f32; n_out * k];
+                dequant_rows(fmt, &w, &mut wf);
                 let x: Vec<f32> = (0..m * k).map(|_| r.random_range(-3.0..3.0)).collect();
+                let mut acts = Q8Acts::new();
+                acts.quantize(&x, m, k);
                 let init: Vec<f32> = (0..m * n_out).map(|_| r.random_range(-1.0..1.0)).collect();
                 for accumulate in [false, true] {
-                    let mut want = init.clone();
-                    quantized_matmul_with(Isa::Scalar, fmt, &w, n_out, k, &x, m, &mut want, accumulate);
                     for isa in Isa::available() {
                         let mut got = init.clone();
                         packed_matmul_with(isa, fmt, &p, n_out, k, &x, m, &mut got, accumulate);
-                        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                            let tol = 1e-4 * (1.0 + b.abs());
-                            assert!(
-                                (a - b).abs() <= tol,
-                                "{fmt:?} {isa:?} {n_out}x{k} m={m} acc={accumulate} [{i}]: {a} vs {b}"
-                            );
+                        for i in 0..m {
+                            let row = acts.row(i);
+                            let xh: Vec<f64> = (0..k).map(|c| row.qs[c] as f64 * row.scale(c / QK8) as f64).collect();
+                            for j in 0..n_out {
+                                let ws = &wf[j * k..(j + 1) * k];
+                                let dot: f64 = ws.iter().zip(&xh).map(|(&a, &b)| a as f64 * b).sum();
+                                let mag: f64 = ws.iter().zip(&xh).map(|(&a, &b)| (a as f64 * b).abs()).sum();
+                                let want = dot + if accumulate { init[i * n_out + j] as f64 } else { 0.0 };
+                                let g = got[i * n_out + j] as f64;
+                                assert!(
+                                    (g - want).abs() <= 2e-5 * (mag + 1.0),
+                                    "{fmt:?} {isa:?} {n_out}x{k} m={m} acc={accumulate} [{i},{j}]: {g} vs {want}"
+                                );
+                            }
                         }
                     }
                 }
@@ -498,19 +732,40 @@ mod tests {
     }
 
     #[test]
+    fn column_parts_write_only_their_columns() {
+        let mut r = rand::rngs::StdRng::seed_from_u64(4);
+        let (k, m) = (256, 3);
+        let (a, b) = (WeightFormat::Q4_K, WeightFormat::Q6_K);
+        let (wa, wb) = (random_blocks(a, 32, k, &mut r), random_blocks(b, 16, k, &mut r));
+        let (pa, pb) = (packed(a, &wa, 32, k), packed(b, &wb, 16, k));
+        let x: Vec<f32> = (0..m * k).map(|_| r.random_range(-3.0..3.0)).collect();
+        let mut stacked = vec![f32::NAN; m * 48];
+        packed_matmul_cols(Isa::best(), a, &pa, 32, k, &x, m, &mut stacked, 48, 0, false);
+        packed_matmul_cols(Isa::best(), b, &pb, 16, k, &x, m, &mut stacked, 48, 32, false);
+        let (mut ya, mut yb) = (vec![0f32; m * 32], vec![0f32; m * 16]);
+        packed_matmul(a, &pa, 32, k, &x, m, &mut ya, false);
+        packed_matmul(b, &pb, 16, k, &x, m, &mut yb, false);
+        for i in 0..m {
+            assert_eq!(stacked[i * 48..i * 48 + 32], ya[i * 32..(i + 1) * 32]);
+            assert_eq!(stacked[i * 48 + 32..(i + 1) * 48], yb[i * 16..(i + 1) * 16]);
+        }
+    }
+
+    #[test]
     fn parallel_split_equals_one_thread() {
         let mut r = rand::rngs::StdRng::seed_from_u64(3);
-        let (fmt, n_out, k, m) = (WeightFormat::Q4_1, 1024, 256, 5);
-        let w = random_blocks(fmt, n_out, k, &mut r);
-        let mut p = vec![0u8; w.len()];
-        pack_rows(fmt, &w, n_out, k, &mut p);
-        let x: Vec<f32> = (0..m * k).map(|_| r.random_range(-3.0..3.0)).collect();
-        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-        let three = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
-        let mut a = vec![0f32; m * n_out];
-        let mut b = vec![0f32; m * n_out];
-        one.install(|| packed_matmul(fmt, &p, n_out, k, &x, m, &mut a, false));
-        three.install(|| packed_matmul(fmt, &p, n_out, k, &x, m, &mut b, false));
-        assert_eq!(a, b);
+        for fmt in [WeightFormat::Q4_1, WeightFormat::Q5_K] {
+            let (n_out, k, m) = (1024, 256, 5);
+            let w = random_blocks(fmt, n_out, k, &mut r);
+            let p = packed(fmt, &w, n_out, k);
+            let x: Vec<f32> = (0..m * k).map(|_| r.random_range(-3.0..3.0)).collect();
+            let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+            let three = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+            let mut a = vec![0f32; m * n_out];
+            let mut b = vec![0f32; m * n_out];
+            one.install(|| packed_matmul(fmt, &p, n_out, k, &x, m, &mut a, false));
+            three.install(|| packed_matmul(fmt, &p, n_out, k, &x, m, &mut b, false));
+            assert_eq!(a, b, "{fmt:?}");
+        }
     }
 }

@@ -1,12 +1,12 @@
-//! aarch64 kernels for packed (16-row interleaved) Q4_0/Q4_1/Q8_0 weights × Q8 activations:
-//! `sdot` with the dot-product extension, or widening multiplies and pairwise adds. Four
-//! rows per 128-bit register; tested against packed.rs's scalar reference where it can run.
+//! aarch64 kernels for packed (16-row interleaved) weights × Q8 activations, every packed
+//! format: `sdot` with the dot-product extension, or widening multiplies and pairwise adds.
+//! Four rows per 128-bit register; tested against packed.rs's scalar reference where it runs.
 
 use std::arch::aarch64::*;
 
 use half::f16;
 
-use super::packed::{format_of, quant_offset, GroupCall, PACK_ROWS, P_Q4_1, P_Q8_0};
+use super::packed::{f32_scales, has_min, nibbles, quant_offset, two_scales, GroupCall, PACK_ROWS, P_Q8_0};
 use super::q8::{Q8_LANES, QK8};
 
 /// Per 32-bit lane (one weight row each), Σ of four products of `w` and `x`.
@@ -35,11 +35,14 @@ unsafe fn dot4<const DOT: bool>(acc: int32x4_t, w: int8x16_t, x: int8x16_t) -> i
     }
 }
 
-/// 16 f16 values at `p` as four f32 vectors.
+/// 16 scales (f16 or f32) at `p` as four f32 vectors.
 #[inline(always)]
-unsafe fn load_f16x16(p: *const u8) -> [float32x4_t; 4] {
-    // SAFETY: the caller guarantees 32 readable bytes at `p`.
+unsafe fn load_scales<const F: u8>(p: *const u8) -> [float32x4_t; 4] {
+    // SAFETY: the caller guarantees 32 (f16) or 64 (f32) readable bytes at `p`.
     unsafe {
+        if f32_scales(F) {
+            return std::array::from_fn(|q| vld1q_f32(p.cast::<f32>().add(4 * q)));
+        }
         let mut f = [0f32; PACK_ROWS];
         for (i, v) in f.iter_mut().enumerate() {
             *v = f16::from_bits(p.add(2 * i).cast::<u16>().read_unaligned()).to_f32();
@@ -53,8 +56,8 @@ unsafe fn load_f16x16(p: *const u8) -> [float32x4_t; 4] {
 unsafe fn row<const F: u8, const DOT: bool>(c: &mut GroupCall<'_, '_>, r: usize) {
     let lay = c.lay;
     let x = c.x[r];
-    // Q8_0 is turned back to signed, so only Q4_0 has an offset here.
-    let off = if F == P_Q8_0 { 0 } else { quant_offset(format_of(F)) };
+    // Q8_0 is turned back to signed, so it has no offset here.
+    let off = if F == P_Q8_0 { 0 } else { quant_offset(F) };
     // SAFETY: `GroupCall` guarantees a whole group and an activation row of `lay.nb` blocks;
     // every pointer read below stays inside them; the output holds 16 values.
     unsafe {
@@ -64,31 +67,47 @@ unsafe fn row<const F: u8, const DOT: bool>(c: &mut GroupCall<'_, '_>, r: usize)
         let mut acc = [vdupq_n_f32(0.0); 4];
         for b in 0..lay.nb {
             let q = g.add(lay.q_at(b));
-            let mut s = [vdupq_n_s32(0); 4];
+            // Sums of weights 0..16 (`lo`) and 16..32 (`hi`) per row, four rows per register.
+            let mut lo = [vdupq_n_s32(0); 4];
+            let mut hi = [vdupq_n_s32(0); 4];
             for u in 0..8 {
                 let xv = vreinterpretq_s8_s32(vdupq_n_s32(
                     x.qs.as_ptr().add(b * QK8 + 4 * u).cast::<i32>().read_unaligned(),
                 ));
-                for (part, sp) in s.iter_mut().enumerate() {
-                    let w = if F == P_Q8_0 {
-                        vreinterpretq_s8_u8(veorq_u8(vld1q_u8(q.add(64 * u + 16 * part)), flip))
-                    } else {
+                for part in 0..4 {
+                    let w = if nibbles(F) {
                         let v = vld1q_u8(q.add(64 * (u / 2) + 16 * part));
                         let n = if u % 2 == 0 { vandq_u8(v, nib) } else { vshrq_n_u8::<4>(v) };
                         vreinterpretq_s8_u8(n)
+                    } else if F == P_Q8_0 {
+                        vreinterpretq_s8_u8(veorq_u8(vld1q_u8(q.add(64 * u + 16 * part)), flip))
+                    } else {
+                        // K-quant bytes are below 64: valid as i8.
+                        vreinterpretq_s8_u8(vld1q_u8(q.add(64 * u + 16 * part)))
                     };
-                    *sp = dot4::<DOT>(*sp, w, xv);
+                    if u < 4 {
+                        lo[part] = dot4::<DOT>(lo[part], w, xv);
+                    } else {
+                        hi[part] = dot4::<DOT>(hi[part], w, xv);
+                    }
                 }
             }
-            let d = load_f16x16(g.add(lay.d_at(b)));
-            let m = if F == P_Q4_1 { load_f16x16(g.add(lay.m_at(b))) } else { [vdupq_n_f32(0.0); 4] };
+            let s1 = load_scales::<F>(g.add(lay.d_at(b)));
+            let s2 =
+                if has_min(F) || two_scales(F) { load_scales::<F>(g.add(lay.m_at(b))) } else { [vdupq_n_f32(0.0); 4] };
             let dx = *x.d.get_unchecked(b * Q8_LANES);
-            let corr = vdupq_n_s32(off * x.isums[b]);
             for p in 0..4 {
-                let f = vmulq_f32(vcvtq_f32_s32(vsubq_s32(s[p], corr)), d[p]);
+                let f = if two_scales(F) {
+                    let l = vsubq_s32(lo[p], vdupq_n_s32(off * x.hsums[2 * b]));
+                    let h = vsubq_s32(hi[p], vdupq_n_s32(off * x.hsums[2 * b + 1]));
+                    vfmaq_f32(vmulq_f32(vcvtq_f32_s32(l), s1[p]), vcvtq_f32_s32(h), s2[p])
+                } else {
+                    let s = vsubq_s32(vaddq_s32(lo[p], hi[p]), vdupq_n_s32(off * x.isums[b]));
+                    vmulq_f32(vcvtq_f32_s32(s), s1[p])
+                };
                 acc[p] = vfmaq_n_f32(acc[p], f, dx);
-                if F == P_Q4_1 {
-                    acc[p] = vfmaq_n_f32(acc[p], m[p], x.sums[b]);
+                if has_min(F) {
+                    acc[p] = vfmaq_n_f32(acc[p], s2[p], x.sums[b]);
                 }
             }
         }

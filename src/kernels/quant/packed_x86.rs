@@ -1,15 +1,14 @@
-//! x86_64 kernels for packed (16-row interleaved) Q4_0/Q4_1/Q8_0 weights × Q8 activations:
-//! AVX-512 VNNI (`vpdpbusd`, all 16 rows in one register) and AVX2 (`vpmaddubsw`, two
-//! halves of 8 rows). Layout and scalar reference: packed.rs, which tests these against it.
+//! x86_64 kernels for packed (16-row interleaved) weights × Q8 activations, every packed
+//! format: AVX-512 VNNI (`vpdpbusd`, all 16 rows in one register) and AVX2 (`vpmaddubsw`,
+//! two halves of 8 rows). Layout and scalar reference: packed.rs, which tests these.
 
 // AVX-512 intrinsics are stable since Rust 1.89 (the crate's rust-version).
 #![allow(clippy::incompatible_msrv)]
 
 use std::arch::x86_64::*;
 
-use super::packed::{format_of, quant_offset, GroupCall, P_Q4_1, P_Q8_0};
+use super::packed::{f32_scales, has_min, nibbles, quant_offset, two_scales, GroupCall, P_Q8_0};
 use super::q8::{Q8_LANES, QK8};
-use super::qmatmul::WeightFormat;
 
 /// Blocks ahead that the AVX-512 kernel touches (one line each): measured on the decode
 /// shapes (`cargo bench --bench qmatmul`), 4 beats none, 2 and one prefetch per line.
@@ -22,13 +21,20 @@ struct XPtr {
     d: *const f32,
     sums: *const f32,
     isums: *const i32,
+    hsums: *const i32,
 }
 
 impl XPtr {
     fn rows<const R: usize>(c: &GroupCall<'_, '_>, r0: usize) -> [XPtr; R] {
         std::array::from_fn(|i| {
             let x = &c.x[r0 + i];
-            XPtr { qs: x.qs.as_ptr(), d: x.d.as_ptr(), sums: x.sums.as_ptr(), isums: x.isums.as_ptr() }
+            XPtr {
+                qs: x.qs.as_ptr(),
+                d: x.d.as_ptr(),
+                sums: x.sums.as_ptr(),
+                isums: x.isums.as_ptr(),
+                hsums: x.hsums.as_ptr(),
+            }
         })
     }
 }
@@ -40,12 +46,25 @@ unsafe fn bcast512(x: XPtr, b: usize, u: usize) -> __m512i {
     unsafe { _mm512_set1_epi32(x.qs.add(b * QK8 + 4 * u).cast::<i32>().read_unaligned()) }
 }
 
+/// 16 scales (f16 or f32) at `p` as f32.
+#[inline(always)]
+unsafe fn scales512<const F: u8>(p: *const u8) -> __m512 {
+    // SAFETY: the caller guarantees 32 (f16) or 64 (f32) readable bytes at `p`.
+    unsafe {
+        if f32_scales(F) {
+            _mm512_loadu_ps(p.cast())
+        } else {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+        }
+    }
+}
+
 /// `R` activation rows × one group, AVX-512 VNNI.
 #[inline(always)]
 unsafe fn g512<const F: u8, const R: usize>(c: &mut GroupCall<'_, '_>, r0: usize) {
     let lay = c.lay;
     let x = XPtr::rows::<R>(c, r0);
-    let off = quant_offset(format_of(F));
+    let off = quant_offset(F);
     // SAFETY: `GroupCall` guarantees a whole group (`lay.bytes` bytes, `lay.nb` blocks) and
     // activation rows of `lay.nb` blocks; every read below stays inside them, and each
     // output slice holds 16 values.
@@ -59,37 +78,40 @@ unsafe fn g512<const F: u8, const R: usize>(c: &mut GroupCall<'_, '_>, r0: usize
             _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(PREFETCH * lay.stride).cast());
             // w[u] holds weights 4u..4u + 4 of each of the 16 rows.
             let mut w = [_mm512_setzero_si512(); 8];
-            if F == P_Q8_0 {
-                for (u, wu) in w.iter_mut().enumerate() {
-                    *wu = _mm512_loadu_si512(q.add(64 * u).cast());
-                }
-            } else {
+            if nibbles(F) {
                 for t in 0..4 {
                     let v = _mm512_loadu_si512(q.add(64 * t).cast());
                     w[2 * t] = _mm512_and_si512(v, nib);
                     w[2 * t + 1] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib);
                 }
-            }
-            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(g.add(lay.d_at(b)).cast()));
-            let mw = if F == P_Q4_1 {
-                _mm512_cvtph_ps(_mm256_loadu_si256(g.add(lay.m_at(b)).cast()))
             } else {
-                _mm512_setzero_ps()
-            };
+                for (u, wu) in w.iter_mut().enumerate() {
+                    *wu = _mm512_loadu_si512(q.add(64 * u).cast());
+                }
+            }
+            let s1 = scales512::<F>(g.add(lay.d_at(b)));
+            let s2 = if has_min(F) || two_scales(F) { scales512::<F>(g.add(lay.m_at(b))) } else { _mm512_setzero_ps() };
             for r in 0..R {
-                let (mut s0, mut s1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                // Weights 0..16 and 16..32 in two dependency chains.
+                let (mut lo, mut hi) = (_mm512_setzero_si512(), _mm512_setzero_si512());
                 for u in 0..4 {
-                    s0 = _mm512_dpbusd_epi32(s0, w[2 * u], bcast512(x[r], b, 2 * u));
-                    s1 = _mm512_dpbusd_epi32(s1, w[2 * u + 1], bcast512(x[r], b, 2 * u + 1));
+                    lo = _mm512_dpbusd_epi32(lo, w[u], bcast512(x[r], b, u));
+                    hi = _mm512_dpbusd_epi32(hi, w[u + 4], bcast512(x[r], b, u + 4));
                 }
-                let mut s = _mm512_add_epi32(s0, s1);
-                if off != 0 {
-                    s = _mm512_sub_epi32(s, _mm512_set1_epi32(off * *x[r].isums.add(b)));
-                }
-                let f = _mm512_mul_ps(_mm512_cvtepi32_ps(s), dw);
+                let f = if two_scales(F) {
+                    let lo = _mm512_sub_epi32(lo, _mm512_set1_epi32(off * *x[r].hsums.add(2 * b)));
+                    let hi = _mm512_sub_epi32(hi, _mm512_set1_epi32(off * *x[r].hsums.add(2 * b + 1)));
+                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), s2, _mm512_mul_ps(_mm512_cvtepi32_ps(lo), s1))
+                } else {
+                    let mut s = _mm512_add_epi32(lo, hi);
+                    if off != 0 {
+                        s = _mm512_sub_epi32(s, _mm512_set1_epi32(off * *x[r].isums.add(b)));
+                    }
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(s), s1)
+                };
                 acc[r] = _mm512_fmadd_ps(f, _mm512_set1_ps(*x[r].d.add(b * Q8_LANES)), acc[r]);
-                if F == P_Q4_1 {
-                    acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(*x[r].sums.add(b)), acc[r]);
+                if has_min(F) {
+                    acc[r] = _mm512_fmadd_ps(s2, _mm512_set1_ps(*x[r].sums.add(b)), acc[r]);
                 }
             }
         }
@@ -137,13 +159,28 @@ pub(super) unsafe fn group_avx512_vnni<const F: u8>(c: &mut GroupCall<'_, '_>) {
 
 // ------------------------------------------------------------------------ AVX2
 
+/// 8 scales (f16 or f32) at `p` as f32.
+#[inline(always)]
+unsafe fn scales256<const F: u8>(p: *const u8) -> __m256 {
+    // SAFETY: the caller guarantees 16 (f16) or 32 (f32) readable bytes at `p`.
+    unsafe {
+        if f32_scales(F) {
+            _mm256_loadu_ps(p.cast())
+        } else {
+            _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+        }
+    }
+}
+
 /// `R` activation rows × one half (8 rows) of a group, AVX2 `vpmaddubsw`.
 #[inline(always)]
 unsafe fn g256<const F: u8, const R: usize>(c: &mut GroupCall<'_, '_>, r0: usize, half: usize) {
     let lay = c.lay;
     let x = XPtr::rows::<R>(c, r0);
     // Q8_0 runs signed × signed (sign trick), so it needs no offset here.
-    let off = if F == P_Q8_0 { 0 } else { quant_offset(format_of(F)) };
+    let off = if F == P_Q8_0 { 0 } else { quant_offset(F) };
+    // Scales of the half's 8 rows.
+    let sh = lay.sb * 8 * half;
     // SAFETY: as in `g512`; `half < 2` picks bytes 32 * half.. of each 64-byte vector.
     unsafe {
         let g = c.grp.as_ptr();
@@ -154,43 +191,53 @@ unsafe fn g256<const F: u8, const R: usize>(c: &mut GroupCall<'_, '_>, r0: usize
         for b in 0..lay.nb {
             let q = g.add(lay.q_at(b) + 32 * half);
             let mut w = [_mm256_setzero_si256(); 8];
-            if F == P_Q8_0 {
-                for (u, wu) in w.iter_mut().enumerate() {
-                    // stored q + 128: back to signed
-                    *wu = _mm256_xor_si256(_mm256_loadu_si256(q.add(64 * u).cast()), flip);
-                }
-            } else {
+            if nibbles(F) {
                 for t in 0..4 {
                     let v = _mm256_loadu_si256(q.add(64 * t).cast());
                     w[2 * t] = _mm256_and_si256(v, nib);
                     w[2 * t + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nib);
                 }
-            }
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(g.add(lay.d_at(b) + 16 * half).cast()));
-            let mw = if F == P_Q4_1 {
-                _mm256_cvtph_ps(_mm_loadu_si128(g.add(lay.m_at(b) + 16 * half).cast()))
             } else {
-                _mm256_setzero_ps()
-            };
+                for (u, wu) in w.iter_mut().enumerate() {
+                    let v = _mm256_loadu_si256(q.add(64 * u).cast());
+                    // Q8_0 stores q + 128: back to signed.
+                    *wu = if F == P_Q8_0 { _mm256_xor_si256(v, flip) } else { v };
+                }
+            }
+            let s1 = scales256::<F>(g.add(lay.d_at(b) + sh));
+            let s2 =
+                if has_min(F) || two_scales(F) { scales256::<F>(g.add(lay.m_at(b) + sh)) } else { _mm256_setzero_ps() };
             for r in 0..R {
-                let mut s = _mm256_setzero_si256();
+                let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
                 for (u, &wu) in w.iter().enumerate() {
                     let xv = _mm256_set1_epi32(x[r].qs.add(b * QK8 + 4 * u).cast::<i32>().read_unaligned());
-                    // |u8| <= 128 (Q8 magnitudes) or 15, |i8| <= 127: no i16 saturation.
+                    // |u8| <= 128 (Q8_0 magnitudes) or 63, |i8| <= 127: no i16 saturation.
                     let p = if F == P_Q8_0 {
                         _mm256_maddubs_epi16(_mm256_abs_epi8(wu), _mm256_sign_epi8(xv, wu))
                     } else {
                         _mm256_maddubs_epi16(wu, xv)
                     };
-                    s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+                    let p = _mm256_madd_epi16(p, ones);
+                    if u < 4 {
+                        lo = _mm256_add_epi32(lo, p);
+                    } else {
+                        hi = _mm256_add_epi32(hi, p);
+                    }
                 }
-                if off != 0 {
-                    s = _mm256_sub_epi32(s, _mm256_set1_epi32(off * *x[r].isums.add(b)));
-                }
-                let f = _mm256_mul_ps(_mm256_cvtepi32_ps(s), dw);
+                let f = if two_scales(F) {
+                    let lo = _mm256_sub_epi32(lo, _mm256_set1_epi32(off * *x[r].hsums.add(2 * b)));
+                    let hi = _mm256_sub_epi32(hi, _mm256_set1_epi32(off * *x[r].hsums.add(2 * b + 1)));
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), s2, _mm256_mul_ps(_mm256_cvtepi32_ps(lo), s1))
+                } else {
+                    let mut s = _mm256_add_epi32(lo, hi);
+                    if off != 0 {
+                        s = _mm256_sub_epi32(s, _mm256_set1_epi32(off * *x[r].isums.add(b)));
+                    }
+                    _mm256_mul_ps(_mm256_cvtepi32_ps(s), s1)
+                };
                 acc[r] = _mm256_fmadd_ps(f, _mm256_set1_ps(*x[r].d.add(b * Q8_LANES)), acc[r]);
-                if F == P_Q4_1 {
-                    acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(*x[r].sums.add(b)), acc[r]);
+                if has_min(F) {
+                    acc[r] = _mm256_fmadd_ps(s2, _mm256_set1_ps(*x[r].sums.add(b)), acc[r]);
                 }
             }
         }
@@ -209,7 +256,6 @@ unsafe fn g256<const F: u8, const R: usize>(c: &mut GroupCall<'_, '_>, r0: usize
 /// activation rows of matching length.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn group_avx2<const F: u8>(c: &mut GroupCall<'_, '_>) {
-    debug_assert!(matches!(format_of(F), WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0));
     // SAFETY: forwarded from this function's contract.
     unsafe {
         for half in 0..2 {

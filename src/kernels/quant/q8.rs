@@ -30,6 +30,8 @@ pub struct Q8Acts {
     sums: Vec<f32>,
     /// Per row and block, `Σ qs` (exact, for integer weight offsets).
     isums: Vec<i32>,
+    /// Per row and block, `Σ qs` of each half (16 values): two per block.
+    hsums: Vec<i32>,
 }
 
 /// One quantised activation row (see [`Q8Acts`]).
@@ -40,6 +42,7 @@ pub struct Q8Row<'a> {
     pub s: &'a [f32],
     pub sums: &'a [f32],
     pub isums: &'a [i32],
+    pub hsums: &'a [i32],
 }
 
 impl Q8Row<'_> {
@@ -88,6 +91,7 @@ impl Q8Acts {
         grow(&mut self.s, rows * nb * Q8_LANES);
         grow(&mut self.sums, rows * nb);
         grow(&mut self.isums, rows * nb);
+        grow(&mut self.hsums, 2 * rows * nb);
         self.rows = rows;
         self.k = k;
         let n = rows * nb;
@@ -101,9 +105,11 @@ impl Q8Acts {
                 &mut self.isums[..n],
             );
             // SAFETY: AVX-512 F/BW/VL were detected; the slices hold `n` blocks each.
-            return unsafe { super::x86::quantize_q8_avx512(x, qs, d, s, sums, isums) };
+            unsafe { super::x86::quantize_q8_avx512(x, qs, d, s, sums, isums) };
+            half_sums(&self.qs[..n * QK8], &mut self.hsums[..2 * n]);
+            return;
         }
-        let _ = (simd, n);
+        let _ = simd;
         for (((((xs, qs), d), s), sums), isum) in x
             .chunks_exact(QK8)
             .zip(self.qs.chunks_exact_mut(QK8))
@@ -118,6 +124,7 @@ impl Q8Acts {
             *sums = scale * sum as f32;
             s.fill(*sums / Q8_LANES as f32);
         }
+        half_sums(&self.qs[..n * QK8], &mut self.hsums[..2 * n]);
     }
 
     /// Row `r`.
@@ -131,7 +138,15 @@ impl Q8Acts {
             s: &self.s[r * lanes..(r + 1) * lanes],
             sums: &self.sums[r * nb..(r + 1) * nb],
             isums: &self.isums[r * nb..(r + 1) * nb],
+            hsums: &self.hsums[2 * r * nb..2 * (r + 1) * nb],
         }
+    }
+}
+
+/// The sum of each 16 quants (two per block).
+fn half_sums(qs: &[i8], out: &mut [i32]) {
+    for (h, o) in qs.chunks_exact(QK8 / 2).zip(out) {
+        *o = h.iter().map(|&q| q as i32).sum();
     }
 }
 
@@ -225,6 +240,10 @@ mod tests {
         for r in 0..7 {
             let (ra, rb) = (a.row(r), b.row(r));
             assert_eq!((ra.qs, ra.d, ra.s, ra.sums, ra.isums), (rb.qs, rb.d, rb.s, rb.sums, rb.isums), "row {r}");
+            assert_eq!(ra.hsums, rb.hsums, "row {r}");
+            for b in 0..3 {
+                assert_eq!(ra.hsums[2 * b] + ra.hsums[2 * b + 1], ra.isums[b], "row {r} block {b}");
+            }
         }
     }
 
