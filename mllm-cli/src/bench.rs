@@ -169,7 +169,7 @@ fn print_results(args: &BenchArgs, model: &TextModel, threads: usize, rows: &[Ro
     }
     println!();
     println!(
-        "load {:.0} ms | first token {:.1} ms | peak RSS {} | engine peak {} (mapped weights + activations + KV) | {} reps",
+        "load {:.0} ms | first token {:.1} ms | peak RSS {} | engine peak {} (mapped file ranges, even released, + packed weights + activations + KV) | {} reps",
         model.load_time.as_secs_f64() * 1e3,
         ttft * 1e3,
         human(rss as usize),
