@@ -153,67 +153,13 @@ REPO="$PWD"
 CACHE="${MLLM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mllm}"
 log() { echo "[bench-serve-vs-llamaserver] $*" >&2; }
 
-# --- tools -------------------------------------------------------------------------------
-apt_install() {
-  log "installing $* with apt-get (needed to build llama.cpp)"
-  local sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
-}
-missing=()
-command -v cmake >/dev/null || missing+=(cmake)
-command -v c++ >/dev/null || missing+=(g++)
-command -v make >/dev/null || missing+=(make)
-command -v timeout >/dev/null || missing+=(coreutils)
-python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
-[ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
-command -v cargo >/dev/null || { echo "cargo not found: install the Rust toolchain" >&2; exit 1; }
-
-# --- mllm-rs -----------------------------------------------------------------------------
-log "building mllm-cli (release)"
-nice -n 10 cargo build --release -q -p mllm-cli
-MLLM="$REPO/target/release/mllm"
-if [ -z "$MODEL" ]; then
-  MODEL="$CACHE/SmolLM2-135M-Instruct.Q4_1.gguf"
-  [ -f "$MODEL" ] || { log "fetching the model"; "$MLLM" pull; }
-fi
-[ -f "$MODEL" ] || { echo "model not found: $MODEL" >&2; exit 1; }
-
-# --- llama.cpp's llama-server (cached build) ----------------------------------------------
-LDIR="$CACHE/llama.cpp-$VERSION"
+# --- tools, mllm-rs, llama.cpp's llama-server (cached build) -----------------------------
+# shellcheck source=scripts/lib/llamacpp.sh
+. "$REPO/scripts/lib/llamacpp.sh"
+ensure_tools timeout:coreutils
+build_mllm
+build_llamacpp "$VERSION" llama-server
 LSERVER="$LDIR/build/bin/llama-server"
-if [ ! -x "$LSERVER" ]; then
-  mkdir -p "$LDIR"
-  if [ ! -f "$LDIR/src/CMakeLists.txt" ]; then
-    log "downloading the llama-cpp-python $VERSION sdist (carries llama.cpp under vendor/llama.cpp)"
-    tmp="$(mktemp -d)"
-    trap 'rm -rf "$tmp"' EXIT
-    python3 -m pip download -q --no-deps --no-binary llama-cpp-python \
-      "llama-cpp-python==$VERSION" -d "$tmp" || {
-      echo "could not download llama-cpp-python==$VERSION; set LLAMA_CPP_PY_VERSION" >&2
-      exit 1
-    }
-    tar -xzf "$tmp"/llama_cpp_python-*.tar.gz -C "$tmp"
-    rm -rf "$LDIR/src"
-    mv "$tmp"/llama_cpp_python-*/vendor/llama.cpp "$LDIR/src"
-    rm -rf "$tmp"
-    trap - EXIT
-  fi
-  # Same flags as bench-vs-llamacpp.sh, plus the server; no web UI (no npm, no download).
-  log "building llama.cpp ($VERSION) llama-server in $LDIR (a few minutes the first time)"
-  nice -n 10 cmake -S "$LDIR/src" -B "$LDIR/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
-    -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF \
-    -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-    -DLLAMA_BUILD_APP=OFF -DBUILD_SHARED_LIBS=OFF >"$LDIR/configure-server.log" 2>&1 || {
-    echo "llama.cpp configure failed, see $LDIR/configure-server.log" >&2
-    exit 1
-  }
-  nice -n 10 cmake --build "$LDIR/build" --target llama-server -j "$(nproc)" >"$LDIR/build-server.log" 2>&1 || {
-    echo "llama.cpp build failed, see $LDIR/build-server.log" >&2
-    exit 1
-  }
-fi
 
 # --- servers -----------------------------------------------------------------------------
 OUT="${OUT:-$REPO/target/bench-serve-vs-llamaserver/$(date +%Y%m%d-%H%M%S)}"

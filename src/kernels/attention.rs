@@ -9,6 +9,8 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use super::rows::{with_thread_buf, SharedOut};
+
 /// Shapes of one attention call.
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionShape {
@@ -144,14 +146,8 @@ fn attention_with(s: AttentionShape, q: &[f32], k: &[f32], v: &[f32], out: &mut 
         t
     };
     let n_jobs = base_jobs * splits;
-    let out_ptr = OutPtr(out.as_mut_ptr());
-    PARTIALS.with(|cell| {
-        let mut own = Vec::new();
-        let mut borrowed = cell.try_borrow_mut();
-        let buf: &mut Vec<f32> = match borrowed.as_deref_mut() {
-            Ok(b) => b,
-            Err(_) => &mut own,
-        };
+    let out_ptr = SharedOut::new(out);
+    with_thread_buf(&PARTIALS, |buf| {
         let per_job = MAX_ROWS * (d + 2);
         if buf.len() < n_jobs * per_job {
             buf.resize(n_jobs * per_job, 0.0);
@@ -230,21 +226,6 @@ thread_local! {
     /// Per-thread partial results (grows to the largest call, then allocates nothing).
     static PARTIALS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
-
-/// The output pointer shared by the tasks of one call (each writes its own rows).
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-
-impl OutPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
-// SAFETY: tasks only write the output rows of their own tiles through it.
-unsafe impl Send for OutPtr {}
-// SAFETY: as above.
-unsafe impl Sync for OutPtr {}
 
 fn run_tile(kernel: Kernel, x: &Inputs<'_>, t: &Tile, p: Partial<'_>) {
     match kernel {

@@ -1,7 +1,45 @@
 //! Splitting slice work over the current rayon pool: by rows for row-wise ops, by
 //! fixed chunks for elementwise ones. Small inputs stay on the calling thread.
 
+use std::cell::RefCell;
+use std::thread::LocalKey;
+
 use rayon::prelude::*;
+
+/// Runs `f` with this thread's buffer, or a fresh one if the buffer is in use (a pool
+/// thread waiting inside one kernel call can pick up another call's task).
+pub(crate) fn with_thread_buf<T: Default + 'static, R>(
+    key: &'static LocalKey<RefCell<T>>,
+    f: impl FnOnce(&mut T) -> R,
+) -> R {
+    let mut f = Some(f);
+    let done = key.with(|cell| cell.try_borrow_mut().ok().map(|mut b| (f.take().expect("once"))(&mut b)));
+    match done {
+        Some(r) => r,
+        None => (f.take().expect("not run yet"))(&mut T::default()),
+    }
+}
+
+/// An output pointer shared by the tasks of one kernel call, each of which writes only
+/// its own, disjoint part of the output (the caller's `// SAFETY:` says which).
+#[derive(Clone, Copy)]
+pub(crate) struct SharedOut(*mut f32);
+
+impl SharedOut {
+    pub(crate) fn new(out: &mut [f32]) -> SharedOut {
+        SharedOut(out.as_mut_ptr())
+    }
+
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+// SAFETY: tasks only write their own disjoint parts through it (see the type's contract),
+// so sharing the pointer across threads is like splitting a `&mut [f32]`.
+unsafe impl Send for SharedOut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedOut {}
 
 /// Below this many elements an op runs single-threaded: splitting costs more than
 /// it saves for decode-sized rows (a few thousand values).

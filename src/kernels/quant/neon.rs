@@ -21,23 +21,36 @@ const fn block_bytes(f: u8) -> usize {
     }
 }
 
+/// `sdot`: lane `i` of `acc` plus Σ of the four products of bytes `4i..4i + 4` of `a` and `b`.
+///
+/// # Safety
+/// The CPU must support the dot-product extension.
+#[inline(always)]
+pub(super) unsafe fn sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    // `vdotq_s32` is not stable yet: the same `sdot` instruction written out.
+    let mut acc = acc;
+    // SAFETY: the caller guarantees the dot-product extension; the instruction only reads
+    // and writes the three vector registers.
+    unsafe {
+        std::arch::asm!(
+            ".arch_extension dotprod",
+            "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+            acc = inout(vreg) acc,
+            a = in(vreg) a,
+            b = in(vreg) b,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    acc
+}
+
 /// Σ a·b of two 16 × i8 vectors, in four i32 lanes.
 #[inline(always)]
 unsafe fn dot16<const DOT: bool>(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
     // SAFETY: only reached from functions compiled with NEON (and dotprod when `DOT`).
     unsafe {
         if DOT {
-            // `vdotq_s32` is not stable yet: the same `sdot` instruction written out.
-            let mut acc = acc;
-            std::arch::asm!(
-                ".arch_extension dotprod",
-                "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
-                acc = inout(vreg) acc,
-                a = in(vreg) a,
-                b = in(vreg) b,
-                options(pure, nomem, nostack, preserves_flags),
-            );
-            acc
+            sdot(acc, a, b)
         } else {
             let lo = vmull_s8(vget_low_s8(a), vget_low_s8(b));
             let hi = vmull_high_s8(a, b);

@@ -30,6 +30,7 @@ use rayon::prelude::*;
 
 use super::q8::{Q8Acts, Q8Row, QK8};
 use super::qmatmul::{Isa, WeightFormat};
+use crate::kernels::rows::{with_thread_buf, SharedOut};
 
 /// Weight rows per packed group.
 pub const PACK_ROWS: usize = 16;
@@ -540,7 +541,7 @@ pub fn packed_matmul_cols(
     let groups = n_out / PACK_ROWS;
     let threads = rayon::current_num_threads();
     let parallel = threads > 1 && m * n_out * k >= PAR_MIN_WORK;
-    let out_ptr = OutPtr(out.as_mut_ptr());
+    let out_ptr = SharedOut::new(out);
     let run = |acts: &Q8Acts, g0: usize, g1: usize| {
         for g in g0..g1 {
             let grp = &w[g * lay.bytes..(g + 1) * lay.bytes];
@@ -570,16 +571,7 @@ pub fn packed_matmul_cols(
             }
         }
     };
-    ACTS.with(|cell| {
-        let mut own;
-        let mut borrowed = cell.try_borrow_mut();
-        let acts: &mut Q8Acts = match borrowed.as_deref_mut() {
-            Ok(a) => a,
-            Err(_) => {
-                own = Q8Acts::new();
-                &mut own
-            }
-        };
+    with_thread_buf(&ACTS, |acts| {
         acts.quantize(x, m, k);
         let acts = &*acts;
         if !parallel {
@@ -596,21 +588,6 @@ fn group_grain(groups: usize, threads: usize) -> usize {
     let tasks = (2 * threads).max(groups.div_ceil(8)).next_multiple_of(threads);
     groups.div_ceil(tasks).max(1)
 }
-
-/// The output pointer shared by the tasks of one matmul (each writes its own columns).
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-
-impl OutPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
-// SAFETY: tasks only write through `OutPtr` to the columns of their own groups.
-unsafe impl Send for OutPtr {}
-// SAFETY: as above.
-unsafe impl Sync for OutPtr {}
 
 #[cfg(test)]
 mod tests {

@@ -15,17 +15,7 @@ unsafe fn dot4<const DOT: bool>(acc: int32x4_t, w: int8x16_t, x: int8x16_t) -> i
     // SAFETY: only reached from functions compiled with NEON (and dotprod when `DOT`).
     unsafe {
         if DOT {
-            // `vdotq_s32` is not stable yet: the same `sdot` instruction written out.
-            let mut acc = acc;
-            std::arch::asm!(
-                ".arch_extension dotprod",
-                "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
-                acc = inout(vreg) acc,
-                a = in(vreg) w,
-                b = in(vreg) x,
-                options(pure, nomem, nostack, preserves_flags),
-            );
-            acc
+            super::neon::sdot(acc, w, x)
         } else {
             // |w| <= 128, |x| <= 127: a pair of products fits in i16.
             let lo = vmull_s8(vget_low_s8(w), vget_low_s8(x));

@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use super::dot_q8::*;
 use super::q8::{quantize_q8_k, BlockQ8_K, Q8Acts, QK8};
 use super::QK_K;
+use crate::kernels::rows::with_thread_buf;
 
 /// A block-quantised weight format the fast matmul reads.
 #[allow(non_camel_case_types)]
@@ -318,20 +319,6 @@ thread_local! {
     static Q8K_BUF: RefCell<Vec<BlockQ8_K>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` with this thread's buffer, or a fresh one if the buffer is in use (a pool
-/// thread waiting inside one matmul can pick up another matmul's job).
-fn with_buf<T: Default + 'static, R>(
-    key: &'static std::thread::LocalKey<RefCell<T>>,
-    f: impl FnOnce(&mut T) -> R,
-) -> R {
-    let mut f = Some(f);
-    let done = key.with(|cell| cell.try_borrow_mut().ok().map(|mut b| (f.take().expect("once"))(&mut b)));
-    match done {
-        Some(r) => r,
-        None => (f.take().expect("not run yet"))(&mut T::default()),
-    }
-}
-
 /// Output rows per parallel task: at least four tasks per thread and at most 64 rows each
 /// (so weight panels stay in cache), the task count a multiple of the thread count (equal
 /// shares), at least 16 rows and a multiple of 4 (the kernels' tile width).
@@ -388,7 +375,7 @@ pub fn quantized_matmul_with(
     let chunk = if parallel { grain(n_out, threads) } else { n_out };
     if fmt.block_len() == QK8 {
         let panel_fn = kernels_for(isa).panel(fmt);
-        with_buf(&Q8_BUF, |acts| {
+        with_thread_buf(&Q8_BUF, |acts| {
             acts.quantize(x, m, k);
             let acts = &*acts;
             for_each_panel(out, chunk, parallel, |j0, cols| {
@@ -406,7 +393,7 @@ pub fn quantized_matmul_with(
             WeightFormat::Q5_K => vec_dot_q5_k_q8_k,
             _ => vec_dot_q6_k_q8_k,
         };
-        with_buf(&Q8K_BUF, |acts| {
+        with_thread_buf(&Q8K_BUF, |acts| {
             let nb = k / QK_K;
             if acts.len() < m * nb {
                 acts.resize(m * nb, BlockQ8_K::zeroed());
