@@ -391,8 +391,22 @@ fn bad_input_gets_an_openai_error_and_the_server_stays_up() {
 /// own KV cache, so nothing leaks between them).
 #[test]
 fn concurrent_greedy_answers_equal_single_answers() {
+    load_test(&[]);
+}
+
+/// The same with each sequence's steps as separate forked tasks (`--no-batch`).
+#[test]
+fn concurrent_greedy_answers_equal_single_answers_with_forked_steps() {
+    load_test(&["--no-batch"]);
+}
+
+/// 32 concurrent clients (both endpoints, streamed and not) against the answers of single
+/// requests, with the server's extra arguments `extra`.
+fn load_test(extra: &[&str]) {
     let _one = one_at_a_time();
-    let server = Server::start(&["--ctx", "512", "--max-concurrent", "4", "--queue", "64"]);
+    let mut args = vec!["--ctx", "512", "--max-concurrent", "4", "--queue", "64"];
+    args.extend_from_slice(extra);
+    let server = Server::start(&args);
     let chat = server.url("/v1/chat/completions");
     let comp = server.url("/v1/completions");
     // Short prompts: prompt processing is still slow.
