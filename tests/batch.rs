@@ -46,3 +46,36 @@ fn batched_steps_equal_separate_passes() {
     let mut full = llama.new_cache(2).unwrap();
     assert!(llama.forward_batch(&mut [(&[1, 2, 3][..], &mut full)]).is_err(), "a step past the cache fails");
 }
+
+/// An f16 cache on the packed path stays close to the f32 one (keys and values rounded to
+/// 11 significant bits) and agrees on the greedy token wherever the choice is clear.
+#[test]
+fn f16_cache_stays_close_to_f32() {
+    let llama = &common::model().llama;
+    let prompt = [504u32, 3575, 282, 4649, 314, 2, 18, 900, 44];
+    let mut c32 = llama.new_cache(64).unwrap();
+    let mut c16 = llama.new_cache_with(64, mllm::tensor::DType::F16).unwrap();
+    assert_eq!(c16.dtype(), mllm::tensor::DType::F16);
+    let (mut a, mut b) =
+        (llama.forward_tokens(&prompt, &mut c32).unwrap(), llama.forward_tokens(&prompt, &mut c16).unwrap());
+    let (mut worst, mut total, mut n) = (0f32, 0f64, 0usize);
+    for step in 0..8 {
+        let (la, lb) = (a.to_vec::<f32>().unwrap(), b.to_vec::<f32>().unwrap());
+        for (x, y) in la.iter().zip(&lb) {
+            worst = worst.max((x - y).abs());
+            total += (x - y).abs() as f64;
+            n += 1;
+        }
+        let next = argmax(&la);
+        let mut sorted = la.clone();
+        sorted.sort_by(|x, y| y.total_cmp(x));
+        if sorted[0] - sorted[1] >= 0.5 {
+            assert_eq!(next, argmax(&lb), "step {step}");
+        }
+        a = llama.forward_tokens(&[next], &mut c32).unwrap();
+        b = llama.forward_tokens(&[next], &mut c16).unwrap();
+    }
+    let mean = total / n as f64;
+    eprintln!("f16 vs f32 cache: worst logit difference {worst}, mean {mean}");
+    assert!(worst < 1.5 && mean < 0.2, "f16 cache drifts: worst {worst}, mean {mean}");
+}

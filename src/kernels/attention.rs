@@ -2,11 +2,13 @@
 //! grouped-query heads. Work is cut into tiles of query rows that share one kv head (so
 //! each cached key and value row is read once per tile) and, when there are few queries
 //! (decode), into ranges of cache positions whose partial softmax sums are merged after
-//! ("flash decoding"), so every thread gets work. An AVX-512 kernel with a vectorised
-//! `exp` and a portable one with the same phases; no heap allocation per call.
+//! ("flash decoding"), so every thread gets work. The cache may hold f32 or f16 (half the
+//! bytes to read per token). An AVX-512 kernel with a vectorised `exp` and a portable one
+//! with the same phases; no heap allocation per call.
 
 use std::cell::RefCell;
 
+use half::f16;
 use rayon::prelude::*;
 
 use super::rows::{with_thread_buf, SharedOut};
@@ -30,10 +32,51 @@ const CHUNK: usize = 64;
 /// Below this many multiply-adds the call runs on the calling thread.
 const PAR_MIN_WORK: usize = 1 << 15;
 
+/// An element type of the key/value cache: `f32` or `half::f16`.
+pub trait KvElem: Copy + Send + Sync + 'static {
+    fn to_f32(self) -> f32;
+
+    /// Sixteen values from `p` as f32.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; 16 values must be readable at `p`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+}
+
+impl KvElem for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const f32) -> std::arch::x86_64::__m512 {
+        // SAFETY: forwarded contract.
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
+    }
+}
+
+impl KvElem for f16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const f16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: forwarded contract (`vcvtph2ps` on 512 bits is AVX-512F).
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
+    }
+}
+
 /// `q` is `[n_queries, n_heads, head_dim]`; `k` and `v` are cache rows
-/// `[>= start_pos + n_queries, n_kv_heads, head_dim]`; `out` is like `q`.
+/// `[>= start_pos + n_queries, n_kv_heads, head_dim]` of f32 or f16; `out` is like `q`.
 /// Parallel on the current rayon pool when large enough.
-pub fn causal_attention(s: AttentionShape, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32]) {
+pub fn causal_attention<T: KvElem>(s: AttentionShape, q: &[f32], k: &[T], v: &[T], out: &mut [f32]) {
     attention_with(s, q, k, v, out, Kernel::best(s.head_dim))
 }
 
@@ -81,16 +124,16 @@ struct Partial<'a> {
 
 /// Shared, read-only inputs of every tile.
 #[derive(Clone, Copy)]
-struct Inputs<'a> {
+struct Inputs<'a, T> {
     q: &'a [f32],
-    k: &'a [f32],
-    v: &'a [f32],
+    k: &'a [T],
+    v: &'a [T],
     d: usize,
     kv_stride: usize,
     scale: f32,
 }
 
-fn attention_with(s: AttentionShape, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], kernel: Kernel) {
+fn attention_with<T: KvElem>(s: AttentionShape, q: &[f32], k: &[T], v: &[T], out: &mut [f32], kernel: Kernel) {
     let AttentionShape { n_queries, n_heads, n_kv_heads, head_dim: d, start_pos } = s;
     let kv_stride = n_kv_heads * d;
     let kv_len = start_pos + n_queries;
@@ -227,7 +270,7 @@ thread_local! {
     static PARTIALS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-fn run_tile(kernel: Kernel, x: &Inputs<'_>, t: &Tile, p: Partial<'_>) {
+fn run_tile<T: KvElem>(kernel: Kernel, x: &Inputs<'_, T>, t: &Tile, p: Partial<'_>) {
     match kernel {
         Kernel::Portable => tile_portable(x, t, p),
         #[cfg(target_arch = "x86_64")]
@@ -245,7 +288,7 @@ fn valid(t: &Tile, r: usize, p0: usize, n: usize) -> usize {
 
 /// The portable kernel: per chunk of positions, scores, then the online-softmax update,
 /// then the weighted sum of values; the reference the SIMD kernel is tested against.
-fn tile_portable(x: &Inputs<'_>, t: &Tile, p: Partial<'_>) {
+fn tile_portable<T: KvElem>(x: &Inputs<'_, T>, t: &Tile, p: Partial<'_>) {
     let d = x.d;
     let mut s = [[0f32; CHUNK]; MAX_ROWS];
     p.m.fill(f32::NEG_INFINITY);
@@ -281,7 +324,7 @@ fn tile_portable(x: &Inputs<'_>, t: &Tile, p: Partial<'_>) {
             for (j, &w) in sr[..nv].iter().enumerate() {
                 let vr = &x.v[(p0 + j) * x.kv_stride + t.kv_off..][..d];
                 for (ov, &vv) in o.iter_mut().zip(vr) {
-                    *ov += w * vv;
+                    *ov += w * vv.to_f32();
                 }
             }
         }
@@ -290,19 +333,19 @@ fn tile_portable(x: &Inputs<'_>, t: &Tile, p: Partial<'_>) {
 }
 
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+fn dot<T: KvElem>(a: &[f32], b: &[T]) -> f32 {
     // Sixteen partial sums let the compiler vectorise without reassociation flags.
     let mut acc = [0.0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for j in 0..16 {
-            acc[j] += x[j] * y[j];
+            acc[j] += x[j] * y[j].to_f32();
         }
     }
     let mut s: f32 = acc.iter().sum();
     for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
+        s += x * y.to_f32();
     }
     s
 }
@@ -318,7 +361,7 @@ mod avx512 {
 
     use std::arch::x86_64::*;
 
-    use super::{valid, Inputs, Partial, Tile, CHUNK, MAX_D16, MAX_ROWS};
+    use super::{valid, Inputs, KvElem, Partial, Tile, CHUNK, MAX_D16, MAX_ROWS};
 
     /// `exp(x)` for 16 lanes: `x = n ln2 + r` with `|r| <= ln2/2`, a degree-6 polynomial
     /// for `exp(r)` (relative error about 2e-7), then `2^n` by `vscalefps`. Inputs below
@@ -348,17 +391,17 @@ mod avx512 {
     /// The CPU must support AVX-512F and FMA; `x.d` is a multiple of 16, at most
     /// `16 * MAX_D16`; the tile's rows and positions lie inside `q`, `k`, `v`.
     #[target_feature(enable = "avx512f,fma")]
-    pub(super) unsafe fn tile(x: &Inputs<'_>, t: &Tile, p: Partial<'_>) {
+    pub(super) unsafe fn tile<T: KvElem>(x: &Inputs<'_, T>, t: &Tile, p: Partial<'_>) {
         // SAFETY: forwarded contract; each `D16` instance handles `d = 16 * D16`.
         unsafe {
             match x.d / 16 {
-                1 => tile_d::<1>(x, t, p),
-                2 => tile_d::<2>(x, t, p),
-                4 => tile_d::<4>(x, t, p),
-                8 => tile_d::<8>(x, t, p),
+                1 => tile_d::<T, 1>(x, t, p),
+                2 => tile_d::<T, 2>(x, t, p),
+                4 => tile_d::<T, 4>(x, t, p),
+                8 => tile_d::<T, 8>(x, t, p),
                 n => {
                     debug_assert!(n <= MAX_D16);
-                    tile_d::<MAX_D16>(x, t, p)
+                    tile_d::<T, MAX_D16>(x, t, p)
                 }
             }
         }
@@ -366,7 +409,7 @@ mod avx512 {
 
     /// `D16` is an upper bound of `d / 16`: loops run over the actual `d / 16` vectors.
     #[inline(always)]
-    unsafe fn tile_d<const D16: usize>(x: &Inputs<'_>, t: &Tile, p: Partial<'_>) {
+    unsafe fn tile_d<T: KvElem, const D16: usize>(x: &Inputs<'_, T>, t: &Tile, p: Partial<'_>) {
         let d = x.d;
         let dv = d / 16;
         // SAFETY: every pointer below addresses `d` values of a row the tile owns or reads:
@@ -398,14 +441,14 @@ mod avx512 {
                     while j + 16 <= nv {
                         let mut acc = [_mm512_setzero_ps(); 16];
                         for (jj, a) in acc.iter_mut().enumerate() {
-                            *a = dot_row::<D16>(&qv, kbase.add((j + jj) * x.kv_stride), dv);
+                            *a = dot_row::<T, D16>(&qv, kbase.add((j + jj) * x.kv_stride), dv);
                         }
                         let sums = _mm512_mul_ps(hsum16(&acc), _mm512_set1_ps(x.scale));
                         _mm512_storeu_ps(sr.as_mut_ptr().add(j), sums);
                         j += 16;
                     }
                     for (jj, sj) in sr[j..nv].iter_mut().enumerate() {
-                        let acc = dot_row::<D16>(&qv, kbase.add((j + jj) * x.kv_stride), dv);
+                        let acc = dot_row::<T, D16>(&qv, kbase.add((j + jj) * x.kv_stride), dv);
                         *sj = _mm512_reduce_add_ps(acc) * x.scale;
                     }
                     // Online softmax over the chunk, 16 scores per vector.
@@ -441,7 +484,7 @@ mod avx512 {
                         let vp = vbase.add(j * x.kv_stride);
                         let wv = _mm512_set1_ps(w);
                         for (i, o) in ov.iter_mut().enumerate().take(dv) {
-                            *o = _mm512_fmadd_ps(wv, _mm512_loadu_ps(vp.add(16 * i)), *o);
+                            *o = _mm512_fmadd_ps(wv, T::load16(vp.add(16 * i)), *o);
                         }
                     }
                     for (i, o) in ov.iter().enumerate().take(dv) {
@@ -485,12 +528,12 @@ mod avx512 {
 
     /// Lane-wise products of the query `qv` (its first `dv` vectors) with the key at `kp`.
     #[inline(always)]
-    unsafe fn dot_row<const D16: usize>(qv: &[__m512; D16], kp: *const f32, dv: usize) -> __m512 {
-        // SAFETY: the caller guarantees `16 * dv` readable values at `kp`.
+    unsafe fn dot_row<T: KvElem, const D16: usize>(qv: &[__m512; D16], kp: *const T, dv: usize) -> __m512 {
+        // SAFETY: the caller guarantees `16 * dv` readable values at `kp` and AVX-512F.
         unsafe {
-            let mut acc = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kp));
+            let mut acc = _mm512_mul_ps(qv[0], T::load16(kp));
             for (i, &qi) in qv.iter().enumerate().take(dv).skip(1) {
-                acc = _mm512_fmadd_ps(qi, _mm512_loadu_ps(kp.add(16 * i)), acc);
+                acc = _mm512_fmadd_ps(qi, T::load16(kp.add(16 * i)), acc);
             }
             acc
         }
@@ -573,19 +616,35 @@ mod tests {
             let s = AttentionShape { n_queries: nq, n_heads: nh, n_kv_heads: nkv, head_dim: d, start_pos: start };
             let q: Vec<f32> = (0..nq * nh * d).map(|_| r.random_range(-2.0..2.0)).collect();
             let kv_len = start + nq + 3; // rows past the causal window must be ignored
-            let k: Vec<f32> = (0..kv_len * nkv * d).map(|_| r.random_range(-2.0..2.0)).collect();
-            let v: Vec<f32> = (0..kv_len * nkv * d).map(|_| r.random_range(-2.0..2.0)).collect();
+                                         // Values that f16 holds exactly, so one reference serves both cache types.
+            let mut val = || f16::from_f32(r.random_range(-2.0f32..2.0)).to_f32();
+            let k: Vec<f32> = (0..kv_len * nkv * d).map(|_| val()).collect();
+            let v: Vec<f32> = (0..kv_len * nkv * d).map(|_| val()).collect();
+            let (k16, v16): (Vec<f16>, Vec<f16>) =
+                (k.iter().map(|&x| f16::from_f32(x)).collect(), v.iter().map(|&x| f16::from_f32(x)).collect());
             let want = reference(s, &q, &k, &v);
             for kernel in kernels(d) {
                 for threads in [1, 3] {
-                    let mut out = vec![f32::NAN; q.len()];
-                    if threads == 1 {
-                        attention_with(s, &q, &k, &v, &mut out, kernel);
-                    } else {
-                        pool.install(|| attention_with(s, &q, &k, &v, &mut out, kernel));
-                    }
-                    for (a, b) in out.iter().zip(&want) {
-                        assert!((*a as f64 - b).abs() < 1e-4, "{s:?} {kernel:?} threads={threads}: {a} vs {b}");
+                    for half in [false, true] {
+                        let mut out = vec![f32::NAN; q.len()];
+                        let run = |out: &mut [f32]| {
+                            if half {
+                                attention_with(s, &q, &k16, &v16, out, kernel)
+                            } else {
+                                attention_with(s, &q, &k, &v, out, kernel)
+                            }
+                        };
+                        if threads == 1 {
+                            run(&mut out);
+                        } else {
+                            pool.install(|| run(&mut out));
+                        }
+                        for (a, b) in out.iter().zip(&want) {
+                            assert!(
+                                (*a as f64 - b).abs() < 1e-4,
+                                "{s:?} {kernel:?} threads={threads} f16={half}: {a} vs {b}"
+                            );
+                        }
                     }
                 }
             }

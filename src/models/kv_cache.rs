@@ -1,9 +1,11 @@
-//! Per-sequence key/value cache: one `[rows, kv_dim]` f32 tensor per layer for keys and
-//! one for values, accounted as `MemType::KvCache`. It starts small and doubles when
-//! full, up to its capacity, so a sequence that may reach a long context but stays
-//! short holds little memory, and allocations are O(log n), never one per token.
+//! Per-sequence key/value cache: one `[rows, kv_dim]` tensor per layer for keys and one
+//! for values, in f32 or f16, accounted as `MemType::KvCache`. It starts small and
+//! doubles when full, up to its capacity, so a sequence that may reach a long context but
+//! stays short holds little memory, and allocations are O(log n), never one per token.
 
-use crate::tensor::{DType, MemType, Tensor};
+use half::f16;
+
+use crate::tensor::{DType, Element, MemType, Tensor};
 use crate::{Error, Result};
 
 /// Rows allocated up front (at most the capacity).
@@ -13,11 +15,19 @@ const INITIAL_ROWS: usize = 256;
 /// decode step allocates nothing. Their contents mean nothing between passes.
 #[derive(Default)]
 pub(crate) struct Scratch {
-    pub bufs: [Vec<f32>; 6],
+    pub bufs: [Vec<f32>; 8],
+}
+
+/// One layer's cached keys and values (rows of `kv_dim`), in the cache's element type.
+#[derive(Clone, Copy, Debug)]
+pub enum KvRows<'a> {
+    F32(&'a [f32], &'a [f32]),
+    F16(&'a [f16], &'a [f16]),
 }
 
 pub struct KvCache {
     pub(crate) scratch: Scratch,
+    dtype: DType,
     keys: Vec<Tensor>,
     values: Vec<Tensor>,
     len: usize,
@@ -27,27 +37,49 @@ pub struct KvCache {
     kv_dim: usize,
 }
 
-fn alloc_layers(n_layers: usize, rows: usize, kv_dim: usize, what: &str) -> Result<Vec<Tensor>> {
+fn alloc_layers(n_layers: usize, rows: usize, kv_dim: usize, dtype: DType, what: &str) -> Result<Vec<Tensor>> {
     (0..n_layers)
         .map(|l| {
-            Tensor::empty(&[rows, kv_dim], DType::F32).mem_type(MemType::KvCache).name(format!("kv.{l}.{what}")).alloc()
+            Tensor::empty(&[rows, kv_dim], dtype).mem_type(MemType::KvCache).name(format!("kv.{l}.{what}")).alloc()
         })
         .collect()
 }
 
+/// `dst[..src.len()] = src`, converted to the element type of `dst`.
+fn store<T: Element>(dst: &mut [T], src: &[f32]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = T::from_f32(s);
+    }
+}
+
 impl KvCache {
-    /// A cache that can hold up to `capacity` positions in each of `n_layers` layers.
+    /// An f32 cache that can hold up to `capacity` positions in each of `n_layers` layers.
     pub fn new(n_layers: usize, capacity: usize, kv_dim: usize) -> Result<KvCache> {
+        KvCache::with_dtype(n_layers, capacity, kv_dim, DType::F32)
+    }
+
+    /// A cache storing keys and values as `dtype`: F32, or F16 (half the memory and the
+    /// bytes attention reads per token; values rounded to f16 as llama.cpp's default does).
+    pub fn with_dtype(n_layers: usize, capacity: usize, kv_dim: usize, dtype: DType) -> Result<KvCache> {
+        if !matches!(dtype, DType::F32 | DType::F16) {
+            return Err(Error::dtype("kv_cache", dtype));
+        }
         let rows = capacity.min(INITIAL_ROWS);
         Ok(KvCache {
             scratch: Scratch::default(),
-            keys: alloc_layers(n_layers, rows, kv_dim, "k")?,
-            values: alloc_layers(n_layers, rows, kv_dim, "v")?,
+            dtype,
+            keys: alloc_layers(n_layers, rows, kv_dim, dtype, "k")?,
+            values: alloc_layers(n_layers, rows, kv_dim, dtype, "v")?,
             len: 0,
             rows,
             capacity,
             kv_dim,
         })
+    }
+
+    /// The element type of the cached keys and values.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// Positions filled so far.
@@ -89,9 +121,12 @@ impl KvCache {
         let rows = need.max(self.rows * 2).min(self.capacity);
         let used = self.len * self.kv_dim;
         for (old, what) in [(&mut self.keys, "k"), (&mut self.values, "v")] {
-            let mut fresh = alloc_layers(old.len(), rows, self.kv_dim, what)?;
+            let mut fresh = alloc_layers(old.len(), rows, self.kv_dim, self.dtype, what)?;
             for (new, prev) in fresh.iter_mut().zip(old.iter()) {
-                new.data_mut::<f32>()?[..used].copy_from_slice(&prev.as_slice::<f32>()?[..used]);
+                match self.dtype {
+                    DType::F16 => new.data_mut::<f16>()?[..used].copy_from_slice(&prev.as_slice::<f16>()?[..used]),
+                    _ => new.data_mut::<f32>()?[..used].copy_from_slice(&prev.as_slice::<f32>()?[..used]),
+                }
             }
             *old = fresh;
         }
@@ -109,25 +144,23 @@ impl KvCache {
                 format!("{} / {} values are not rows of {}", k.len(), v.len(), self.kv_dim),
             ));
         }
-        self.reserve(n)?;
-        let at = self.len * self.kv_dim;
-        self.keys[layer].data_mut::<f32>()?[at..at + k.len()].copy_from_slice(k);
-        self.values[layer].data_mut::<f32>()?[at..at + v.len()].copy_from_slice(v);
-        Ok(())
-    }
-
-    /// The next `n` key and value rows of `layer` after the filled ones, to be written in
-    /// place (the cache grows first if needed). Call [`KvCache::advance`] once all layers
-    /// are written.
-    pub fn rows_mut(&mut self, layer: usize, n: usize) -> Result<(&mut [f32], &mut [f32])> {
         if layer >= self.keys.len() {
             return Err(Error::invalid(format!("kv_cache: layer {layer} of {}", self.keys.len())));
         }
         self.reserve(n)?;
-        let (at, len) = (self.len * self.kv_dim, n * self.kv_dim);
-        let k = &mut self.keys[layer].data_mut::<f32>()?[at..at + len];
-        let v = &mut self.values[layer].data_mut::<f32>()?[at..at + len];
-        Ok((k, v))
+        let at = self.len * self.kv_dim;
+        let (kt, vt) = (&mut self.keys[layer], &mut self.values[layer]);
+        match self.dtype {
+            DType::F16 => {
+                store(&mut kt.data_mut::<f16>()?[at..], k);
+                store(&mut vt.data_mut::<f16>()?[at..], v);
+            }
+            _ => {
+                kt.data_mut::<f32>()?[at..at + k.len()].copy_from_slice(k);
+                vt.data_mut::<f32>()?[at..at + v.len()].copy_from_slice(v);
+            }
+        }
+        Ok(())
     }
 
     /// Mark `n` written positions as filled.
@@ -136,9 +169,16 @@ impl KvCache {
     }
 
     /// Keys and values of `layer` for the first `n` positions.
-    pub fn layer(&self, layer: usize, n: usize) -> Result<(&[f32], &[f32])> {
+    pub fn layer(&self, layer: usize, n: usize) -> Result<KvRows<'_>> {
+        if layer >= self.keys.len() {
+            return Err(Error::invalid(format!("kv_cache: layer {layer} of {}", self.keys.len())));
+        }
         let n = n.min(self.rows) * self.kv_dim;
-        Ok((&self.keys[layer].as_slice::<f32>()?[..n], &self.values[layer].as_slice::<f32>()?[..n]))
+        let (k, v) = (&self.keys[layer], &self.values[layer]);
+        Ok(match self.dtype {
+            DType::F16 => KvRows::F16(&k.as_slice::<f16>()?[..n], &v.as_slice::<f16>()?[..n]),
+            _ => KvRows::F32(&k.as_slice::<f32>()?[..n], &v.as_slice::<f32>()?[..n]),
+        })
     }
 }
 
@@ -161,12 +201,30 @@ mod tests {
             pos += chunk;
         }
         assert_eq!((c.len(), c.allocated()), (1000, 1000));
-        let (k, v) = c.layer(1, 1000).unwrap();
+        let KvRows::F32(k, v) = c.layer(1, 1000).unwrap() else { panic!("an f32 cache") };
         for p in 0..1000 {
             assert_eq!(&k[p * 3..p * 3 + 3], &[p as f32, 1.0, 1.0]);
             assert_eq!(v[p * 3], -(p as f32));
         }
         let err = c.write(0, &[0.0; 3], &[0.0; 3]).unwrap_err().to_string();
         assert!(err.contains("context full"), "{err}");
+    }
+
+    #[test]
+    fn f16_cache_rounds_and_keeps_rows_across_growth() {
+        let mut c = KvCache::with_dtype(1, 600, 2, DType::F16).unwrap();
+        for p in 0..600 {
+            let k = [p as f32 * 0.1, 1.0 / 3.0];
+            c.write(0, &k, &[-(p as f32), 2.0]).unwrap();
+            c.advance(1);
+        }
+        let KvRows::F16(k, v) = c.layer(0, 600).unwrap() else { panic!("an f16 cache") };
+        for p in 0..600 {
+            assert_eq!(k[2 * p], f16::from_f32(p as f32 * 0.1), "row {p}");
+            assert_eq!(k[2 * p + 1].to_f32(), f16::from_f32(1.0 / 3.0).to_f32());
+            assert_eq!(v[2 * p].to_f32(), -(p as f32));
+        }
+        assert!(KvCache::with_dtype(1, 8, 2, DType::Q8_0).is_err());
+        assert!(c.layer(3, 1).is_err());
     }
 }

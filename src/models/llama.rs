@@ -12,12 +12,20 @@ use crate::kernels::elementwise::swiglu_rows;
 use crate::kernels::norm::rms_norm;
 use crate::kernels::rope::{rope_row, RopeLayout, RopeTable};
 use crate::models::config::LlamaConfig;
-use crate::models::kv_cache::KvCache;
+use crate::models::kv_cache::{KvCache, KvRows};
 use crate::nn::{self, Module, ModuleList, Registry};
 use crate::params::ParameterFile;
 use crate::tensor::ops::MatmulPrecision;
 use crate::tensor::{DType, PackedLinear, Tensor};
 use crate::{Error, Result};
+
+/// Causal attention over one layer's cached rows, whatever their element type.
+fn attend(shape: AttentionShape, q: &[f32], kv: KvRows<'_>, out: &mut [f32]) {
+    match kv {
+        KvRows::F32(k, v) => causal_attention(shape, q, k, v, out),
+        KvRows::F16(k, v) => causal_attention(shape, q, k, v, out),
+    }
+}
 
 /// One transformer block.
 #[derive(Clone)]
@@ -77,7 +85,7 @@ impl Block {
         let v = self.attn_v.apply_with(&h, p)?.contiguous()?;
         let (k, q) = (k.contiguous()?, q.contiguous()?);
         cache.write(layer, k.as_slice::<f32>()?, v.as_slice::<f32>()?)?;
-        let (kc, vc) = cache.layer(layer, start + t)?;
+        let kv = cache.layer(layer, start + t)?;
         let mut attn = Tensor::zeros(&[t, c.hidden], DType::F32)?;
         let shape = AttentionShape {
             n_queries: t,
@@ -86,7 +94,7 @@ impl Block {
             head_dim: c.head_dim,
             start_pos: start,
         };
-        causal_attention(shape, q.as_slice::<f32>()?, kc, vc, attn.data_mut::<f32>()?);
+        attend(shape, q.as_slice::<f32>()?, kv, attn.data_mut::<f32>()?);
         let x = x.add(&self.attn_output.apply_with(&attn, p)?)?;
         let h = self.ffn_norm.apply(&x)?;
         let gate = self.ffn_gate.apply_with(&h, p)?.silu()?;
@@ -246,15 +254,23 @@ impl Llama {
         &self.cfg
     }
 
-    /// A KV cache with room for `capacity` positions.
+    /// An f32 KV cache with room for `capacity` positions.
     pub fn new_cache(&self, capacity: usize) -> Result<KvCache> {
+        self.new_cache_with(capacity, DType::F32)
+    }
+
+    /// A KV cache storing `dtype` (F32 or F16). F16 halves the cache's memory and the bytes
+    /// decode attention reads per token (llama.cpp's default) but rounds keys and values;
+    /// measured here it is slower for prefill (converting in attention), so F32 is the
+    /// default (BENCHMARKS.md). Both paths accept either.
+    pub fn new_cache_with(&self, capacity: usize, dtype: DType) -> Result<KvCache> {
         if capacity > self.cfg.context_length {
             return Err(Error::invalid(format!(
                 "a context of {capacity} tokens exceeds the model's {}",
                 self.cfg.context_length
             )));
         }
-        KvCache::new(self.cfg.n_layers, capacity, self.cfg.kv_dim())
+        KvCache::with_dtype(self.cfg.n_layers, capacity, self.cfg.kv_dim(), dtype)
     }
 
     /// Run `ids` (the next tokens of the sequence in `cache`) and return the logits
@@ -370,7 +386,7 @@ impl Llama {
         let starts: Vec<usize> = seqs.iter().map(|(_, cache)| cache.len()).collect();
         let qkv_w = hd + 2 * kvd;
         let mut scratch = std::mem::take(&mut seqs[0].1.scratch);
-        let [h, qkv, q, attn, gu, act] = &mut scratch.bufs;
+        let [h, qkv, q, attn, gu, act, kbuf, vbuf] = &mut scratch.bufs;
         for (buf, n) in
             [(&mut *h, hd), (&mut *qkv, qkv_w), (&mut *q, hd), (&mut *attn, hd), (&mut *gu, 2 * f), (&mut *act, f)]
         {
@@ -389,33 +405,34 @@ impl Llama {
                 b.qkv.matmul_into(h, t, qkv, false)?;
                 let mut r0 = 0;
                 for ((n, cache), &start) in seqs.iter_mut().zip(&starts) {
-                    let (kdst, vdst) = cache.rows_mut(l, *n)?;
+                    kbuf.resize(*n * kvd, 0.0);
+                    vbuf.resize(*n * kvd, 0.0);
                     for i in 0..*n {
                         let row = &mut qkv[(r0 + i) * qkv_w..(r0 + i + 1) * qkv_w];
                         for head in row[..hd + kvd].chunks_exact_mut(d) {
                             rope_row(head, &self.rope, start + i, RopeLayout::Interleaved);
                         }
                         q[(r0 + i) * hd..(r0 + i + 1) * hd].copy_from_slice(&row[..hd]);
-                        kdst[i * kvd..(i + 1) * kvd].copy_from_slice(&row[hd..hd + kvd]);
-                        vdst[i * kvd..(i + 1) * kvd].copy_from_slice(&row[hd + kvd..]);
+                        kbuf[i * kvd..(i + 1) * kvd].copy_from_slice(&row[hd..hd + kvd]);
+                        vbuf[i * kvd..(i + 1) * kvd].copy_from_slice(&row[hd + kvd..]);
                     }
+                    cache.write(l, kbuf, vbuf)?;
                     r0 += *n;
                 }
                 if let [(n, cache)] = seqs {
-                    let (kc, vc) = cache.layer(l, starts[0] + *n)?;
-                    causal_attention(shape(*n, starts[0]), q, kc, vc, attn);
+                    attend(shape(*n, starts[0]), q, cache.layer(l, starts[0] + *n)?, attn);
                 } else {
                     // One parallel region over the sequences (each call may split further).
                     let mut jobs = Vec::with_capacity(seqs.len());
                     let (mut qs, mut outs): (&[f32], &mut [f32]) = (q, attn);
                     for ((n, cache), &start) in seqs.iter().zip(&starts) {
-                        let (kc, vc) = cache.layer(l, start + n)?;
+                        let kv = cache.layer(l, start + n)?;
                         let (qh, qt) = qs.split_at(n * hd);
                         let (oh, ot) = std::mem::take(&mut outs).split_at_mut(n * hd);
-                        jobs.push((shape(*n, start), qh, kc, vc, oh));
+                        jobs.push((shape(*n, start), qh, kv, oh));
                         (qs, outs) = (qt, ot);
                     }
-                    jobs.into_par_iter().for_each(|(s, qh, kc, vc, oh)| causal_attention(s, qh, kc, vc, oh));
+                    jobs.into_par_iter().for_each(|(s, qh, kv, oh)| attend(s, qh, kv, oh));
                 }
                 b.o.matmul_into(attn, t, &mut x, true)?;
                 rms_norm(&x, &b.ffn_norm, c.rms_eps, h);

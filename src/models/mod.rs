@@ -13,7 +13,7 @@ pub mod tokenizer;
 
 pub use config::LlamaConfig;
 pub use generate::{generate, FinishReason, GenerateOptions, Generation};
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, KvRows};
 pub use llama::Llama;
 pub use sampler::{Sampler, SamplingParams};
 pub use text_model::TextModel;
