@@ -543,12 +543,21 @@ pub fn packed_matmul_cols(
     let parallel = threads > 1 && m * n_out * k >= PAR_MIN_WORK;
     let out_ptr = SharedOut::new(out);
     let run = |acts: &Q8Acts, g0: usize, g1: usize| {
+        // The rows' views, made once per task (not per group and tile: 80 bytes each).
+        let small: [Q8Row<'_>; ROW_TILE];
+        let big: Vec<Q8Row<'_>>;
+        let rows: &[Q8Row<'_>] = if m <= ROW_TILE {
+            small = std::array::from_fn(|i| acts.row(i.min(m - 1)));
+            &small[..m]
+        } else {
+            big = (0..m).map(|r| acts.row(r)).collect();
+            &big
+        };
         for g in g0..g1 {
             let grp = &w[g * lay.bytes..(g + 1) * lay.bytes];
             let mut r0 = 0;
             while r0 < m {
                 let n = ROW_TILE.min(m - r0);
-                let xr: [Q8Row<'_>; ROW_TILE] = std::array::from_fn(|i| acts.row((r0 + i).min(m - 1)));
                 let mut outs: [&mut [f32]; ROW_TILE] = std::array::from_fn(|i| {
                     if i >= n {
                         return &mut [][..];
@@ -563,7 +572,7 @@ pub fn packed_matmul_cols(
                         )
                     }
                 });
-                let mut call = GroupCall { grp, lay, x: &xr[..n], out: &mut outs[..n], accumulate };
+                let mut call = GroupCall { grp, lay, x: &rows[r0..r0 + n], out: &mut outs[..n], accumulate };
                 // SAFETY: the table only holds kernels this CPU supports; the group holds
                 // `lay.bytes` bytes and every activation row `k` values.
                 unsafe { kernel(&mut call) };

@@ -92,11 +92,13 @@ unsafe fn g512<const F: u8, const R: usize>(c: &mut GroupCall<'_, '_>, r0: usize
             let s1 = scales512::<F>(g.add(lay.d_at(b)));
             let s2 = if has_min(F) || two_scales(F) { scales512::<F>(g.add(lay.m_at(b))) } else { _mm512_setzero_ps() };
             for r in 0..R {
-                // Weights 0..16 and 16..32 in two dependency chains.
+                // Two dependency chains: weights 0..16 and 16..32 (Q6_K needs them apart), or
+                // even and odd groups of four (the nibbles of one load in parallel).
                 let (mut lo, mut hi) = (_mm512_setzero_si512(), _mm512_setzero_si512());
                 for u in 0..4 {
-                    lo = _mm512_dpbusd_epi32(lo, w[u], bcast512(x[r], b, u));
-                    hi = _mm512_dpbusd_epi32(hi, w[u + 4], bcast512(x[r], b, u + 4));
+                    let (a, c) = if two_scales(F) { (u, u + 4) } else { (2 * u, 2 * u + 1) };
+                    lo = _mm512_dpbusd_epi32(lo, w[a], bcast512(x[r], b, a));
+                    hi = _mm512_dpbusd_epi32(hi, w[c], bcast512(x[r], b, c));
                 }
                 let f = if two_scales(F) {
                     let lo = _mm512_sub_epi32(lo, _mm512_set1_epi32(off * *x[r].hsums.add(2 * b)));

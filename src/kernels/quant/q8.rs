@@ -97,16 +97,18 @@ impl Q8Acts {
         let n = rows * nb;
         #[cfg(target_arch = "x86_64")]
         if simd && super::x86::has_avx512() {
-            let (qs, d, s, sums, isums) = (
+            let (qs, d, s, sums, hsums) = (
                 &mut self.qs[..n * QK8],
                 &mut self.d[..n * Q8_LANES],
                 &mut self.s[..n * Q8_LANES],
                 &mut self.sums[..n],
-                &mut self.isums[..n],
+                &mut self.hsums[..2 * n],
             );
             // SAFETY: AVX-512 F/BW/VL were detected; the slices hold `n` blocks each.
-            unsafe { super::x86::quantize_q8_avx512(x, qs, d, s, sums, isums) };
-            half_sums(&self.qs[..n * QK8], &mut self.hsums[..2 * n]);
+            unsafe { super::x86::quantize_q8_avx512(x, qs, d, s, sums, hsums) };
+            for (isum, h) in self.isums[..n].iter_mut().zip(self.hsums[..2 * n].chunks_exact(2)) {
+                *isum = h[0] + h[1];
+            }
             return;
         }
         let _ = simd;
@@ -120,6 +122,7 @@ impl Q8Acts {
         {
             let (scale, sum) = quantize_block(xs, qs);
             *isum = sum;
+            // (the half sums are added after the loop, from the stored quants)
             d.fill(scale);
             *sums = scale * sum as f32;
             s.fill(*sums / Q8_LANES as f32);

@@ -401,8 +401,8 @@ pub(super) fn has_avx512() -> bool {
 /// `max|x| / 127` and round-to-nearest-even (the default MXCSR mode) of `x / scale`.
 ///
 /// # Safety
-/// The CPU must support AVX-512 F/BW/VL; `qs` holds 32, `d` and `s` 8, `sums` 1 value per
-/// 32 values of `x`.
+/// The CPU must support AVX-512 F/BW/VL; `qs` holds 32, `d` and `s` 8, `sums` 1 and
+/// `hsums` 2 values (the quant sums of each half) per 32 values of `x`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub(super) unsafe fn quantize_q8_avx512(
     x: &[f32],
@@ -410,14 +410,14 @@ pub(super) unsafe fn quantize_q8_avx512(
     d: &mut [f32],
     s: &mut [f32],
     sums: &mut [f32],
-    isums: &mut [i32],
+    hsums: &mut [i32],
 ) {
     let nb = x.len() / QK8;
     assert!(qs.len() >= nb * QK8 && d.len() >= nb * Q8_LANES && s.len() >= nb * Q8_LANES && sums.len() >= nb);
-    assert!(isums.len() >= nb);
+    assert!(hsums.len() >= 2 * nb);
     // SAFETY: block `b < nb` reads x[32b..32b + 32] and writes inside the slices checked above.
     unsafe {
-        for (b, (block_sum, block_isum)) in sums[..nb].iter_mut().zip(&mut isums[..nb]).enumerate() {
+        for (b, (block_sum, half)) in sums[..nb].iter_mut().zip(hsums[..2 * nb].chunks_exact_mut(2)).enumerate() {
             let v0 = _mm512_loadu_ps(x.as_ptr().add(b * QK8));
             let v1 = _mm512_loadu_ps(x.as_ptr().add(b * QK8 + 16));
             let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
@@ -427,9 +427,9 @@ pub(super) unsafe fn quantize_q8_avx512(
             let q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, id));
             _mm_storeu_si128(qs.as_mut_ptr().add(b * QK8).cast(), _mm512_cvtsepi32_epi8(q0));
             _mm_storeu_si128(qs.as_mut_ptr().add(b * QK8 + 16).cast(), _mm512_cvtsepi32_epi8(q1));
-            let isum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
-            *block_isum = isum;
-            let sum = scale * isum as f32;
+            let (h0, h1) = (_mm512_reduce_add_epi32(q0), _mm512_reduce_add_epi32(q1));
+            (half[0], half[1]) = (h0, h1);
+            let sum = scale * (h0 + h1) as f32;
             _mm256_storeu_ps(d.as_mut_ptr().add(b * Q8_LANES), _mm256_set1_ps(scale));
             _mm256_storeu_ps(s.as_mut_ptr().add(b * Q8_LANES), _mm256_set1_ps(sum / Q8_LANES as f32));
             *block_sum = sum;
