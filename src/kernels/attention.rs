@@ -362,28 +362,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{valid, Inputs, KvElem, Partial, Tile, CHUNK, MAX_D16, MAX_ROWS};
-
-    /// `exp(x)` for 16 lanes: `x = n ln2 + r` with `|r| <= ln2/2`, a degree-6 polynomial
-    /// for `exp(r)` (relative error about 2e-7), then `2^n` by `vscalefps`. Inputs below
-    /// -104 give 0 (as exp does in f32 after rounding), `+inf` is not expected.
-    #[inline(always)]
-    pub(super) unsafe fn exp512(x: __m512) -> __m512 {
-        // SAFETY: only reached from functions compiled with AVX-512F.
-        unsafe {
-            let x = _mm512_max_ps(x, _mm512_set1_ps(-104.0));
-            let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
-                x,
-                _mm512_set1_ps(std::f32::consts::LOG2_E),
-            ));
-            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
-            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
-            let mut p = _mm512_set1_ps(1.0 / 720.0);
-            for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-                p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-            }
-            _mm512_scalef_ps(p, n)
-        }
-    }
+    use crate::kernels::vmath::exp512;
 
     /// One tile; see `tile_portable` for the phases.
     ///
@@ -673,35 +652,6 @@ mod tests {
         for (j, g) in got.iter().enumerate() {
             let want: f32 = v[16 * j..16 * (j + 1)].iter().sum();
             assert!((g - want).abs() < 1e-4, "sum {j}: {g} vs {want}");
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn vector_exp_is_accurate() {
-        if !is_x86_feature_detected!("avx512f") {
-            return;
-        }
-        use std::arch::x86_64::*;
-        let xs: Vec<f32> = (0..4000).map(|i| -100.0 + i as f32 * 0.025).chain([0.0, -0.0, -103.9, -200.0]).collect();
-        for c in xs.chunks(16) {
-            let mut buf = [0f32; 16];
-            buf[..c.len()].copy_from_slice(c);
-            let mut got = [0f32; 16];
-            // SAFETY: AVX-512F was detected above.
-            unsafe {
-                #[target_feature(enable = "avx512f,fma")]
-                unsafe fn run(x: &[f32; 16], out: &mut [f32; 16]) {
-                    // SAFETY: 16 values each; the caller checked AVX-512F.
-                    unsafe { _mm512_storeu_ps(out.as_mut_ptr(), avx512::exp512(_mm512_loadu_ps(x.as_ptr()))) }
-                }
-                run(&buf, &mut got);
-            }
-            for (&x, &g) in buf.iter().zip(&got).take(c.len()) {
-                let want = (x as f64).exp();
-                let tol = 4e-7 * want + 1e-38;
-                assert!(((g as f64) - want).abs() <= tol, "exp({x}) = {g}, want {want}");
-            }
         }
     }
 }

@@ -11,3 +11,5 @@ pub mod reduce;
 pub mod rope;
 pub mod rows;
 pub mod softmax;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod vmath;
