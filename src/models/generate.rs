@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::models::sampler::{Sampler, SamplingParams};
+use crate::models::tokenizer::TokenStream;
 use crate::models::{Llama, Tokenizer};
 use crate::{Error, Result};
 
@@ -93,52 +94,97 @@ pub fn generate(
     let mut sampler = Sampler::new(opts.sampling.clone())?;
     let mut cache = model.new_cache(prompt.len() + max_tokens)?;
     let mut history: Vec<u32> = prompt.to_vec();
-    let mut stream = tokenizer.stream();
-    let mut text = String::new();
-    let mut emitted = 0; // bytes of `text` already given to on_text
-    let mut tokens = Vec::new();
-    let mut finish = FinishReason::Length;
+    let mut out = TokenText::new(tokenizer, opts);
 
     let t0 = Instant::now();
     let mut logits = model.forward_tokens(prompt, &mut cache)?;
     let prefill_time = t0.elapsed();
     let t1 = Instant::now();
-    while tokens.len() < max_tokens {
+    let mut finish = FinishReason::Length;
+    while out.tokens().len() < max_tokens {
         let next = sampler.sample(logits.as_slice::<f32>()?, &history)?;
-        tokens.push(next);
         history.push(next);
-        if opts.stop_at_eos && tokenizer.stop_ids().contains(&next) {
-            finish = FinishReason::Stop;
+        if let Some(end) = out.push(next, on_text)? {
+            finish = end;
             break;
         }
-        if let Some(piece) = stream.push(next)? {
-            text.push_str(&piece);
-        }
-        if let Some(at) = find_stop(&text, &opts.stop_strings) {
-            text.truncate(at);
-            finish = FinishReason::Stop;
-            break;
-        }
-        let safe = text.len() - held_back(&text, &opts.stop_strings);
-        if safe > emitted {
-            if !on_text(&text[emitted..safe]) {
-                finish = FinishReason::Cancelled;
-                break;
-            }
-            emitted = safe;
-        }
-        if tokens.len() == max_tokens {
+        if out.tokens().len() == max_tokens {
             break;
         }
         logits = model.forward_tokens(&[next], &mut cache)?;
     }
-    if finish == FinishReason::Length {
-        text.push_str(&stream.finish()?);
-    }
-    if finish != FinishReason::Cancelled && text.len() > emitted {
-        on_text(&text[emitted..]);
-    }
+    let (text, tokens) = out.finish(finish, on_text)?;
     Ok(Generation { text, tokens, prompt_tokens: prompt.len(), finish, prefill_time, decode_time: t1.elapsed() })
+}
+
+/// Turns sampled tokens into the answer's text, as every generation loop needs it:
+/// detokenises incrementally, ends at an end-of-sequence token or a stop string (cut
+/// off), and gives `on_text` only text that can no longer turn into a stop string.
+pub struct TokenText<'a> {
+    stream: TokenStream<'a>,
+    stop_ids: &'a [u32],
+    stop_at_eos: bool,
+    stops: &'a [String],
+    text: String,
+    /// Bytes of `text` already given to `on_text`.
+    emitted: usize,
+    tokens: Vec<u32>,
+}
+
+impl<'a> TokenText<'a> {
+    pub fn new(tokenizer: &'a Tokenizer, opts: &'a GenerateOptions) -> TokenText<'a> {
+        TokenText {
+            stream: tokenizer.stream(),
+            stop_ids: tokenizer.stop_ids(),
+            stop_at_eos: opts.stop_at_eos,
+            stops: &opts.stop_strings,
+            text: String::new(),
+            emitted: 0,
+            tokens: Vec::new(),
+        }
+    }
+
+    /// The tokens taken so far.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Take the next sampled token; passes any text that became final to `on_text`.
+    /// Returns how generation ends if it must end here (a stop, or `on_text` refusing).
+    pub fn push(&mut self, next: u32, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Option<FinishReason>> {
+        self.tokens.push(next);
+        if self.stop_at_eos && self.stop_ids.contains(&next) {
+            return Ok(Some(FinishReason::Stop));
+        }
+        if let Some(piece) = self.stream.push(next)? {
+            self.text.push_str(&piece);
+        }
+        if let Some(at) = find_stop(&self.text, self.stops) {
+            self.text.truncate(at);
+            return Ok(Some(FinishReason::Stop));
+        }
+        let safe = self.text.len() - held_back(&self.text, self.stops);
+        if safe > self.emitted {
+            if !on_text(&self.text[self.emitted..safe]) {
+                return Ok(Some(FinishReason::Cancelled));
+            }
+            self.emitted = safe;
+        }
+        Ok(None)
+    }
+
+    /// End the answer as `finish`: the rest of the text goes to `on_text` (unless
+    /// cancelled); returns the whole text and the tokens.
+    pub fn finish(mut self, finish: FinishReason, on_text: &mut dyn FnMut(&str) -> bool) -> Result<(String, Vec<u32>)> {
+        if finish == FinishReason::Length {
+            let rest = self.stream.finish()?;
+            self.text.push_str(&rest);
+        }
+        if finish != FinishReason::Cancelled && self.text.len() > self.emitted {
+            on_text(&self.text[self.emitted..]);
+        }
+        Ok((self.text, self.tokens))
+    }
 }
 
 /// Byte offset of the earliest stop string in `text`, if any (empty ones never match).

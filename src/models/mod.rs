@@ -12,7 +12,7 @@ pub mod text_model;
 pub mod tokenizer;
 
 pub use config::LlamaConfig;
-pub use generate::{generate, FinishReason, GenerateOptions, Generation};
+pub use generate::{generate, FinishReason, GenerateOptions, Generation, TokenText};
 pub use kv_cache::{KvCache, KvRows};
 pub use llama::Llama;
 pub use sampler::{Sampler, SamplingParams};

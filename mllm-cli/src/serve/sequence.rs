@@ -8,8 +8,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 
-use mllm::models::generate::{find_stop, held_back};
-use mllm::models::{FinishReason, GenerateOptions, Generation, Sampler, TextModel};
+use mllm::models::{FinishReason, GenerateOptions, Generation, Sampler, TextModel, TokenText};
 use mllm::task::Task;
 
 use super::batcher::{Batcher, SeqState as State};
@@ -41,18 +40,14 @@ pub async fn generate(
         sampler: Sampler::new(opts.sampling.clone())?,
         history: prompt.to_vec(),
     });
-    let stop_ids = model.tokenizer.stop_ids();
-    let mut stream = model.tokenizer.stream();
-    let mut text = String::new();
-    let mut emitted = 0; // bytes of `text` already given to on_text
-    let mut tokens = Vec::new();
+    let mut out = TokenText::new(&model.tokenizer, opts);
     let mut finish = FinishReason::Length;
     let mut input = prompt.to_vec();
 
     let _member = batcher.map(Batcher::join);
     let t0 = Instant::now();
     let (mut prefill_time, mut t1) = (None, t0);
-    while tokens.len() < max_tokens {
+    while out.tokens().len() < max_tokens {
         if cancelled() {
             finish = FinishReason::Cancelled;
             break;
@@ -78,35 +73,13 @@ pub async fn generate(
             prefill_time = Some(t0.elapsed());
             t1 = Instant::now();
         }
-        tokens.push(next);
-        if opts.stop_at_eos && stop_ids.contains(&next) {
-            finish = FinishReason::Stop;
+        if let Some(end) = out.push(next, on_text)? {
+            finish = end;
             break;
-        }
-        if let Some(piece) = stream.push(next)? {
-            text.push_str(&piece);
-        }
-        if let Some(at) = find_stop(&text, &opts.stop_strings) {
-            text.truncate(at);
-            finish = FinishReason::Stop;
-            break;
-        }
-        let safe = text.len() - held_back(&text, &opts.stop_strings);
-        if safe > emitted {
-            if !on_text(&text[emitted..safe]) {
-                finish = FinishReason::Cancelled;
-                break;
-            }
-            emitted = safe;
         }
         input = vec![next];
     }
-    if finish == FinishReason::Length {
-        text.push_str(&stream.finish()?);
-    }
-    if finish != FinishReason::Cancelled && text.len() > emitted {
-        on_text(&text[emitted..]);
-    }
+    let (text, tokens) = out.finish(finish, on_text)?;
     Ok(Generation {
         text,
         tokens,
