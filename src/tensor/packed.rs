@@ -168,10 +168,12 @@ impl PackedLinear {
                 ),
             ));
         }
-        for s in &self.segments {
-            let w = s.data.as_slice::<u8>()?;
-            quant::packed_matmul_cols(Isa::best(), s.fmt, w, s.rows, self.k, x, m, out, self.n_out, s.col0, accumulate);
-        }
+        let parts = self
+            .segments
+            .iter()
+            .map(|s| Ok(quant::PackedPart { fmt: s.fmt, w: s.data.as_slice::<u8>()?, rows: s.rows, col0: s.col0 }))
+            .collect::<Result<Vec<_>>>()?;
+        quant::packed_matmul_parts(Isa::best(), &parts, self.k, x, m, out, self.n_out, accumulate);
         Ok(())
     }
 

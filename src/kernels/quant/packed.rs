@@ -514,7 +514,7 @@ pub fn packed_matmul_with(
 }
 
 /// [`packed_matmul_with`] writing columns `col0..col0 + n_out` of an output with rows of
-/// `ldo` values (`out` is `[m, ldo]`): one part of a stack of matrices in several formats.
+/// `ldo` values (`out` is `[m, ldo]`).
 #[allow(clippy::too_many_arguments)]
 pub fn packed_matmul_cols(
     isa: Isa,
@@ -529,20 +529,70 @@ pub fn packed_matmul_cols(
     col0: usize,
     accumulate: bool,
 ) {
-    check_packed("packed_matmul", fmt, n_out, k, w.len());
+    let part = PackedPart { fmt, w, rows: n_out, col0 };
+    packed_matmul_parts(isa, &[part], k, x, m, out, ldo, accumulate)
+}
+
+/// One matrix of a stack: `rows` packed rows in `fmt`, writing output columns
+/// `col0..col0 + rows`.
+#[derive(Clone, Copy, Debug)]
+pub struct PackedPart<'a> {
+    pub fmt: WeightFormat,
+    pub w: &'a [u8],
+    pub rows: usize,
+    pub col0: usize,
+}
+
+/// A stack of packed matrices (possibly in different formats) times `x` `[m, k]` into
+/// `out` `[m, ldo]`, each part into its own columns; the activations are quantised once.
+#[allow(clippy::too_many_arguments)]
+pub fn packed_matmul_parts(
+    isa: Isa,
+    parts: &[PackedPart<'_>],
+    k: usize,
+    x: &[f32],
+    m: usize,
+    out: &mut [f32],
+    ldo: usize,
+    accumulate: bool,
+) {
     assert_eq!(x.len(), m * k, "packed_matmul: input is not {m} x {k}");
-    assert!(col0 + n_out <= ldo, "packed_matmul: columns {col0}..{} outside rows of {ldo}", col0 + n_out);
     assert_eq!(out.len(), m * ldo, "packed_matmul: output is not {m} x {ldo}");
-    if m == 0 || n_out == 0 {
+    for p in parts {
+        check_packed("packed_matmul", p.fmt, p.rows, k, p.w.len());
+        assert!(p.col0 + p.rows <= ldo, "packed_matmul: columns {}..{} outside rows of {ldo}", p.col0, p.col0 + p.rows);
+    }
+    if m == 0 || parts.iter().all(|p| p.rows == 0) {
         return;
     }
+    let out_ptr = SharedOut::new(out);
+    with_thread_buf(&ACTS, |acts| {
+        acts.quantize(x, m, k);
+        for p in parts {
+            run_part(isa, p, k, acts, m, out_ptr, ldo, accumulate);
+        }
+    });
+}
+
+/// One part of [`packed_matmul_parts`], its groups of rows split over the current pool.
+#[allow(clippy::too_many_arguments)]
+fn run_part(
+    isa: Isa,
+    part: &PackedPart<'_>,
+    k: usize,
+    acts: &Q8Acts,
+    m: usize,
+    out_ptr: SharedOut,
+    ldo: usize,
+    accumulate: bool,
+) {
+    let PackedPart { fmt, w, rows: n_out, col0 } = *part;
     let kernel = packed_table(isa).f[pid(fmt) as usize];
     let lay = GroupLayout::new(fmt, k);
     let groups = n_out / PACK_ROWS;
     let threads = rayon::current_num_threads();
     let parallel = threads > 1 && m * n_out * k >= PAR_MIN_WORK;
-    let out_ptr = SharedOut::new(out);
-    let run = |acts: &Q8Acts, g0: usize, g1: usize| {
+    let run = |g0: usize, g1: usize| {
         // The rows' views, made once per task (not per group and tile: 80 bytes each).
         let small: [Q8Row<'_>; ROW_TILE];
         let big: Vec<Q8Row<'_>>;
@@ -580,15 +630,11 @@ pub fn packed_matmul_cols(
             }
         }
     };
-    with_thread_buf(&ACTS, |acts| {
-        acts.quantize(x, m, k);
-        let acts = &*acts;
-        if !parallel {
-            return run(acts, 0, groups);
-        }
-        let chunk = group_grain(groups, threads);
-        (0..groups.div_ceil(chunk)).into_par_iter().for_each(|t| run(acts, t * chunk, ((t + 1) * chunk).min(groups)));
-    });
+    if !parallel {
+        return run(0, groups);
+    }
+    let chunk = group_grain(groups, threads);
+    (0..groups.div_ceil(chunk)).into_par_iter().for_each(|t| run(t * chunk, ((t + 1) * chunk).min(groups)));
 }
 
 /// Groups per parallel task: the task count a multiple of the thread count (equal shares),
