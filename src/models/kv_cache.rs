@@ -5,7 +5,7 @@
 
 use half::f16;
 
-use crate::tensor::{DType, Element, MemType, Tensor};
+use crate::tensor::{DType, MemType, Tensor};
 use crate::{Error, Result};
 
 /// Rows allocated up front (at most the capacity).
@@ -45,11 +45,11 @@ fn alloc_layers(n_layers: usize, rows: usize, kv_dim: usize, dtype: DType, what:
         .collect()
 }
 
-/// `dst[..src.len()] = src`, converted to the element type of `dst`.
-fn store<T: Element>(dst: &mut [T], src: &[f32]) {
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d = T::from_f32(s);
-    }
+/// `dst[..src.len()] = src` as f16 (the `half` crate's slice conversion, which uses the
+/// CPU's F16C instructions when present: the scalar conversion cost 8% of a pp512 pass).
+fn store_f16(dst: &mut [f16], src: &[f32]) {
+    use half::slice::HalfFloatSliceExt;
+    dst[..src.len()].convert_from_f32_slice(src);
 }
 
 impl KvCache {
@@ -152,8 +152,8 @@ impl KvCache {
         let (kt, vt) = (&mut self.keys[layer], &mut self.values[layer]);
         match self.dtype {
             DType::F16 => {
-                store(&mut kt.data_mut::<f16>()?[at..], k);
-                store(&mut vt.data_mut::<f16>()?[at..], v);
+                store_f16(&mut kt.data_mut::<f16>()?[at..], k);
+                store_f16(&mut vt.data_mut::<f16>()?[at..], v);
             }
             _ => {
                 kt.data_mut::<f32>()?[at..at + k.len()].copy_from_slice(k);
