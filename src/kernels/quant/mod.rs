@@ -32,7 +32,7 @@ pub use dot_q8::{
     vec_dot_q4_0_q8, vec_dot_q4_1_q8, vec_dot_q4_k_q8_k, vec_dot_q5_k_q8_k, vec_dot_q6_k_q8_k, vec_dot_q8_0_q8,
 };
 pub use packed::{
-    dequantize_packed_row, pack_rows, packable, packed_len, packed_matmul, packed_matmul_cols, packed_matmul_parts,
+    dequantize_packed_row, pack_rows, packed_len, packed_matmul, packed_matmul_cols, packed_matmul_parts,
     packed_matmul_with, PackedPart, PACK_ROWS,
 };
 pub use q8::{quantize_q8_k, BlockQ8_K, Q8Acts, Q8Row, Q8_LANES, QK8};

@@ -85,12 +85,6 @@ pub(super) const fn quant_offset(f: u8) -> i32 {
     }
 }
 
-/// True for the formats that have a packed layout (all of [`WeightFormat`]).
-pub fn packable(fmt: WeightFormat) -> bool {
-    let _ = fmt;
-    true
-}
-
 /// Bytes of a packed `n_out` × `k` matrix (`n_out` a multiple of 16).
 pub fn packed_len(fmt: WeightFormat, n_out: usize, k: usize) -> usize {
     n_out / PACK_ROWS * GroupLayout::new(fmt, k).bytes
