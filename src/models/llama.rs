@@ -442,28 +442,31 @@ impl Llama {
             }
             Ok(())
         })();
-        seqs[0].1.scratch = scratch;
-        result?;
-        for (n, cache) in seqs.iter_mut() {
-            cache.advance(*n);
-        }
-        let rows: Vec<f32> = if last_only {
-            let mut r0 = 0;
-            let mut rows = Vec::with_capacity(seqs.len() * hd);
-            for (n, _) in seqs.iter() {
-                r0 += n;
-                rows.extend_from_slice(&x[(r0 - 1) * hd..r0 * hd]);
+        let logits = result.and_then(|()| {
+            for (n, cache) in seqs.iter_mut() {
+                cache.advance(*n);
             }
-            rows
-        } else {
-            x
-        };
-        let m = rows.len() / hd;
-        let mut normed = vec![0f32; rows.len()];
-        rms_norm(&rows, &p.output_norm, c.rms_eps, &mut normed);
-        let mut logits = Tensor::empty(&[m, c.vocab_size], DType::F32).alloc()?;
-        p.output.matmul_into(&normed, m, logits.data_mut::<f32>()?, false)?;
-        Ok(logits)
+            // The rows the head reads (each sequence's last, or all) and their norms, in the
+            // scratch buffers: the logits are the step's only allocation of its size.
+            let rows: &[f32] = if last_only {
+                let mut r0 = 0;
+                for (i, (n, _)) in seqs.iter().enumerate() {
+                    r0 += n;
+                    q[i * hd..(i + 1) * hd].copy_from_slice(&x[(r0 - 1) * hd..r0 * hd]);
+                }
+                &q[..seqs.len() * hd]
+            } else {
+                &x
+            };
+            let m = rows.len() / hd;
+            let normed = &mut h[..rows.len()];
+            rms_norm(rows, &p.output_norm, c.rms_eps, normed);
+            let mut logits = Tensor::empty(&[m, c.vocab_size], DType::F32).alloc()?;
+            p.output.matmul_into(normed, m, logits.data_mut::<f32>()?, false)?;
+            Ok(logits)
+        });
+        seqs[0].1.scratch = scratch;
+        logits
     }
 }
 

@@ -306,6 +306,13 @@ mod tests {
             assert!(e.contains("pack w"), "{e}");
         }
         let x = Tensor::zeros(&[2, 63], DType::F32).unwrap();
-        assert!(PackedLinear::pack(&[&a], "a").unwrap().apply(&x).is_err());
+        let p = PackedLinear::pack(&[&a], "a").unwrap();
+        assert!(p.apply(&x).is_err());
+        // Slices that do not match m rows of k in and n_out out.
+        let mut out = vec![0f32; 2 * 32];
+        assert!(p.matmul_into(&[0.0; 2 * 64], 2, &mut out, false).is_ok());
+        assert!(p.matmul_into(&[0.0; 2 * 63], 2, &mut out, false).is_err());
+        assert!(p.matmul_into(&[0.0; 2 * 64], 2, &mut out[..63], false).is_err());
+        assert!(p.dequantize_row_into(0, &mut [0.0; 63]).is_err());
     }
 }
