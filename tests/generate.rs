@@ -21,7 +21,7 @@ fn stop_strings_length_and_cancel() {
     let m = common::model();
     let prompt = m.encode_prompt("The capital of France is", false).unwrap();
     let mut pieces = String::new();
-    let free = generate(&m.llama, &m.tokenizer, &prompt, &opts(24, &[]), &mut |t| {
+    let free = generate(&m.decoder, &m.tokenizer, &prompt, &opts(24, &[]), &mut |t| {
         pieces.push_str(t);
         true
     })
@@ -35,7 +35,7 @@ fn stop_strings_length_and_cancel() {
     let stop = format!(" {}", words[3]);
     let at = free.text.find(&stop).unwrap();
     let mut streamed = String::new();
-    let cut = generate(&m.llama, &m.tokenizer, &prompt, &opts(24, &[&stop, "never appears"]), &mut |t| {
+    let cut = generate(&m.decoder, &m.tokenizer, &prompt, &opts(24, &[&stop, "never appears"]), &mut |t| {
         streamed.push_str(t);
         true
     })
@@ -46,7 +46,7 @@ fn stop_strings_length_and_cancel() {
 
     // The callback refusing ends the answer as cancelled, with nothing more streamed.
     let mut calls = 0;
-    let stopped = generate(&m.llama, &m.tokenizer, &prompt, &opts(24, &[]), &mut |_| {
+    let stopped = generate(&m.decoder, &m.tokenizer, &prompt, &opts(24, &[]), &mut |_| {
         calls += 1;
         false
     })

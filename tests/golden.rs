@@ -7,7 +7,7 @@
 //! blocks dequantised inside the dot product, activations kept in f32), which computes the
 //! same function as the reference up to summation order, so logits must agree closely; see
 //! LOGIT_TOL. The second test checks the default fast path (8-bit activations, as
-//! llama.cpp computes, on weights repacked into the 16-row layout), which differs from the
+//! decoder.cpp computes, on weights repacked into the 16-row layout), which differs from the
 //! reference by the activation rounding. A third holds the packed kernels to the GGUF-layout
 //! block kernels (the fast path of models whose weights cannot be packed).
 
@@ -56,14 +56,14 @@ fn tokenizer_matches_reference_ids() {
 #[test]
 fn logits_and_greedy_continuations_match_reference() {
     let m = common::model();
-    let llama = m.llama.clone().with_precision(MatmulPrecision::Exact);
+    let decoder = m.decoder.clone().with_precision(MatmulPrecision::Exact);
     let r = common::reference();
     let mut worst = 0.0f32;
     for g in r["generation"].as_array().unwrap() {
         let prompt = ids(&g["prompt_ids"]);
         let steps = g["steps"].as_array().unwrap();
-        let mut cache = llama.new_cache(prompt.len() + steps.len()).unwrap();
-        let mut logits = llama.forward_tokens(&prompt, &mut cache).unwrap();
+        let mut cache = decoder.new_cache(prompt.len() + steps.len()).unwrap();
+        let mut logits = decoder.forward_tokens(&prompt, &mut cache).unwrap();
         let mut ours = Vec::new();
         for (i, step) in steps.iter().enumerate() {
             let l = logits.as_slice::<f32>().unwrap();
@@ -78,7 +78,7 @@ fn logits_and_greedy_continuations_match_reference() {
             // Teacher forcing: continue with the reference's token, so every step is compared.
             let next = step["next_id"].as_u64().unwrap() as u32;
             if i + 1 < steps.len() {
-                logits = llama.forward_tokens(&[next], &mut cache).unwrap();
+                logits = decoder.forward_tokens(&[next], &mut cache).unwrap();
             }
         }
         // Same argmax at every teacher-forced step means the free-running greedy
@@ -144,7 +144,7 @@ fn uncovered_bytes_become_the_unknown_token() {
 /// 211 quantised matmuls per token. Logits are 12..35. Rounding is chaotic: a 1e-6 change in
 /// an activation (another f32 summation order) can flip a quant, so the worst case depends
 /// on the kernel variant. Measured worst over all 4 x 32 x 10 logits (MLLM_QUANT_ISA):
-/// scalar 0.92, AVX2 0.76, AVX-512 with or without VNNI 0.86 (llama.cpp's Q8 activation path
+/// scalar 0.92, AVX2 0.76, AVX-512 with or without VNNI 0.86 (decoder.cpp's Q8 activation path
 /// differs by up to ~0.6); the packed kernels that the default model now runs: 0.70 (AVX-512
 /// VNNI). 1.25 leaves a third more; the mean bound below is the sharper test.
 const FAST_LOGIT_TOL: f32 = 1.25;
@@ -165,8 +165,8 @@ const FAST_MARGIN: f32 = 0.5;
 #[test]
 fn fast_path_logits_stay_close_to_reference() {
     let m = common::model();
-    assert_eq!(m.llama.precision(), MatmulPrecision::Fast, "the default is the fast path");
-    assert!(m.llama.is_packed(), "the default model runs on packed weights");
+    assert_eq!(m.decoder.precision(), MatmulPrecision::Fast, "the default is the fast path");
+    assert!(m.decoder.is_packed(), "the default model runs on packed weights");
     let r = common::reference();
     let (mut worst, mut compared, mut skipped) = (0.0f32, 0, Vec::new());
     let (mut total, mut count) = (0.0f64, 0usize);
@@ -174,8 +174,8 @@ fn fast_path_logits_stay_close_to_reference() {
     for g in r["generation"].as_array().unwrap() {
         let prompt = ids(&g["prompt_ids"]);
         let steps = g["steps"].as_array().unwrap();
-        let mut cache = m.llama.new_cache(prompt.len() + steps.len()).unwrap();
-        let mut logits = m.llama.forward_tokens(&prompt, &mut cache).unwrap();
+        let mut cache = m.decoder.new_cache(prompt.len() + steps.len()).unwrap();
+        let mut logits = m.decoder.forward_tokens(&prompt, &mut cache).unwrap();
         for (i, step) in steps.iter().enumerate() {
             let l = logits.as_slice::<f32>().unwrap();
             let top10 = step["top10"].as_array().unwrap();
@@ -200,7 +200,7 @@ fn fast_path_logits_stay_close_to_reference() {
                 skipped.push((i, margin));
             }
             if i + 1 < steps.len() {
-                logits = m.llama.forward_tokens(&[next], &mut cache).unwrap();
+                logits = m.decoder.forward_tokens(&[next], &mut cache).unwrap();
             }
         }
         eprintln!("{}: skipped steps (index, margin) {skipped:?}; argmax flips {flips:?}", g["prompt"]);
@@ -224,14 +224,13 @@ fn fast_path_logits_stay_close_to_reference() {
 /// the mean by whole units and changes the greedy tokens.
 #[test]
 fn packed_and_block_kernels_agree() {
-    use mllm::models::llama::Llama;
-    use mllm::nn::Module;
+    use mllm::models::Decoder;
     use mllm::params::ParameterFile;
+    use mllm::tensor::WeightOptions;
 
-    let packed = &common::model().llama;
+    let packed = &common::model().decoder;
     let file = ParameterFile::open(common::model_path()).unwrap();
-    let block = Llama::new(packed.config().clone(), !file.contains("output.weight")).unwrap();
-    block.load(&file).unwrap();
+    let block = Decoder::from_file_with(&file, WeightOptions { pack: false, release_mapped: false }).unwrap();
     assert!(packed.is_packed() && !block.is_packed());
     let prompt = [1u32, 504, 3575, 282, 4649, 314, 2, 18, 900, 44];
     let (mut ca, mut cb) = (packed.new_cache(64).unwrap(), block.new_cache(64).unwrap());

@@ -3,7 +3,7 @@
 
 mod common;
 
-use mllm::models::Llama;
+use mllm::models::Decoder;
 use mllm::ParameterFile;
 
 #[test]
@@ -21,7 +21,7 @@ fn mismatched_model_files_list_every_problem() {
         }
     }
     broken.push("blk.99.attn_q.weight", real.get("blk.0.attn_q.weight").unwrap().clone()).unwrap(); // unexpected
-    let err = Llama::from_file(&broken).err().expect("must fail").to_string();
+    let err = Decoder::from_file(&broken).err().expect("must fail").to_string();
     for needle in [
         "missing (1): blk.3.attn_q.weight",
         "unexpected (1): blk.99.attn_q.weight",
@@ -33,6 +33,6 @@ fn mismatched_model_files_list_every_problem() {
     // Metadata that disagrees with the tensors (a wrong hidden size) is caught the same way.
     let mut wrong = real.clone();
     wrong.set_metadata("llama.feed_forward_length", mllm::params::MetaValue::UInt(1024));
-    let err = Llama::from_file(&wrong).err().expect("must fail").to_string();
+    let err = Decoder::from_file(&wrong).err().expect("must fail").to_string();
     assert!(err.contains("mismatched (90)"), "30 layers x 3 FFN matrices: {err}");
 }

@@ -1,6 +1,6 @@
 //! `mllm bench`: prompt processing (ppN) and generation (tgN) speed in tokens/s with
 //! mean ± standard deviation over repetitions, load time, time to first token and peak
-//! memory, printed as a table in the habits of llama.cpp's `llama-bench` (or as JSON).
+//! memory, printed as a table in the habits of decoder.cpp's `llama-bench` (or as JSON).
 
 use std::time::Instant;
 
@@ -70,8 +70,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     let model = super::commands::load(&args.model)?;
     let threads = mllm::context().threads();
-    let vocab = model.llama.config().vocab_size;
-    let ctx = model.llama.config().context_length;
+    let vocab = model.decoder.config().vocab_size;
+    let ctx = model.decoder.config().context_length;
     for &p in &args.prompt {
         if p >= ctx {
             bail!("pp{p}: longer than the model's context ({ctx})");
@@ -82,8 +82,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let ttft = {
         let t0 = Instant::now();
         let ids = random_tokens(16, vocab, 99);
-        let mut cache = model.llama.new_cache(17)?;
-        let logits = model.llama.forward_tokens(&ids, &mut cache)?;
+        let mut cache = model.decoder.new_cache(17)?;
+        let logits = model.decoder.forward_tokens(&ids, &mut cache)?;
         let _ = argmax(logits.as_slice::<f32>()?);
         t0.elapsed().as_secs_f64()
     };
@@ -91,9 +91,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         let ids = random_tokens(p, vocab, p as u64);
         let mut samples = Vec::new();
         for rep in 0..=args.reps {
-            let mut cache = model.llama.new_cache(p)?;
+            let mut cache = model.decoder.new_cache(p)?;
             let t0 = Instant::now();
-            model.llama.forward_tokens(&ids, &mut cache)?;
+            model.decoder.forward_tokens(&ids, &mut cache)?;
             let dt = t0.elapsed().as_secs_f64();
             if rep > 0 {
                 // The first run warms caches and page-ins; it is not counted.
@@ -110,12 +110,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         let prompt = random_tokens(before.max(1), vocab, 7);
         let mut samples = Vec::new();
         for rep in 0..=args.reps {
-            let mut cache = model.llama.new_cache(prompt.len() + n)?;
-            let mut logits = model.llama.forward_tokens(&prompt, &mut cache)?;
+            let mut cache = model.decoder.new_cache(prompt.len() + n)?;
+            let mut logits = model.decoder.forward_tokens(&prompt, &mut cache)?;
             let t0 = Instant::now();
             for _ in 0..n {
                 let next = argmax(logits.as_slice::<f32>()?);
-                logits = model.llama.forward_tokens(&[next], &mut cache)?;
+                logits = model.decoder.forward_tokens(&[next], &mut cache)?;
             }
             let dt = t0.elapsed().as_secs_f64();
             if rep > 0 {
@@ -132,7 +132,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
 
 fn print_results(args: &BenchArgs, model: &TextModel, threads: usize, rows: &[Row], ttft: f64, engine_peak: usize) {
     // A tied output head declares the embedding again: count each name once.
-    let mut params = model.llama.params();
+    let mut params = model.decoder.params();
     params.sort_by(|a, b| a.name().cmp(b.name()));
     params.dedup_by(|a, b| a.name() == b.name());
     let size: usize = params.iter().filter_map(|p| p.get().ok()).map(|t| t.nbytes()).sum();

@@ -201,7 +201,7 @@ pub fn load(args: &ModelArgs) -> Result<TextModel> {
     let path = resolve_model(&args.model)?;
     let mut m = TextModel::load(&path).with_context(|| format!("cannot load model {}", path.display()))?;
     if args.exact {
-        m.llama = m.llama.with_precision(mllm::tensor::ops::MatmulPrecision::Exact);
+        m.decoder = m.decoder.with_precision(mllm::tensor::ops::MatmulPrecision::Exact);
     }
     Ok(m)
 }

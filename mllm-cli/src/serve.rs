@@ -114,7 +114,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     }
     b.init()?;
     let model = commands::load(&args.model)?;
-    let trained = model.llama.config().context_length;
+    let trained = model.decoder.config().context_length;
     let ctx = match args.ctx {
         Some(c) if c > trained => bail!("--ctx {c} is larger than the model's context of {trained} tokens"),
         Some(c) => c,
@@ -122,7 +122,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     };
     let model_id = model.path.file_stem().map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
     let batcher =
-        if args.no_batch { None } else { Some(batcher::Batcher::start(model.llama.clone(), MAX_BATCH_ROWS)?) };
+        if args.no_batch { None } else { Some(batcher::Batcher::start(model.decoder.clone(), MAX_BATCH_ROWS)?) };
     let state = Arc::new(ServerState {
         model,
         batcher,

@@ -21,8 +21,29 @@ pub struct AttentionShape {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
-    /// Absolute position of the first query; query `i` sees cache rows `0..=start + i`.
+    /// Absolute position of the first query; query `i` sees cache rows `0..=start + i`
+    /// (the last `window` of them with a sliding window).
     pub start_pos: usize,
+    /// Multiplier of the scores (`1 / sqrt(head_dim)` in most models).
+    pub scale: f32,
+    /// Sliding-window attention: a query sees only itself and the `window - 1` positions
+    /// before it. `None`: every earlier position.
+    pub window: Option<usize>,
+}
+
+impl AttentionShape {
+    /// Plain causal attention with the usual `1 / sqrt(head_dim)` scale.
+    pub fn causal(n_queries: usize, n_heads: usize, n_kv_heads: usize, head_dim: usize, start_pos: usize) -> Self {
+        AttentionShape {
+            n_queries,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            start_pos,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            window: None,
+        }
+    }
 }
 
 /// Query rows per tile (query positions × heads of one kv group).
@@ -104,12 +125,13 @@ impl Kernel {
 }
 
 /// One unit of work: query rows `q_rows` (offsets into `q`, one kv head), cache positions
-/// `p_lo..p_hi`, row `r` seeing positions below `limit[r]`.
+/// `p_lo..p_hi`, row `r` seeing positions `first[r]..limit[r]`.
 #[derive(Clone, Copy)]
 struct Tile {
     n: usize,
     q_rows: [usize; MAX_ROWS],
     limit: [usize; MAX_ROWS],
+    first: [usize; MAX_ROWS],
     kv_off: usize,
     p_lo: usize,
     p_hi: usize,
@@ -134,7 +156,8 @@ struct Inputs<'a, T> {
 }
 
 fn attention_with<T: KvElem>(s: AttentionShape, q: &[f32], k: &[T], v: &[T], out: &mut [f32], kernel: Kernel) {
-    let AttentionShape { n_queries, n_heads, n_kv_heads, head_dim: d, start_pos } = s;
+    let AttentionShape { n_queries, n_heads, n_kv_heads, head_dim: d, start_pos, scale, window } = s;
+    assert!(window != Some(0), "attention: a sliding window of 0 positions");
     let kv_stride = n_kv_heads * d;
     let kv_len = start_pos + n_queries;
     assert!(n_kv_heads > 0 && n_heads % n_kv_heads == 0, "attention: heads must be a multiple of kv heads");
@@ -145,7 +168,7 @@ fn attention_with<T: KvElem>(s: AttentionShape, q: &[f32], k: &[T], v: &[T], out
         return;
     }
     let group = n_heads / n_kv_heads;
-    let inputs = Inputs { q, k, v, d, kv_stride, scale: 1.0 / (d as f32).sqrt() };
+    let inputs = Inputs { q, k, v, d, kv_stride, scale };
     // Tiles: `tq` query positions × the `group` heads of one kv head (a group larger than a
     // tile is cut into several tiles of heads).
     let heads_per_tile = group.min(MAX_ROWS);
@@ -174,6 +197,7 @@ fn attention_with<T: KvElem>(s: AttentionShape, q: &[f32], k: &[T], v: &[T], out
             n: 0,
             q_rows: [0; MAX_ROWS],
             limit: [0; MAX_ROWS],
+            first: [0; MAX_ROWS],
             kv_off: kvh * d,
             p_lo: kv_len * split / splits,
             p_hi: kv_len * (split + 1) / splits,
@@ -182,10 +206,15 @@ fn attention_with<T: KvElem>(s: AttentionShape, q: &[f32], k: &[T], v: &[T], out
             for g in g0..g1 {
                 t.q_rows[t.n] = (i * n_heads + kvh * group + g) * d;
                 t.limit[t.n] = start_pos + i + 1;
+                t.first[t.n] = window.map_or(0, |w| (start_pos + i + 1).saturating_sub(w));
                 t.n += 1;
             }
         }
         t.p_hi = t.p_hi.min(start_pos + i1);
+        // Positions before every row's window are skipped (with one split per tile).
+        if window.is_some() && t.n > 0 {
+            t.p_lo = t.p_lo.max(t.first[..t.n].iter().copied().min().unwrap_or(0)).min(t.p_hi);
+        }
         t
     };
     let n_jobs = base_jobs * splits;
@@ -280,10 +309,18 @@ fn run_tile<T: KvElem>(kernel: Kernel, x: &Inputs<'_, T>, t: &Tile, p: Partial<'
     }
 }
 
-/// Valid positions of row `r` in the chunk starting at `p0` with `n` positions.
+/// Valid positions of row `r` in the chunk starting at `p0` with `n` positions: the
+/// chunk's positions `skip..nv` (`skip > 0` only under a sliding window).
 #[inline(always)]
-fn valid(t: &Tile, r: usize, p0: usize, n: usize) -> usize {
-    t.limit[r].saturating_sub(p0).min(n)
+fn valid(t: &Tile, r: usize, p0: usize, n: usize) -> (usize, usize) {
+    let nv = t.limit[r].saturating_sub(p0).min(n);
+    (t.first[r].saturating_sub(p0).min(nv), nv)
+}
+
+/// Masks the scores before a row's window (they get no weight).
+#[inline(always)]
+fn mask_before(sr: &mut [f32], skip: usize) {
+    sr[..skip].fill(f32::NEG_INFINITY);
 }
 
 /// The portable kernel: per chunk of positions, scores, then the online-softmax update,
@@ -298,8 +335,8 @@ fn tile_portable<T: KvElem>(x: &Inputs<'_, T>, t: &Tile, p: Partial<'_>) {
     while p0 < t.p_hi {
         let n = CHUNK.min(t.p_hi - p0);
         for (r, sr) in s.iter_mut().enumerate().take(t.n) {
-            let nv = valid(t, r, p0, n);
-            if nv == 0 {
+            let (skip, nv) = valid(t, r, p0, n);
+            if nv == skip {
                 continue;
             }
             let qr = &x.q[t.q_rows[r]..][..d];
@@ -307,6 +344,7 @@ fn tile_portable<T: KvElem>(x: &Inputs<'_, T>, t: &Tile, p: Partial<'_>) {
                 let kr = &x.k[(p0 + j) * x.kv_stride + t.kv_off..][..d];
                 *sj = dot(qr, kr) * x.scale;
             }
+            mask_before(sr, skip);
             let mx = sr[..nv].iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let m_new = p.m[r].max(mx);
             let corr = (p.m[r] - m_new).exp();
@@ -361,7 +399,7 @@ mod avx512 {
 
     use std::arch::x86_64::*;
 
-    use super::{valid, Inputs, KvElem, Partial, Tile, CHUNK, MAX_D16, MAX_ROWS};
+    use super::{mask_before, valid, Inputs, KvElem, Partial, Tile, CHUNK, MAX_D16, MAX_ROWS};
     use crate::kernels::vmath::exp512;
 
     /// One tile; see `tile_portable` for the phases.
@@ -403,8 +441,8 @@ mod avx512 {
             while p0 < t.p_hi {
                 let n = CHUNK.min(t.p_hi - p0);
                 for (r, sr) in s.iter_mut().enumerate().take(t.n) {
-                    let nv = valid(t, r, p0, n);
-                    if nv == 0 {
+                    let (skip, nv) = valid(t, r, p0, n);
+                    if nv == skip {
                         continue;
                     }
                     let qp = x.q.as_ptr().add(t.q_rows[r]);
@@ -430,6 +468,7 @@ mod avx512 {
                         let acc = dot_row::<T, D16>(&qv, kbase.add((j + jj) * x.kv_stride), dv);
                         *sj = _mm512_reduce_add_ps(acc) * x.scale;
                     }
+                    mask_before(sr, skip);
                     // Online softmax over the chunk, 16 scores per vector.
                     let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
                     let mut j = 0;
@@ -544,16 +583,16 @@ mod tests {
                 let kvh = h * s.n_kv_heads / s.n_heads;
                 let qo = (i * s.n_heads + h) * d;
                 let n = s.start_pos + i + 1;
-                let sc: Vec<f64> = (0..n)
+                let first = s.window.map_or(0, |w| n.saturating_sub(w));
+                let sc: Vec<f64> = (first..n)
                     .map(|p| {
-                        (0..d).map(|j| q[qo + j] as f64 * k[p * kvs + kvh * d + j] as f64).sum::<f64>()
-                            / (d as f64).sqrt()
+                        (0..d).map(|j| q[qo + j] as f64 * k[p * kvs + kvh * d + j] as f64).sum::<f64>() * s.scale as f64
                     })
                     .collect();
                 let m = sc.iter().cloned().fold(f64::MIN, f64::max);
                 let z: f64 = sc.iter().map(|x| (x - m).exp()).sum();
-                for p in 0..n {
-                    let w = (sc[p] - m).exp() / z;
+                for p in first..n {
+                    let w = (sc[p - first] - m).exp() / z;
                     for j in 0..d {
                         out[qo + j] += w * v[p * kvs + kvh * d + j] as f64;
                     }
@@ -578,7 +617,7 @@ mod tests {
     fn matches_definition_with_gqa_splits_and_offsets() {
         let mut r = rand::rngs::StdRng::seed_from_u64(9);
         let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
-        for &(nq, nh, nkv, d, start) in &[
+        for (c, window) in [
             (1, 1, 1, 4, 0),
             (5, 9, 3, 64, 0),
             (1, 9, 3, 64, 17),
@@ -590,9 +629,16 @@ mod tests {
             (1, 70, 1, 16, 5),
             (37, 9, 3, 64, 100),
             (2, 4, 4, 128, 200),
+            (70, 2, 1, 16, 30),
             (1, 2, 1, 48, 129),
-        ] {
-            let s = AttentionShape { n_queries: nq, n_heads: nh, n_kv_heads: nkv, head_dim: d, start_pos: start };
+        ]
+        .iter()
+        .flat_map(|&c| [(c, None), (c, Some(1)), (c, Some(5)), (c, Some(70))])
+        {
+            let (nq, nh, nkv, d, start) = c;
+            // Other scales than 1/sqrt(d) (Gemma's query scale) with windows.
+            let scale = if window.is_some() { 0.3 / (d as f32).sqrt() } else { 1.0 / (d as f32).sqrt() };
+            let s = AttentionShape { scale, window, ..AttentionShape::causal(nq, nh, nkv, d, start) };
             let q: Vec<f32> = (0..nq * nh * d).map(|_| r.random_range(-2.0..2.0)).collect();
             let kv_len = start + nq + 3; // rows past the causal window must be ignored
                                          // Values that f16 holds exactly, so one reference serves both cache types.

@@ -35,6 +35,15 @@ impl RopeTable {
     /// A table for heads of `head_dim` values (even, non-zero) at positions
     /// `0..max_pos`, with base frequency `theta` (10000 for LLaMA 2, 100000 for SmolLM2).
     pub fn new(head_dim: usize, max_pos: usize, theta: f32) -> Result<RopeTable> {
+        RopeTable::with_linear_scaling(head_dim, max_pos, theta, 1.0)
+    }
+
+    /// [`RopeTable::new`] with linear position scaling ("linear" RoPE scaling, position
+    /// interpolation): position `p` is rotated as `p / factor`.
+    pub fn with_linear_scaling(head_dim: usize, max_pos: usize, theta: f32, factor: f32) -> Result<RopeTable> {
+        if !(factor.is_finite() && factor > 0.0) {
+            return Err(Error::invalid(format!("rope table: scaling factor must be positive, got {factor}")));
+        }
         if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(Error::invalid(format!("rope table: head_dim must be even and non-zero, got {head_dim}")));
         }
@@ -51,7 +60,7 @@ impl RopeTable {
         let mut sin = Vec::with_capacity(n);
         for p in 0..max_pos {
             for &f in &inv_freq {
-                let (s, c) = (p as f64 * f).sin_cos();
+                let (s, c) = (p as f64 / factor as f64 * f).sin_cos();
                 cos.push(c as f32);
                 sin.push(s as f32);
             }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::models::sampler::{Sampler, SamplingParams};
 use crate::models::tokenizer::TokenStream;
-use crate::models::{Llama, Tokenizer};
+use crate::models::{Decoder, Tokenizer};
 use crate::{Error, Result};
 
 /// What to generate.
@@ -73,7 +73,7 @@ impl Generation {
 /// Generate after `prompt` (token ids). `on_text` receives each final piece of text
 /// and returns `false` to cancel. The KV cache is sized to prompt + `max_tokens`.
 pub fn generate(
-    model: &Llama,
+    model: &Decoder,
     tokenizer: &Tokenizer,
     prompt: &[u32],
     opts: &GenerateOptions,

@@ -11,13 +11,6 @@ use crate::{Error, Result};
 /// Rows allocated up front (at most the capacity).
 const INITIAL_ROWS: usize = 256;
 
-/// Work buffers a model reuses across the forward passes of one sequence, so that a
-/// decode step allocates nothing. Their contents mean nothing between passes.
-#[derive(Default)]
-pub(crate) struct Scratch {
-    pub bufs: [Vec<f32>; 8],
-}
-
 /// One layer's cached keys and values (rows of `kv_dim`), in the cache's element type.
 #[derive(Clone, Copy, Debug)]
 pub enum KvRows<'a> {
@@ -26,7 +19,6 @@ pub enum KvRows<'a> {
 }
 
 pub struct KvCache {
-    pub(crate) scratch: Scratch,
     dtype: DType,
     keys: Vec<Tensor>,
     values: Vec<Tensor>,
@@ -66,7 +58,6 @@ impl KvCache {
         }
         let rows = capacity.min(INITIAL_ROWS);
         Ok(KvCache {
-            scratch: Scratch::default(),
             dtype,
             keys: alloc_layers(n_layers, rows, kv_dim, dtype, "k")?,
             values: alloc_layers(n_layers, rows, kv_dim, dtype, "v")?,

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::models::generate::{generate, GenerateOptions, Generation};
-use crate::models::{ChatMessage, Llama, Tokenizer};
+use crate::models::{ChatMessage, Decoder, Tokenizer};
 use crate::params::ParameterFile;
 use crate::Result;
 
 #[derive(Clone)]
 pub struct TextModel {
-    pub llama: Llama,
+    pub decoder: Decoder,
     pub tokenizer: Arc<Tokenizer>,
     pub path: PathBuf,
     /// Time to open, check and load the file.
@@ -30,10 +30,10 @@ impl TextModel {
         // tokenizer, not plus their temporaries too.
         let tokenizer = Arc::new(Tokenizer::from_gguf_metadata(file.metadata())?);
         crate::context::memory::release_free_heap();
-        let llama = Llama::from_file(&file)?;
+        let decoder = Decoder::from_file(&file)?;
         drop(file);
         crate::context::memory::release_free_heap();
-        Ok(TextModel { llama, tokenizer, path, load_time: t0.elapsed() })
+        Ok(TextModel { decoder, tokenizer, path, load_time: t0.elapsed() })
     }
 
     /// Token ids for `text`: raw text (special-token strings become special tokens), or
@@ -59,6 +59,6 @@ impl TextModel {
         opts: &GenerateOptions,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation> {
-        generate(&self.llama, &self.tokenizer, prompt, opts, on_text)
+        generate(&self.decoder, &self.tokenizer, prompt, opts, on_text)
     }
 }

@@ -9,6 +9,7 @@ pub mod ops;
 mod packed;
 mod shape;
 mod storage;
+mod weight;
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ pub use packed::PackedLinear;
 pub(crate) use shape::for_each_run;
 pub use shape::Shape;
 pub use storage::Storage;
+pub use weight::{Weight, WeightOptions};
 
 use crate::{Error, Result};
 

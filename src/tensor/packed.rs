@@ -156,7 +156,13 @@ impl PackedLinear {
 
     /// `out[m, n_out] (+)= x[m, k] · W^T` on plain slices (the model's hot path).
     pub fn matmul_into(&self, x: &[f32], m: usize, out: &mut [f32], accumulate: bool) -> Result<()> {
-        if x.len() != m * self.k || out.len() != m * self.n_out {
+        self.matmul_cols(x, m, out, self.n_out, 0, accumulate)
+    }
+
+    /// Checks that `x` is `m` rows of `k` and `out` `m` rows of `ldo` with room for this
+    /// matrix's columns from `col0`.
+    fn check_cols(&self, x: &[f32], m: usize, out: &[f32], ldo: usize, col0: usize) -> Result<()> {
+        if x.len() != m * self.k || out.len() != m * ldo || col0 + self.n_out > ldo {
             return Err(Error::shape(
                 "packed linear",
                 format!(
@@ -168,12 +174,74 @@ impl PackedLinear {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// [`PackedLinear::matmul_into`] writing columns `col0..col0 + n_out` of `out`, which
+    /// is `[m, ldo]`.
+    pub fn matmul_cols(
+        &self,
+        x: &[f32],
+        m: usize,
+        out: &mut [f32],
+        ldo: usize,
+        col0: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        self.check_cols(x, m, out, ldo, col0)?;
         let parts = self
             .segments
             .iter()
-            .map(|s| Ok(quant::PackedPart { fmt: s.fmt, w: s.data.as_slice::<u8>()?, rows: s.rows, col0: s.col0 }))
+            .map(|s| {
+                Ok(quant::PackedPart { fmt: s.fmt, w: s.data.as_slice::<u8>()?, rows: s.rows, col0: col0 + s.col0 })
+            })
             .collect::<Result<Vec<_>>>()?;
-        quant::packed_matmul_parts(Isa::best(), &parts, self.k, x, m, out, self.n_out, accumulate);
+        quant::packed_matmul_parts(Isa::best(), &parts, self.k, x, m, out, ldo, accumulate);
+        Ok(())
+    }
+
+    /// [`PackedLinear::matmul_cols`] with f32 activations against the decoded rows (the
+    /// exact path: no activation rounding; slow).
+    pub fn matmul_exact_cols(
+        &self,
+        x: &[f32],
+        m: usize,
+        out: &mut [f32],
+        ldo: usize,
+        col0: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        use rayon::prelude::*;
+        self.check_cols(x, m, out, ldo, col0)?;
+        let k = self.k;
+        // Groups of decoded rows on the pool; each returns its block of results.
+        let blocks: Vec<(usize, Vec<f32>)> = (0..self.n_out.div_ceil(PACK_ROWS))
+            .into_par_iter()
+            .map(|g| -> Result<(usize, Vec<f32>)> {
+                let (j0, j1) = (g * PACK_ROWS, ((g + 1) * PACK_ROWS).min(self.n_out));
+                let mut row = vec![0f32; k];
+                let mut res = vec![0f32; m * (j1 - j0)];
+                for j in j0..j1 {
+                    self.dequantize_row_into(j, &mut row)?;
+                    for i in 0..m {
+                        res[i * (j1 - j0) + j - j0] = dot_f32(&x[i * k..(i + 1) * k], &row);
+                    }
+                }
+                Ok((j0, res))
+            })
+            .collect::<Result<_>>()?;
+        for (j0, res) in blocks {
+            let n = res.len() / m.max(1);
+            for i in 0..m {
+                let dst = &mut out[i * ldo + col0 + j0..][..n];
+                let src = &res[i * n..(i + 1) * n];
+                if accumulate {
+                    dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+                } else {
+                    dst.copy_from_slice(src);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -214,6 +282,12 @@ impl PackedLinear {
         quant::dequantize_packed_row(s.fmt, s.data.as_slice::<u8>()?, s.rows, self.k, row - s.col0, out);
         Ok(())
     }
+}
+
+/// f32 dot product in blocks of 32 (the quantisation block), like the block kernels'
+/// exact reference sums.
+fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    a.chunks(32).zip(b.chunks(32)).map(|(x, y)| x.iter().zip(y).map(|(p, q)| p * q).sum::<f32>()).sum()
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! Continuous batching: one thread gathers the next step of every active sequence (a new
-//! prompt, or one generated token) and runs them as one `Llama::forward_batch` on the
+//! prompt, or one generated token) and runs them as one `Decoder::forward_batch` on the
 //! engine's pool, so each weight matrix is read once per step for all sequences instead
 //! of once per sequence. Sequences join and leave between steps; a step waits for the
 //! other active sequences at most `GATHER` before it runs with those that are ready.
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
-use mllm::models::{KvCache, Llama, Sampler};
+use mllm::models::{Decoder, KvCache, Sampler};
 use tokio::sync::oneshot;
 
 /// How long a gathered step waits for the other active sequences' steps.
@@ -48,13 +48,13 @@ impl Drop for Member {
 }
 
 impl Batcher {
-    /// Start the batching thread for `llama`; one step holds at most `max_rows` new tokens
+    /// Start the batching thread for `decoder`; one step holds at most `max_rows` new tokens
     /// (more waits for the next step).
-    pub fn start(llama: Llama, max_rows: usize) -> Result<Batcher> {
+    pub fn start(decoder: Decoder, max_rows: usize) -> Result<Batcher> {
         let (tx, rx) = mpsc::channel::<Job>();
         let active = Arc::new(AtomicUsize::new(0));
         let act = active.clone();
-        std::thread::Builder::new().name("mllm-batcher".into()).spawn(move || run(&llama, &rx, &act, max_rows))?;
+        std::thread::Builder::new().name("mllm-batcher".into()).spawn(move || run(&decoder, &rx, &act, max_rows))?;
         Ok(Batcher { tx, active })
     }
 
@@ -73,7 +73,7 @@ impl Batcher {
     }
 }
 
-fn run(llama: &Llama, rx: &mpsc::Receiver<Job>, active: &AtomicUsize, max_rows: usize) {
+fn run(decoder: &Decoder, rx: &mpsc::Receiver<Job>, active: &AtomicUsize, max_rows: usize) {
     let mut carry: Option<Job> = None;
     loop {
         let first = match carry.take() {
@@ -105,17 +105,17 @@ fn run(llama: &Llama, rx: &mpsc::Receiver<Job>, active: &AtomicUsize, max_rows: 
         if jobs.is_empty() {
             continue;
         }
-        mllm::context().pool().install(|| step_all(llama, jobs));
+        mllm::context().pool().install(|| step_all(decoder, jobs));
     }
 }
 
 /// One batched pass and a sample per sequence; if the batch fails, each job is retried
 /// alone so that only the faulty one gets the error.
-fn step_all(llama: &Llama, mut jobs: Vec<Job>) {
+fn step_all(decoder: &Decoder, mut jobs: Vec<Job>) {
     let logits = {
         let mut steps: Vec<(&[u32], &mut KvCache)> =
             jobs.iter_mut().map(|j| (j.input.as_slice(), &mut j.state.cache)).collect();
-        llama.forward_batch(&mut steps)
+        decoder.forward_batch(&mut steps)
     };
     match logits.and_then(|l| l.to_vec::<f32>()) {
         Ok(all) => {
@@ -131,7 +131,7 @@ fn step_all(llama: &Llama, mut jobs: Vec<Job>) {
         }
         Err(_) if jobs.len() > 1 => {
             for job in jobs {
-                step_all(llama, vec![job]);
+                step_all(decoder, vec![job]);
             }
         }
         Err(e) => {

@@ -29,14 +29,14 @@ pub async fn generate(
     if prompt.is_empty() {
         bail!("the prompt is empty (no tokens)");
     }
-    let trained = model.llama.config().context_length;
+    let trained = model.decoder.config().context_length;
     let ctx = opts.context_limit.unwrap_or(trained).min(trained);
     if prompt.len() >= ctx {
         bail!("the prompt has {} tokens; the context holds {ctx}, so nothing is left to generate", prompt.len());
     }
     let max_tokens = opts.max_tokens.min(ctx - prompt.len());
     let mut state = Some(State {
-        cache: model.llama.new_cache(prompt.len() + max_tokens)?,
+        cache: model.decoder.new_cache(prompt.len() + max_tokens)?,
         sampler: Sampler::new(opts.sampling.clone())?,
         history: prompt.to_vec(),
     });
@@ -57,10 +57,10 @@ pub async fn generate(
         let (st, next) = match batcher {
             Some(b) => b.step(std::mem::take(&mut input), st).await?,
             None => {
-                let llama = model.llama.clone();
+                let decoder = model.decoder.clone();
                 let input = std::mem::take(&mut input);
                 let step = Task::lazy(label.to_string(), move || {
-                    let logits = llama.forward_tokens(&input, &mut st.cache)?;
+                    let logits = decoder.forward_tokens(&input, &mut st.cache)?;
                     let next = st.sampler.sample(logits.as_slice::<f32>()?, &st.history)?;
                     st.history.push(next);
                     Ok((st, next))

@@ -9,7 +9,7 @@ pub(crate) mod convert;
 mod embedding;
 mod linear;
 mod norm;
-mod qlinear;
+pub(crate) mod qlinear;
 mod rope;
 mod softmax;
 mod strided;

@@ -1,0 +1,323 @@
+//! [`Weight`]: the one weight abstraction every linear layer multiplies through, whatever
+//! the matrix is stored as: block-quantised and repacked for the fast kernels
+//! ([`PackedLinear`]), block-quantised in the file's own layout, or plain f32/f16/bf16.
+//! A weight may be a stack of matrices along the output dimension (q|k|v, gate|up):
+//! packing is decided per matrix, and a matrix that cannot be packed keeps its own segment,
+//! so a model never falls back as a whole. Model code calls [`Weight::matmul_into`] only.
+
+use crate::kernels::matmul::{matmul_f32, MatRef};
+use crate::tensor::ops::MatmulPrecision;
+use crate::tensor::{DType, PackedLinear, Tensor};
+use crate::{Error, Result};
+
+/// How one run of stacked rows is stored.
+#[derive(Clone)]
+enum Storage {
+    /// Repacked into the 16-row interleaved layout (the fast path).
+    Packed(PackedLinear),
+    /// Block-quantised in the file's layout (`[rows, k]`): formats or shapes the packed
+    /// layout does not take.
+    Blocks(Tensor),
+    /// f32 `[rows, k]`, contiguous (f16/bf16 are widened when the weight is built).
+    Float(Tensor),
+}
+
+/// Consecutive stacked rows stored one way, writing output columns `col0..col0 + rows`.
+#[derive(Clone)]
+struct Segment {
+    col0: usize,
+    rows: usize,
+    storage: Storage,
+}
+
+/// Options for building a [`Weight`].
+#[derive(Clone, Copy, Debug)]
+pub struct WeightOptions {
+    /// Repack block-quantised matrices for the fast kernels (default). Off: they stay in
+    /// the file's layout (tests compare the two kernel families).
+    pub pack: bool,
+    /// Let the OS drop a mapped file's pages of each matrix once it is repacked.
+    pub release_mapped: bool,
+}
+
+impl Default for WeightOptions {
+    fn default() -> Self {
+        WeightOptions { pack: true, release_mapped: false }
+    }
+}
+
+/// A matrix `[n_out, k]` (or a stack of them) ready for `x · Wᵀ`.
+#[derive(Clone)]
+pub struct Weight {
+    n_out: usize,
+    k: usize,
+    /// Output rows and original dtype of each stacked matrix, in order.
+    parts: Vec<(usize, DType)>,
+    segments: Vec<Segment>,
+}
+
+impl std::fmt::Debug for Weight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Weight").field("n_out", &self.n_out).field("k", &self.k).field("parts", &self.parts).finish()
+    }
+}
+
+impl Weight {
+    /// Stack `parts` (each `[n_i, k]`, float or block-quantised) along the output
+    /// dimension. `name` labels packed copies in the memory report.
+    pub fn new(parts: &[&Tensor], name: &str, opts: WeightOptions) -> Result<Weight> {
+        let Some(first) = parts.first() else {
+            return Err(Error::invalid(format!("weight {name}: no matrices")));
+        };
+        let k = *first.dims().get(1).unwrap_or(&0);
+        for w in parts {
+            if w.rank() != 2 || w.dims()[1] != k {
+                let got: Vec<String> = parts.iter().map(|w| format!("{} {:?}", w.dtype(), w.dims())).collect();
+                return Err(Error::shape(
+                    "weight",
+                    format!("{name}: stacked matrices must be 2-D with one row length, got [{}]", got.join(", ")),
+                ));
+            }
+            if !(w.dtype().is_float() || w.dtype().is_quantized()) {
+                return Err(Error::dtype("weight", w.dtype()));
+            }
+        }
+        let packable = |w: &Tensor| opts.pack && PackedLinear::can_pack(&[w]);
+        let mut segments = Vec::new();
+        let mut col0 = 0;
+        let mut i = 0;
+        while i < parts.len() {
+            let (storage, used) = if packable(parts[i]) {
+                // Every following packable matrix joins the stack: its activations are
+                // quantised once for all of them.
+                let n = parts[i..].iter().take_while(|w| packable(w)).count();
+                let run = &parts[i..i + n];
+                let label = if parts.len() == n { name.to_string() } else { format!("{name}.{}", segments.len()) };
+                let packed = if opts.release_mapped {
+                    PackedLinear::pack_releasing(run, &label)?
+                } else {
+                    PackedLinear::pack(run, &label)?
+                };
+                (Storage::Packed(packed), n)
+            } else if parts[i].dtype().is_quantized() {
+                if !k.is_multiple_of(parts[i].dtype().block_len()) {
+                    return Err(Error::shape(
+                        "weight",
+                        format!("{name}: rows of {k} are not whole {} blocks", parts[i].dtype()),
+                    ));
+                }
+                (Storage::Blocks(parts[i].contiguous()?), 1)
+            } else {
+                (Storage::Float(parts[i].to_f32_contiguous("weight")?), 1)
+            };
+            let rows: usize = parts[i..i + used].iter().map(|w| w.dims()[0]).sum();
+            segments.push(Segment { col0, rows, storage });
+            col0 += rows;
+            i += used;
+        }
+        let parts = parts.iter().map(|w| (w.dims()[0], w.dtype())).collect();
+        Ok(Weight { n_out: col0, k, parts, segments })
+    }
+
+    /// Total output features (all stacked matrices).
+    pub fn out_features(&self) -> usize {
+        self.n_out
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.k
+    }
+
+    /// Output features and original dtype of each stacked matrix.
+    pub fn parts(&self) -> &[(usize, DType)] {
+        &self.parts
+    }
+
+    /// Whether every row is in the packed layout.
+    pub fn is_packed(&self) -> bool {
+        self.segments.iter().all(|s| matches!(s.storage, Storage::Packed(_)))
+    }
+
+    /// Bytes this weight holds in its own memory (packed copies; mapped or shared
+    /// tensors count too).
+    pub fn nbytes(&self) -> usize {
+        self.segments
+            .iter()
+            .map(|s| match &s.storage {
+                Storage::Packed(p) => p.nbytes(),
+                Storage::Blocks(t) | Storage::Float(t) => t.nbytes(),
+            })
+            .sum()
+    }
+
+    /// `out[m, n_out] (+)= x[m, k] · Wᵀ` on plain slices: the model's hot path.
+    /// [`MatmulPrecision::Fast`] quantises the activations to 8 bits for quantised
+    /// matrices; `Exact` keeps them in f32 against the decoded weights.
+    pub fn matmul_into(
+        &self,
+        x: &[f32],
+        m: usize,
+        out: &mut [f32],
+        accumulate: bool,
+        precision: MatmulPrecision,
+    ) -> Result<()> {
+        if x.len() != m * self.k || out.len() != m * self.n_out {
+            return Err(Error::shape(
+                "linear",
+                format!(
+                    "input of {} values and output of {} for {m} rows of {} -> {}",
+                    x.len(),
+                    out.len(),
+                    self.k,
+                    self.n_out
+                ),
+            ));
+        }
+        let (ldo, fast) = (self.n_out, precision == MatmulPrecision::Fast);
+        for s in &self.segments {
+            match &s.storage {
+                Storage::Packed(p) if fast => p.matmul_cols(x, m, out, ldo, s.col0, accumulate)?,
+                Storage::Packed(p) => p.matmul_exact_cols(x, m, out, ldo, s.col0, accumulate)?,
+                Storage::Blocks(w) => {
+                    let mut tmp = vec![0f32; m * s.rows];
+                    crate::tensor::ops::qlinear::quantized_matmul_t(x, m, w, &mut tmp, false, precision)?;
+                    scatter(&tmp, s.rows, out, ldo, s.col0, accumulate);
+                }
+                Storage::Float(w) if self.segments.len() == 1 => {
+                    let ws = w.as_slice::<f32>()?;
+                    matmul_f32(
+                        MatRef::row_major(x, m, self.k),
+                        MatRef::row_major(ws, s.rows, self.k).t(),
+                        out,
+                        accumulate,
+                    );
+                }
+                Storage::Float(w) => {
+                    let ws = w.as_slice::<f32>()?;
+                    let mut tmp = vec![0f32; m * s.rows];
+                    matmul_f32(
+                        MatRef::row_major(x, m, self.k),
+                        MatRef::row_major(ws, s.rows, self.k).t(),
+                        &mut tmp,
+                        false,
+                    );
+                    scatter(&tmp, s.rows, out, ldo, s.col0, accumulate);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Row `row` of the stacked matrix, decoded into `out` (`in_features` values): an
+    /// embedding lookup when this is a tied output head.
+    pub fn dequantize_row_into(&self, row: usize, out: &mut [f32]) -> Result<()> {
+        let seg = self.segments.iter().find(|s| row >= s.col0 && row < s.col0 + s.rows);
+        let Some(s) = seg.filter(|_| out.len() == self.k) else {
+            return Err(Error::invalid(format!(
+                "weight: row {row} of {} into {} values (rows have {})",
+                self.n_out,
+                out.len(),
+                self.k
+            )));
+        };
+        let r = row - s.col0;
+        match &s.storage {
+            Storage::Packed(p) => p.dequantize_row_into(r, out),
+            Storage::Blocks(w) | Storage::Float(w) => {
+                let t = w.narrow(0, r, 1)?;
+                out.copy_from_slice(&crate::tensor::ops::convert::bytes_to_f32(t.raw_bytes()?, w.dtype())?);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Write (or add) `tmp` `[m, rows]` into columns `col0..col0 + rows` of `out` `[m, ldo]`.
+fn scatter(tmp: &[f32], rows: usize, out: &mut [f32], ldo: usize, col0: usize, accumulate: bool) {
+    for (src, dst) in tmp.chunks_exact(rows.max(1)).zip(out.chunks_exact_mut(ldo)) {
+        let dst = &mut dst[col0..col0 + rows];
+        if accumulate {
+            dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+        } else {
+            dst.copy_from_slice(src);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::quant;
+    use crate::tensor::MemType;
+    use rand::{Rng, SeedableRng};
+
+    fn q8(n: usize, k: usize, r: &mut impl Rng) -> Tensor {
+        let w: Vec<f32> = (0..n * k).map(|_| r.random_range(-1.0..1.0)).collect();
+        Tensor::from_bytes(&quant::quantize_q8_0(&w), DType::Q8_0, &[n, k], MemType::ParamsNormal).unwrap()
+    }
+
+    /// A stack of a packable matrix, one whose row count the packed layout refuses, and
+    /// an f32 one: each in its own segment, together equal to the dequantised product.
+    #[test]
+    fn mixed_stack_matches_the_dequantised_product_at_both_precisions() {
+        let mut r = rand::rngs::StdRng::seed_from_u64(9);
+        let k = 64;
+        let a = q8(32, k, &mut r);
+        let odd = q8(8, k, &mut r);
+        let f =
+            Tensor::from_vec((0..5 * k).map(|_| r.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), &[5, k]).unwrap();
+        let w = Weight::new(&[&a, &odd, &f], "w", WeightOptions::default()).unwrap();
+        assert_eq!((w.out_features(), w.in_features(), w.segments.len()), (45, k, 3));
+        assert!(!w.is_packed());
+        let m = 3;
+        let x: Vec<f32> = (0..m * k).map(|_| r.random_range(-2.0..2.0)).collect();
+        let rows: Vec<f32> = [&a, &odd, &f].iter().flat_map(|t| t.to_f32_vec().unwrap()).collect();
+        for precision in [MatmulPrecision::Exact, MatmulPrecision::Fast] {
+            let mut out = vec![1.0f32; m * 45];
+            w.matmul_into(&x, m, &mut out, true, precision).unwrap();
+            for i in 0..m {
+                for j in 0..45 {
+                    let want: f32 = 1.0 + (0..k).map(|c| x[i * k + c] * rows[j * k + c]).sum::<f32>();
+                    let mag: f32 = (0..k).map(|c| (x[i * k + c] * rows[j * k + c]).abs()).sum();
+                    // 8-bit activations: about 1/254 of each block's largest value per product.
+                    let tol = if precision == MatmulPrecision::Exact { 1e-4 } else { 0.01 * mag + 1e-4 };
+                    assert!(
+                        (out[i * 45 + j] - want).abs() <= tol,
+                        "{precision:?} [{i},{j}]: {} vs {want}",
+                        out[i * 45 + j]
+                    );
+                }
+            }
+        }
+        let mut row = vec![0f32; k];
+        for j in [0, 31, 32, 39, 40, 44] {
+            w.dequantize_row_into(j, &mut row).unwrap();
+            assert_eq!(row, rows[j * k..(j + 1) * k], "row {j}");
+        }
+        assert!(w.dequantize_row_into(45, &mut row).is_err());
+        assert!(w.matmul_into(&x[..k], 2, &mut vec![0.0; 90], false, MatmulPrecision::Fast).is_err());
+    }
+
+    #[test]
+    fn packing_can_be_turned_off_and_bad_stacks_are_refused() {
+        let mut r = rand::rngs::StdRng::seed_from_u64(10);
+        let a = q8(32, 64, &mut r);
+        let w = Weight::new(&[&a], "a", WeightOptions::default()).unwrap();
+        assert!(w.is_packed());
+        let b = Weight::new(&[&a], "a", WeightOptions { pack: false, ..Default::default() }).unwrap();
+        assert!(!b.is_packed());
+        let x: Vec<f32> = (0..64).map(|_| r.random_range(-1.0..1.0)).collect();
+        let (mut ya, mut yb) = (vec![0f32; 32], vec![0f32; 32]);
+        w.matmul_into(&x, 1, &mut ya, false, MatmulPrecision::Fast).unwrap();
+        b.matmul_into(&x, 1, &mut yb, false, MatmulPrecision::Fast).unwrap();
+        for (p, q) in ya.iter().zip(&yb) {
+            assert!((p - q).abs() <= 1e-4 * (1.0 + q.abs()), "{p} vs {q}");
+        }
+        let other = q8(16, 96, &mut r);
+        let e = Weight::new(&[&a, &other], "qkv", WeightOptions::default()).unwrap_err().to_string();
+        assert!(e.contains("qkv") && e.contains("one row length"), "{e}");
+        assert!(Weight::new(&[], "none", WeightOptions::default()).is_err());
+        let ints = Tensor::zeros(&[4, 4], DType::I32).unwrap();
+        assert!(Weight::new(&[&ints], "i", WeightOptions::default()).is_err());
+    }
+}
