@@ -9,6 +9,9 @@ use crate::nn::Registry;
 use crate::{Error, Result};
 
 mod llama;
+mod phi3;
+mod qwen2;
+mod qwen3;
 
 /// One architecture: how to read its configuration and build its blocks.
 pub struct Family {
@@ -27,7 +30,7 @@ impl std::fmt::Debug for Family {
 }
 
 /// Every supported decoder family.
-pub const FAMILIES: &[&Family] = &[&llama::LLAMA];
+pub const FAMILIES: &[&Family] = &[&llama::LLAMA, &qwen2::QWEN2, &qwen3::QWEN3, &phi3::PHI3];
 
 /// The family of a GGUF file's `general.architecture`.
 pub fn for_arch(arch: &str) -> Result<&'static Family> {
