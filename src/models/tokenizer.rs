@@ -1,6 +1,7 @@
 //! Text ↔ token ids for GGUF models: a byte-level BPE built from the file's
 //! `tokenizer.ggml.*` metadata on the `tokenizers` crate, the chat template (Jinja,
-//! on `minijinja`), and a streaming decoder that only emits whole UTF-8 characters.
+//! on `minijinja`, rendered as HF transformers renders it: [`render_chat_template`]),
+//! and a streaming decoder that only emits whole UTF-8 characters.
 
 use std::collections::BTreeMap;
 
@@ -18,7 +19,7 @@ use crate::{Error, Result};
 const TOKEN_CONTROL: i64 = 3;
 const TOKEN_USER_DEFINED: i64 = 4;
 
-/// One chat message for [`Tokenizer::apply_chat_template`].
+/// One chat message for [`Tokenizer::apply_chat_template`] and [`render_chat_template`].
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChatMessage {
     pub role: String,
@@ -191,28 +192,16 @@ impl Tokenizer {
         self.chat_template.as_deref()
     }
 
-    /// Render `messages` through the model's chat template. With
-    /// `add_generation_prompt` the text ends where the assistant's answer begins.
+    /// Render `messages` through the model's chat template (see [`render_chat_template`]).
+    /// With `add_generation_prompt` the text ends where the assistant's answer begins.
     pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         let template = self
             .chat_template
             .as_deref()
             .ok_or_else(|| Error::invalid("this model has no chat template (tokenizer.chat_template)"))?;
-        let mut env = minijinja::Environment::new();
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
-        env.add_template("chat", template).map_err(|e| Error::invalid(format!("chat template: {e}")))?;
-        let tmpl = env.get_template("chat").map_err(|e| Error::invalid(format!("chat template: {e}")))?;
         let bos = self.bos_id.and_then(|i| self.inner.id_to_token(i)).unwrap_or_default();
         let eos = self.eos_id.and_then(|i| self.inner.id_to_token(i)).unwrap_or_default();
-        tmpl.render(minijinja::context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => bos,
-            eos_token => eos,
-        })
-        .map_err(|e| Error::invalid(format!("chat template: {e}")))
+        render_chat_template(template, messages, add_generation_prompt, &bos, &eos)
     }
 
     /// A decoder for a stream of generated ids.
@@ -254,5 +243,598 @@ impl TokenStream<'_> {
     pub fn finish(self) -> Result<String> {
         let text = self.tok.decode(&self.ids)?;
         Ok(text.get(self.emitted..).unwrap_or("").to_string())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Chat templates
+// ---------------------------------------------------------------------------------------
+
+/// Render a chat template (Jinja) as HF transformers' `apply_chat_template(messages,
+/// tokenize=False, add_generation_prompt=...)` does, without needing a tokenizer.
+///
+/// The template sees `messages` (maps with `role` and `content`), `add_generation_prompt`,
+/// `bos_token`, `eos_token`, and `tools` / `documents` set to none. As in transformers:
+/// blocks are rendered with `trim_blocks` and `lstrip_blocks`; `raise_exception(msg)`
+/// fails the rendering with `msg`; `tojson` is Python's `json.dumps` (no ASCII or HTML
+/// escaping unless asked: `ensure_ascii`, `indent`, `separators`, `sort_keys`);
+/// `strftime_now(fmt)` formats the local time (on Unix); strings, maps and lists have
+/// Python's methods (`startswith`, `split`, `strip`, `items`, ...); `{% generation %}`
+/// tags are accepted. An empty conversation is an error, as there.
+pub fn render_chat_template(
+    template: &str,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    bos_token: &str,
+    eos_token: &str,
+) -> Result<String> {
+    if messages.is_empty() {
+        return Err(Error::invalid("chat template: cannot render an empty conversation (no messages)"));
+    }
+    let env = chat_environment();
+    let template = without_generation_tags(template);
+    let tmpl = env.template_from_str(&template).map_err(|e| Error::invalid(format!("chat template: {e}")))?;
+    tmpl.render(minijinja::context! {
+        messages => messages,
+        add_generation_prompt => add_generation_prompt,
+        bos_token => bos_token,
+        eos_token => eos_token,
+        tools => (),
+        documents => (),
+    })
+    .map_err(|e| Error::invalid(format!("chat template: {e}")))
+}
+
+/// A minijinja environment set up like transformers' chat-template sandbox.
+fn chat_environment() -> minijinja::Environment<'static> {
+    let mut env = minijinja::Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_unknown_method_callback(py_method);
+    env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+    });
+    #[cfg(unix)]
+    env.add_function("strftime_now", strftime_now);
+    env.add_filter("tojson", tojson);
+    // Jinja2's `undefined|length` is 0 (minijinja: an error).
+    let length = |value: &minijinja::Value| -> std::result::Result<usize, minijinja::Error> {
+        if value.is_undefined() {
+            Ok(0)
+        } else {
+            minijinja::filters::length(value)
+        }
+    };
+    env.add_filter("length", length);
+    env.add_filter("count", length);
+    // Python's `iter(x)` succeeds: none, booleans and numbers are not iterable (minijinja
+    // iterates none as empty), undefined is (as an empty sequence).
+    env.add_test("iterable", |value: &minijinja::Value| -> bool {
+        use minijinja::value::ValueKind;
+        match value.kind() {
+            ValueKind::Undefined => true,
+            ValueKind::None | ValueKind::Bool | ValueKind::Number => false,
+            _ => value.try_iter().is_ok(),
+        }
+    });
+    // Jinja2's `trim` is Python's `str.strip`.
+    env.add_filter("trim", |value: &minijinja::Value, chars: Option<String>| -> String {
+        match value.as_str() {
+            Some(s) => py_strip(s, chars.as_deref(), true, true).to_string(),
+            None => py_strip(&value.to_string(), chars.as_deref(), true, true).to_string(),
+        }
+    });
+    env
+}
+
+/// transformers' `{% generation %}...{% endgeneration %}` tags only mark assistant text
+/// (for training masks) and render their body unchanged; minijinja has no such tag, so
+/// they become `{% if true %}...{% endif %}` (whitespace control marks kept as written).
+fn without_generation_tags(template: &str) -> std::borrow::Cow<'_, str> {
+    if !template.contains("generation") {
+        return std::borrow::Cow::Borrowed(template);
+    }
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("{%") {
+        let (before, tag) = rest.split_at(start);
+        out.push_str(before);
+        let body = &tag[2..];
+        let body = body.strip_prefix(['-', '+']).unwrap_or(body);
+        let lead = tag.len() - body.len();
+        let trimmed = body.trim_start();
+        let word_at = lead + (body.len() - trimmed.len());
+        let word_len = trimmed.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(trimmed.len());
+        let after = trimmed[word_len..].trim_start();
+        let closes = after.starts_with("%}") || after.starts_with("-%}") || after.starts_with("+%}");
+        let replacement = match &trimmed[..word_len] {
+            "generation" if closes => Some("if true"),
+            "endgeneration" if closes => Some("endif"),
+            _ => None,
+        };
+        match replacement {
+            Some(r) => {
+                out.push_str(&tag[..word_at]);
+                out.push_str(r);
+                rest = &tag[word_at + word_len..];
+            }
+            None => {
+                out.push_str("{%");
+                rest = &tag[2..];
+            }
+        }
+    }
+    out.push_str(rest);
+    std::borrow::Cow::Owned(out)
+}
+
+/// Python's `str.isspace` for one character (Rust's `is_whitespace` lacks U+001C..U+001F).
+fn py_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// Python's `str.strip` / `lstrip` / `rstrip`: `chars` None strips whitespace.
+fn py_strip<'a>(s: &'a str, chars: Option<&str>, left: bool, right: bool) -> &'a str {
+    let strip = |c: char| match chars {
+        Some(set) => set.contains(c),
+        None => py_space(c),
+    };
+    let s = if left { s.trim_start_matches(strip) } else { s };
+    if right {
+        s.trim_end_matches(strip)
+    } else {
+        s
+    }
+}
+
+/// Python's `str.split()` with no separator: runs of whitespace split, ends ignored.
+fn py_split_whitespace(s: &str, maxsplit: Option<i64>) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = s.trim_start_matches(py_space);
+    while !rest.is_empty() {
+        if maxsplit.is_some_and(|m| m >= 0 && out.len() as i64 >= m) {
+            out.push(rest);
+            break;
+        }
+        match rest.find(py_space) {
+            Some(i) => {
+                out.push(&rest[..i]);
+                rest = rest[i..].trim_start_matches(py_space);
+            }
+            None => {
+                out.push(rest);
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Python methods on values (`minijinja-contrib`'s pycompat), with `strip` / `lstrip` /
+/// `rstrip` / `split()` using Python's notion of whitespace.
+fn py_method(
+    state: &minijinja::State,
+    value: &minijinja::Value,
+    method: &str,
+    args: &[minijinja::Value],
+) -> std::result::Result<minijinja::Value, minijinja::Error> {
+    use minijinja::value::from_args;
+    if let Some(s) = value.as_str() {
+        match method {
+            "strip" | "lstrip" | "rstrip" => {
+                let (chars,): (Option<&str>,) = from_args(args)?;
+                return Ok(minijinja::Value::from(py_strip(s, chars, method != "rstrip", method != "lstrip")));
+            }
+            "split" if args.first().is_none_or(|a| a.is_none()) => {
+                let (_, maxsplit): (Option<minijinja::Value>, Option<i64>) = from_args(args)?;
+                return Ok(py_split_whitespace(s, maxsplit).into_iter().map(minijinja::Value::from).collect());
+            }
+            _ => {}
+        }
+    }
+    minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
+}
+
+/// transformers' `strftime_now(format)`: `datetime.now().strftime(format)`, local time.
+#[cfg(unix)]
+fn strftime_now(format: String) -> std::result::Result<String, minijinja::Error> {
+    // SAFETY: `time` with a null pointer only returns the current time.
+    let now = unsafe { libc::time(std::ptr::null_mut()) };
+    // SAFETY: `tm` is plain data (integers and a pointer the C library sets); zero is a
+    // valid value for all of it, and `localtime_r` fills it in.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers point to live, properly aligned values of the right types;
+    // `localtime_r` is the thread-safe variant and keeps no reference to them.
+    if unsafe { libc::localtime_r(&now, &mut tm) }.is_null() {
+        return Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, "strftime_now: no local time"));
+    }
+    strftime_tm(&format, &tm)
+}
+
+/// C `strftime` of `tm` (the C library's, as Python's `strftime` uses, in the "C" locale
+/// unless the program changed it).
+#[cfg(unix)]
+fn strftime_tm(format: &str, tm: &libc::tm) -> std::result::Result<String, minijinja::Error> {
+    let bad = |msg: &str| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, format!("strftime_now: {msg}"));
+    let cfmt = std::ffi::CString::new(format).map_err(|_| bad("embedded null character in the format"))?;
+    // Like Python: grow the buffer until the text fits, up to 256 bytes per format byte.
+    let limit = 256 * format.len().max(1);
+    let mut size = 1024.min(limit);
+    loop {
+        let mut buf = vec![0u8; size];
+        // SAFETY: `buf` has `size` writable bytes; `cfmt` is NUL-terminated; `tm` is a
+        // valid `struct tm`. `strftime` writes at most `size` bytes (with the NUL) and
+        // returns how many it wrote before the NUL, or 0 if they did not fit.
+        let n = unsafe { libc::strftime(buf.as_mut_ptr().cast(), size, cfmt.as_ptr(), tm) };
+        if n > 0 || size >= limit {
+            buf.truncate(n);
+            return String::from_utf8(buf).map_err(|_| bad("the C library returned text that is not UTF-8"));
+        }
+        size = (size * 4).min(limit);
+    }
+}
+
+/// transformers' `tojson` filter: `json.dumps(x, ensure_ascii=False, indent=None,
+/// separators=None, sort_keys=False)`. Positional arguments are `ensure_ascii`, `indent`.
+fn tojson(
+    value: &minijinja::Value,
+    ensure_ascii: Option<minijinja::Value>,
+    indent: Option<minijinja::Value>,
+    kwargs: minijinja::value::Kwargs,
+) -> std::result::Result<minijinja::Value, minijinja::Error> {
+    use minijinja::value::ValueKind;
+    let bad = |msg: String| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, format!("tojson: {msg}"));
+    let ensure_ascii = match kwargs.get::<Option<minijinja::Value>>("ensure_ascii")? {
+        Some(v) => Some(v),
+        None => ensure_ascii,
+    };
+    let indent = match kwargs.get::<Option<minijinja::Value>>("indent")? {
+        Some(v) => Some(v),
+        None => indent,
+    };
+    let separators: Option<minijinja::Value> = kwargs.get("separators")?;
+    let sort_keys: Option<minijinja::Value> = kwargs.get("sort_keys")?;
+    kwargs.assert_all_used()?;
+
+    let indent = match indent {
+        None => None,
+        Some(v) if v.is_none() => None,
+        Some(v) => match v.kind() {
+            ValueKind::String => Some(v.as_str().unwrap_or_default().to_string()),
+            ValueKind::Number if v.is_integer() => Some(" ".repeat(v.as_i64().unwrap_or(0).max(0) as usize)),
+            _ => return Err(bad(format!("indent must be an integer or a string, not {v}"))),
+        },
+    };
+    let (item_sep, key_sep) = match separators {
+        Some(v) if !v.is_none() => {
+            let parts: Vec<minijinja::Value> = v.try_iter()?.collect();
+            match (parts.first().and_then(|p| p.as_str()), parts.get(1).and_then(|p| p.as_str()), parts.len()) {
+                (Some(a), Some(b), 2) => (a.to_string(), b.to_string()),
+                _ => return Err(bad("separators must be a pair of strings".to_string())),
+            }
+        }
+        _ if indent.is_some() => (",".to_string(), ": ".to_string()),
+        _ => (", ".to_string(), ": ".to_string()),
+    };
+    let opts = JsonOpts {
+        ensure_ascii: ensure_ascii.is_some_and(|v| v.is_true()),
+        sort_keys: sort_keys.is_some_and(|v| v.is_true()),
+        indent,
+        item_sep,
+        key_sep,
+    };
+    let mut out = String::new();
+    json_value(&mut out, value, &opts, 0)?;
+    Ok(minijinja::Value::from(out))
+}
+
+struct JsonOpts {
+    ensure_ascii: bool,
+    sort_keys: bool,
+    indent: Option<String>,
+    item_sep: String,
+    key_sep: String,
+}
+
+/// Python's `json.dumps` of one value.
+fn json_value(
+    out: &mut String,
+    value: &minijinja::Value,
+    opts: &JsonOpts,
+    level: usize,
+) -> std::result::Result<(), minijinja::Error> {
+    use minijinja::value::ValueKind;
+    let not_serializable = || {
+        minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("tojson: a value of kind {} is not JSON serializable", value.kind()),
+        )
+    };
+    match value.kind() {
+        ValueKind::None => out.push_str("null"),
+        ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
+        ValueKind::Number => out.push_str(&json_number(value)?),
+        ValueKind::String => json_string(out, value.as_str().unwrap_or_default(), opts.ensure_ascii),
+        ValueKind::Seq | ValueKind::Iterable => {
+            let items: Vec<minijinja::Value> = value.try_iter()?.collect();
+            json_container(out, '[', ']', items.len(), opts, level, |out, i| {
+                json_value(out, &items[i], opts, level + 1)
+            })?;
+        }
+        ValueKind::Map => {
+            let mut items = Vec::new();
+            for key in value.try_iter()? {
+                let item = value.get_item(&key)?;
+                let key = match key.kind() {
+                    ValueKind::String => key.as_str().unwrap_or_default().to_string(),
+                    ValueKind::Number => json_number(&key)?,
+                    ValueKind::Bool | ValueKind::None => {
+                        let mut s = String::new();
+                        json_value(&mut s, &key, opts, level)?;
+                        s
+                    }
+                    _ => {
+                        return Err(minijinja::Error::new(
+                            minijinja::ErrorKind::InvalidOperation,
+                            format!("tojson: keys must be str, int, float, bool or None, not {}", key.kind()),
+                        ))
+                    }
+                };
+                items.push((key, item));
+            }
+            if opts.sort_keys {
+                items.sort_by(|a, b| a.0.cmp(&b.0));
+            }
+            json_container(out, '{', '}', items.len(), opts, level, |out, i| {
+                json_string(out, &items[i].0, opts.ensure_ascii);
+                out.push_str(&opts.key_sep);
+                json_value(out, &items[i].1, opts, level + 1)
+            })?;
+        }
+        _ => return Err(not_serializable()),
+    }
+    Ok(())
+}
+
+/// `[a, b]` / `{...}` with Python's indentation rules (`indent` None: one line).
+fn json_container(
+    out: &mut String,
+    open: char,
+    close: char,
+    len: usize,
+    opts: &JsonOpts,
+    level: usize,
+    mut item: impl FnMut(&mut String, usize) -> std::result::Result<(), minijinja::Error>,
+) -> std::result::Result<(), minijinja::Error> {
+    out.push(open);
+    if len == 0 {
+        out.push(close);
+        return Ok(());
+    }
+    let newline = |out: &mut String, depth: usize| {
+        if let Some(ind) = &opts.indent {
+            out.push('\n');
+            for _ in 0..depth {
+                out.push_str(ind);
+            }
+        }
+    };
+    for i in 0..len {
+        if i > 0 {
+            out.push_str(&opts.item_sep);
+        }
+        newline(out, level + 1);
+        item(out, i)?;
+    }
+    newline(out, level);
+    out.push(close);
+    Ok(())
+}
+
+/// A number as Python's `json.dumps` writes it (integers exactly, floats as `repr`).
+fn json_number(value: &minijinja::Value) -> std::result::Result<String, minijinja::Error> {
+    if value.is_integer() {
+        return Ok(value.to_string());
+    }
+    let f = f64::try_from(value.clone())?;
+    Ok(py_float_repr(f))
+}
+
+/// Python's `repr(float)` (as `json.dumps` writes floats; NaN and infinities as JSON5).
+fn py_float_repr(f: f64) -> String {
+    if f.is_nan() {
+        return "NaN".to_string();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "Infinity" } else { "-Infinity" }.to_string();
+    }
+    // Shortest round-trip digits, as Python's repr picks them; only the layout differs.
+    let sci = format!("{f:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let (sign, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => ("-", m),
+        None => ("", mantissa),
+    };
+    let digits: String = mantissa.chars().filter(|c| c.is_ascii_digit()).collect();
+    if (-4..16).contains(&exp) {
+        // Fixed notation, at least one digit after the point.
+        let point = exp + 1;
+        let (int, frac) = if point <= 0 {
+            ("0".to_string(), format!("{}{}", "0".repeat((-point) as usize), digits))
+        } else if point as usize >= digits.len() {
+            (format!("{digits}{}", "0".repeat(point as usize - digits.len())), String::new())
+        } else {
+            (digits[..point as usize].to_string(), digits[point as usize..].to_string())
+        };
+        let frac = if frac.is_empty() { "0".to_string() } else { frac };
+        format!("{sign}{int}.{frac}")
+    } else {
+        let (first, rest) = digits.split_at(1);
+        let rest = if rest.is_empty() { String::new() } else { format!(".{rest}") };
+        let esign = if exp < 0 { '-' } else { '+' };
+        format!("{sign}{first}{rest}e{esign}{:02}", exp.abs())
+    }
+}
+
+/// A JSON string literal as Python writes it (`ensure_ascii`: non-ASCII as `\uXXXX`).
+fn json_string(out: &mut String, s: &str, ensure_ascii: bool) {
+    use std::fmt::Write;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 || (ensure_ascii && (c as u32) > 0x7e) => {
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    let _ = write!(out, "\\u{u:04x}");
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(template: &str) -> String {
+        render_chat_template(template, &[ChatMessage::new("user", "hi")], false, "<s>", "</s>").unwrap()
+    }
+
+    #[test]
+    fn float_repr_matches_python() {
+        // Python: [repr(x) for x in ...]
+        let cases = [
+            (1.0, "1.0"),
+            (-0.0, "-0.0"),
+            (0.1, "0.1"),
+            (1.5, "1.5"),
+            (-2.25, "-2.25"),
+            (123456789.125, "123456789.125"),
+            (1e15, "1000000000000000.0"),
+            (1e16, "1e+16"),
+            (1.5e16, "1.5e+16"),
+            (1e20, "1e+20"),
+            (0.0001, "0.0001"),
+            (0.00012, "0.00012"),
+            (1e-5, "1e-05"),
+            (1.5e-7, "1.5e-07"),
+            (5e-324, "5e-324"),
+            (1.7976931348623157e308, "1.7976931348623157e+308"),
+            (f64::NAN, "NaN"),
+            (f64::INFINITY, "Infinity"),
+            (f64::NEG_INFINITY, "-Infinity"),
+        ];
+        for (x, want) in cases {
+            assert_eq!(py_float_repr(x), want, "repr({x:e})");
+        }
+    }
+
+    #[test]
+    fn json_strings_match_python() {
+        let dumps = |s: &str, ascii: bool| {
+            let mut out = String::new();
+            json_string(&mut out, s, ascii);
+            out
+        };
+        // json.dumps(s, ensure_ascii=False) / json.dumps(s)
+        assert_eq!(
+            dumps("a\"b\\c\n\r\t\u{8}\u{c}\u{1}\u{7f}é🦀", false),
+            "\"a\\\"b\\\\c\\n\\r\\t\\b\\f\\u0001\u{7f}é🦀\""
+        );
+        assert_eq!(dumps("\u{7f}é🦀<&>'", true), "\"\\u007f\\u00e9\\ud83e\\udd80<&>'\"");
+    }
+
+    #[test]
+    fn tojson_filter_options() {
+        let t = r#"{{ {"a": [1, 2.0, none, true, "x"], "b": {}} | tojson }}|{{ [] | tojson(indent=2) }}|{{ {"a": [1]} | tojson(indent=1) }}|{{ "é" | tojson(ensure_ascii=true) }}|{{ [1, {"k": "v"}] | tojson(separators=(",", ":")) }}|{{ "x" | tojson(indent="\t") }}"#;
+        assert_eq!(
+            render(t),
+            "{\"a\": [1, 2.0, null, true, \"x\"], \"b\": {}}|[]|{\n \"a\": [\n  1\n ]\n}|\"\\u00e9\"|[1,{\"k\":\"v\"}]|\"x\""
+        );
+        assert!(render_chat_template("{{ x | tojson }}", &[ChatMessage::new("user", "hi")], false, "", "").is_err());
+        assert!(render_chat_template("{{ 1 | tojson(bogus=1) }}", &[ChatMessage::new("user", "hi")], false, "", "")
+            .is_err());
+    }
+
+    #[test]
+    fn python_whitespace() {
+        assert_eq!(py_strip("\u{1f} a b\u{3000}\n", None, true, true), "a b");
+        assert_eq!(py_strip("\u{1f} a b\u{3000}\n", None, true, false), "a b\u{3000}\n");
+        assert_eq!(py_strip("xxaxx", Some("x"), false, true), "xxa");
+        assert_eq!(py_strip(" a ", Some(""), true, true), " a ");
+        assert_eq!(py_split_whitespace("  a b\u{1c}\u{1c}c  ", None), ["a", "b", "c"]);
+        assert_eq!(py_split_whitespace("  a b  c ", Some(1)), ["a", "b  c "]);
+        assert_eq!(py_split_whitespace("a  ", Some(1)), ["a"]);
+        assert_eq!(py_split_whitespace("a b", Some(0)), ["a b"]);
+        assert_eq!(py_split_whitespace("   ", None), Vec::<&str>::new());
+        assert_eq!(
+            render("{{ '  a  b '.split() }}|{{ 'a,b'.split(',') }}|{{ ' x '.strip() }}|{{ ' x ' | trim }}"),
+            "[\"a\", \"b\"]|[\"a\", \"b\"]|x|x"
+        );
+    }
+
+    #[test]
+    fn generation_tags_render_their_body() {
+        assert_eq!(without_generation_tags("{% if x %}a{% endif %}"), "{% if x %}a{% endif %}");
+        assert_eq!(
+            without_generation_tags("a {%- generation -%} b {%+endgeneration%} {% generation_x %}"),
+            "a {%- if true -%} b {%+endif%} {% generation_x %}"
+        );
+        assert_eq!(
+            render("{% for m in messages %}[{% generation %}{{ m.content }}{% endgeneration %}]{% endfor %}"),
+            "[hi]"
+        );
+    }
+
+    #[test]
+    fn jinja2_semantics() {
+        assert_eq!(render("{{ none }} {{ true }} {{ tools is none }} {{ documents is none }}"), "None True True True");
+        assert_eq!(
+            render("{{ none is iterable }} {{ 1 is iterable }} {{ 'a' is iterable }} {{ nope is iterable }}"),
+            "False False True True"
+        );
+        assert_eq!(render("{{ nope | length }} {{ 'abc' | length }} {{ messages | count }}"), "0 3 1");
+        // trim_blocks and lstrip_blocks
+        assert_eq!(render("a\n  {% if true %}\nb\n  {% endif %}\nc"), "a\nb\nc");
+        assert_eq!(render("{{ bos_token }}{{ eos_token }}{{ add_generation_prompt }}"), "<s></s>False");
+    }
+
+    #[test]
+    fn errors() {
+        let msgs = [ChatMessage::new("user", "hi")];
+        let err = render_chat_template("{{ raise_exception('no way') }}", &msgs, false, "", "").unwrap_err();
+        assert!(err.to_string().contains("no way"), "{err}");
+        assert!(render_chat_template("hi", &[], false, "", "").is_err());
+        assert!(render_chat_template("{% if %}", &msgs, false, "", "").is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn strftime_formats_like_c() {
+        // SAFETY: `tm` is plain data; zero is valid for every field.
+        let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+        tm.tm_year = 2024 - 1900;
+        tm.tm_mon = 6;
+        tm.tm_mday = 26;
+        tm.tm_wday = 5;
+        tm.tm_yday = 207;
+        tm.tm_hour = 9;
+        tm.tm_min = 5;
+        assert_eq!(strftime_tm("%d %b %Y", &tm).unwrap(), "26 Jul 2024");
+        assert_eq!(strftime_tm("%A %B %-d, %H:%M (%%)", &tm).unwrap(), "Friday July 26, 09:05 (%)");
+        assert_eq!(strftime_tm("", &tm).unwrap(), "");
+        assert!(strftime_tm("a\0b", &tm).is_err());
+        let today = render("{{ strftime_now('%Y-%m-%d') }}");
+        assert!(today.len() == 10 && today.as_bytes()[4] == b'-', "{today}");
     }
 }
