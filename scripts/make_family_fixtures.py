@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Regenerate tests/fixtures/families/: tiny random llama / qwen2 / qwen3 / mistral / phi3
-decoders, converted to GGUF (f32 and q8_0) by llama.cpp's own convert_hf_to_gguf.py, plus
+"""Regenerate tests/fixtures/families/: tiny random llama / qwen2 / qwen3 / mistral / phi3 /
+gemma3 decoders, converted to GGUF (f32 and q8_0) by llama.cpp's own convert_hf_to_gguf.py, plus
 HF transformers reference logits, so the engine can test each family with no download.
 
 Made with (venv kept OUTSIDE the repo; see scripts/family-requirements.txt):
@@ -37,6 +37,16 @@ The truncated tokenizer keeps ids 0..1023 of SmolLM2's BPE vocab and only the me
 two inputs and result are all kept. Its pre-tokenizer hash is unknown to the converter, so
 the child process wraps get_vocab_base_pre to answer "smollm" (the true pre-tokenizer) when
 the original raises NotImplementedError; the vendored file is not edited.
+
+gemma3 (Gemma3ForCausalLM, text-only Gemma3TextConfig): the vendored Gemma3Model.set_vocab
+already falls back to _set_vocab_gpt2() when the HF folder has no SentencePiece tokenizer.model,
+so the fixture carries the same truncated GPT-2-style SmolLM2 vocab as the other families (the
+tokenizer is not what it tests) and no extra patch is needed. The converter stores Gemma's
+RMSNorm weights as 1+w (all *norm.weight tensors, q/k norms included); verify_layout checks that.
+
+--families runs a subset and leaves the other families' files alone; the README is rewritten
+whenever the facts of every family are at hand, from this run or from <work>/summary.json of an
+earlier run (so `--families gemma3` after a full run keeps the other families' README sections).
 """
 
 from __future__ import annotations
@@ -55,7 +65,7 @@ N_VOCAB = 1024
 SEQ_LEN = 24
 GREEDY_PROMPT = 8
 GREEDY_NEW = 8
-FAMILIES = ["llama", "qwen2", "qwen3", "mistral", "phi3"]
+FAMILIES = ["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma3"]
 
 
 # --------------------------------------------------------------------------------------
@@ -237,6 +247,38 @@ SPECS = {
         features="fused attn_qkv [q|k|v rows] and fused ffn_up [gate|up rows, SwiGLU: silu(gate)*up], "
                  "GQA 4/2, untied output, rope_theta 10000, sliding_window 2047 (>= sequence, as Phi-3-mini-4k), NEOX rope",
     ),
+    # gemma3: 5 sliding-window layers + 1 global (llama.cpp hard-codes the 6-layer pattern), window 4 < 24 tokens,
+    # head_dim 32 != hidden/heads, q/k norms, sandwich norms (post-attention / pre+post-feedforward), GELU-tanh,
+    # embeddings scaled by sqrt(hidden), RMSNorm weights stored as w (HF) / 1+w (GGUF), tied output.
+    # seed: picked among 0..24 (greedy not a single repeated id, greedy top-1/top-2 gap not tiny).
+    "gemma3": dict(
+        cls="Gemma3ForCausalLM", seed=8, std=0.15,
+        # Gemma's RMSNorm multiplies by (1 + w): w ~ U(-0.4, 0.4) gives gains in [0.6, 1.4], except the two
+        # post-norms (post_attention_layernorm, post_feedforward_layernorm), w ~ U(1, 3) = gains in [2, 4]:
+        # with gains ~1 the sqrt(64) = 8 times scaled token embedding dominates the residual stream, and a tied
+        # random Gemma then predicts its own input token at most positions (greedy = one repeated id).
+        norm_range=(-0.4, 0.4), post_norm_range=(1.0, 3.0),
+        config=dict(COMMON, hidden_size=64, intermediate_size=192, num_hidden_layers=6,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=32, rms_norm_eps=1e-6,
+                    rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+                                     "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
+                    # llama.cpp (gemma3 arch, no sliding_window_pattern key): layer il is sliding unless (il+1) % 6 == 0
+                    layer_types=["sliding_attention" if (il + 1) % 6 else "full_attention" for il in range(6)],
+                    sliding_window=4, query_pre_attn_scalar=32, final_logit_softcapping=None,
+                    attn_logit_softcapping=None, tie_word_embeddings=True, hidden_activation="gelu_pytorch_tanh",
+                    attention_bias=False, attention_dropout=0.0, use_bidirectional_attention=False),
+        features="sliding-window attention (window 4, < the 24 tokens) on layers 0-4 with rope theta 10000, global "
+                 "attention on layer 5 with rope theta 1e6; head_dim 32 != hidden/heads (=16); per-head q/k RMSNorm; "
+                 "sandwich norms (attn_norm, post_attention_norm, ffn_norm, post_ffw_norm); GELU (tanh) gated FFN; "
+                 "embeddings times sqrt(hidden) = 8; RMSNorm weights stored as 1+w; attention scale "
+                 "1/sqrt(head_dim) (= query_pre_attn_scalar**-0.5); GQA 4/2; tied output; NEOX rope",
+        extra_config_keys=["query_pre_attn_scalar", "layer_types", "hidden_activation", "final_logit_softcapping",
+                           "attn_logit_softcapping"],
+        weights_desc="linear N(0, 0.15); embeddings N(0, 0.35) (tied); RMSNorm w (HF) U(-0.4, 0.4), i.e. gains "
+                     "1+w in [0.6, 1.4], for input/pre-feedforward/q/k/final norms and U(1.0, 3.0), gains in [2, 4], "
+                     "for post_attention_layernorm/post_feedforward_layernorm (so the layers, not the x8 embedding, "
+                     "dominate the residual; otherwise the model mostly predicts its input token); no biases",
+    ),
 }
 
 
@@ -254,10 +296,13 @@ def make_model(family: str):
     model = cls(config).float().eval()
     std = spec["std"]
     g = torch.Generator().manual_seed(99 + seed)
+    norm_range = spec.get("norm_range", (0.6, 1.4))
+    post_norm_range = spec.get("post_norm_range", norm_range)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight") or "layernorm" in name or "_norm" in name:
-                p.copy_(torch.empty_like(p).uniform_(0.6, 1.4, generator=g))
+                lo, hi = post_norm_range if ".post_" in name else norm_range
+                p.copy_(torch.empty_like(p).uniform_(lo, hi, generator=g))
             elif name.endswith(".bias"):
                 p.copy_(torch.empty_like(p).normal_(0.0, 0.3, generator=g))
             elif "embed_tokens" in name:
@@ -346,9 +391,23 @@ HF_TO_GGUF = [
 ]
 
 
-def hf_name_to_gguf(name: str) -> str:
+# applied before HF_TO_GGUF: Gemma3's post_attention_layernorm is a real post-norm (on the attention output),
+# the norm before the FFN is pre_feedforward_layernorm
+HF_TO_GGUF_FAMILY = {
+    "gemma3": [
+        (".post_attention_layernorm.weight", ".post_attention_norm.weight"),
+        (".pre_feedforward_layernorm.weight", ".ffn_norm.weight"),
+        (".post_feedforward_layernorm.weight", ".post_ffw_norm.weight"),
+    ],
+}
+
+# families whose converter stores RMSNorm weights as 1 + w (every HF *norm.weight)
+NORM_PLUS_ONE = {"gemma3"}
+
+
+def hf_name_to_gguf(name: str, family: str = "") -> str:
     out = name.replace("model.layers.", "blk.") if name.startswith("model.layers.") else name
-    for a, b in HF_TO_GGUF:
+    for a, b in HF_TO_GGUF_FAMILY.get(family, []) + HF_TO_GGUF:
         out = out.replace(a, b)
     return out
 
@@ -360,7 +419,8 @@ def permute_rows(w, n_head: int):
 
 def verify_layout(model, family: str, path: Path) -> list[str]:
     """Checks every tensor of the f32 GGUF against the HF state dict, bit for bit, under the
-    documented name map (+ q/k row permutation for llama/mistral). Returns notes."""
+    documented name map (+ q/k row permutation for llama/mistral, + 1 on every norm weight for
+    gemma3, computed as an f32 add like the converter's torch add). Returns notes."""
     import numpy as np
     from gguf import GGUFReader
 
@@ -374,9 +434,13 @@ def verify_layout(model, family: str, path: Path) -> list[str]:
             assert "output.weight" not in gg
             notes.append("lm_head tied: no output.weight, use token_embd.weight")
             continue
-        gname = hf_name_to_gguf(name)
+        gname = hf_name_to_gguf(name, family)
         assert gname in gg, (name, gname)
         want = w
+        if family in NORM_PLUS_ONE and name.endswith("norm.weight"):
+            want = w.astype(np.float32) + np.float32(1.0)
+            if not notes or "1 + w" not in notes[-1]:
+                notes.append("every *norm.weight is stored as 1 + w (f32 add)")
         if family in ("llama", "mistral") and name.endswith(("q_proj.weight", "q_proj.bias")):
             want = permute_rows(w, cfg.num_attention_heads)
         if family in ("llama", "mistral") and name.endswith(("k_proj.weight", "k_proj.bias")):
@@ -389,14 +453,152 @@ def verify_layout(model, family: str, path: Path) -> list[str]:
     return notes
 
 
+def gguf_kv(reader, key, default=None):
+    from gguf import GGUFValueType as VT
+
+    f = reader.fields.get(key)
+    if f is None:
+        return default
+    if f.types[-1] == VT.STRING:
+        vals = [bytes(f.parts[i]).decode("utf-8") for i in f.data]
+    else:
+        vals = [f.parts[i].tolist()[0] for i in f.data]
+    return vals[0] if len(vals) == 1 and len(f.types) == 1 else vals
+
+
+def gemma3_gguf_forward(path: Path, tokens: list[int]):
+    """Float64 forward of the gemma3 GGUF written the way llama.cpp's src/models/gemma3.cpp computes it
+    (independent of transformers): embeddings * sqrt(n_embd); per layer RMSNorm with the stored weights
+    (already 1+w), q/k per-head RMSNorm before NEOX rope, rope base rope.freq_base_swa (default 10000) on
+    sliding layers and rope.freq_base on global ones, q scaled by 1/sqrt(key_length), causal mask plus, on
+    sliding layers, masking of keys with pos_q - pos_k >= sliding_window; sliding layers: il % n_pattern <
+    n_pattern - 1 with n_pattern = attention.sliding_window_pattern or 6 (llama.cpp's default for gemma3);
+    post_attention_norm, residual, ffn_norm, gelu_tanh(gate) * up, down, post_ffw_norm, residual; output_norm,
+    tied (or output.weight) projection, optional final softcap. Returns (logits [T, n_vocab], facts)."""
+    import numpy as np
+    import torch
+    from gguf import GGUFReader
+
+    r = GGUFReader(str(path))
+    a = gguf_kv(r, "general.architecture")
+    assert a == "gemma3", a
+    n_embd = gguf_kv(r, f"{a}.embedding_length")
+    n_layer = gguf_kv(r, f"{a}.block_count")
+    n_head = gguf_kv(r, f"{a}.attention.head_count")
+    n_kv = gguf_kv(r, f"{a}.attention.head_count_kv")
+    hd = gguf_kv(r, f"{a}.attention.key_length")
+    eps = gguf_kv(r, f"{a}.attention.layer_norm_rms_epsilon")
+    base = gguf_kv(r, f"{a}.rope.freq_base")
+    base_swa = gguf_kv(r, f"{a}.rope.freq_base_swa", 10000.0)
+    n_swa = gguf_kv(r, f"{a}.attention.sliding_window", 0)
+    pattern = gguf_kv(r, f"{a}.attention.sliding_window_pattern", 6)
+    softcap = gguf_kv(r, f"{a}.final_logit_softcapping", 0.0)
+    if isinstance(pattern, list):
+        is_swa = [bool(x) for x in pattern]
+    else:
+        is_swa = [n_swa > 0 and (pattern == 0 or il % pattern < pattern - 1) for il in range(n_layer)]
+    W = {t.name: torch.from_numpy(np.array(t.data)).double() for t in r.tensors}
+
+    def rms(x, w):
+        return x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * w
+
+    def rope(x, theta):  # x [T, H, hd]; NEOX: pairs (i, i + hd/2)
+        half = hd // 2
+        inv = theta ** (-torch.arange(0, half, dtype=torch.float64) * 2.0 / hd)
+        ang = torch.arange(x.shape[0], dtype=torch.float64)[:, None] * inv[None]
+        cos, sin = ang.cos()[:, None, :], ang.sin()[:, None, :]
+        x1, x2 = x[..., :half], x[..., half:]
+        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
+
+    T = len(tokens)
+    x = W["token_embd.weight"][tokens] * math.sqrt(n_embd)
+    pq = torch.arange(T)[:, None]
+    pk = torch.arange(T)[None, :]
+    for il in range(n_layer):
+        b = f"blk.{il}."
+        h = rms(x, W[b + "attn_norm.weight"])
+        q = rms((h @ W[b + "attn_q.weight"].T).view(T, n_head, hd), W[b + "attn_q_norm.weight"])
+        k = rms((h @ W[b + "attn_k.weight"].T).view(T, n_kv, hd), W[b + "attn_k_norm.weight"])
+        v = (h @ W[b + "attn_v.weight"].T).view(T, n_kv, hd)
+        theta = base_swa if is_swa[il] else base
+        q, k = rope(q, theta) / math.sqrt(hd), rope(k, theta)
+        k = k.repeat_interleave(n_head // n_kv, dim=1)  # head h uses kv head h // (n_head / n_kv)
+        v = v.repeat_interleave(n_head // n_kv, dim=1)
+        masked = pk > pq
+        if is_swa[il]:
+            masked = masked | (pq - pk >= n_swa)
+        sc = torch.einsum("qhd,khd->hqk", q, k).masked_fill(masked, -math.inf)
+        o = torch.einsum("hqk,khd->qhd", sc.softmax(-1), v).reshape(T, n_head * hd)
+        x = x + rms(o @ W[b + "attn_output.weight"].T, W[b + "post_attention_norm.weight"])
+        h = rms(x, W[b + "ffn_norm.weight"])
+        f = torch.nn.functional.gelu(h @ W[b + "ffn_gate.weight"].T, approximate="tanh") * (h @ W[b + "ffn_up.weight"].T)
+        x = x + rms(f @ W[b + "ffn_down.weight"].T, W[b + "post_ffw_norm.weight"])
+    x = rms(x, W["output_norm.weight"])
+    logits = x @ W.get("output.weight", W["token_embd.weight"]).T
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits, {"is_swa": is_swa, "n_swa": n_swa, "freq_base": base, "freq_base_swa": base_swa,
+                    "freq_base_swa_key_present": f"{a}.rope.freq_base_swa" in r.fields,
+                    "sliding_window_pattern_key_present": f"{a}.attention.sliding_window_pattern" in r.fields}
+
+
+def gemma3_checks(model, tokens, base, path: Path) -> dict:
+    """Layer pattern as transformers sees it (must equal llama.cpp's), the effect of the window, and the
+    llama.cpp-semantics forward of the f32 GGUF against transformers' logits."""
+    import copy
+
+    import torch
+
+    cfg = model.config
+    hf_types = list(cfg.layer_types)
+    hf_windows = [layer.self_attn.sliding_window for layer in model.model.layers]
+    lcp_swa = [(il + 1) % 6 != 0 for il in range(cfg.num_hidden_layers)]
+    assert hf_types == ["sliding_attention" if s else "full_attention" for s in lcp_swa], hf_types
+    assert hf_windows == [cfg.sliding_window if s else None for s in lcp_swa], hf_windows
+    assert cfg.query_pre_attn_scalar == cfg.head_dim  # llama.cpp scales q by 1/sqrt(head_dim)
+    assert cfg.final_logit_softcapping is None and cfg.attn_logit_softcapping is None
+    rope = cfg.rope_parameters
+    hf_thetas = [rope[t]["rope_theta"] for t in hf_types]
+
+    # the same weights with no window (every sliding layer sees the whole sequence)
+    m2 = copy.deepcopy(model)
+    m2.config.sliding_window = 4096
+    for layer in m2.model.layers:
+        if layer.self_attn.sliding_window is not None:
+            layer.self_attn.sliding_window = 4096
+    window_effect = (logits_of(m2, tokens) - base).abs().max().item()
+    del m2
+
+    ref, facts = gemma3_gguf_forward(path, tokens)
+    assert facts["is_swa"] == lcp_swa, facts
+    d = (ref - base.double()).abs().max().item()
+    assert d < 1e-3, d
+    return {
+        "layer_types_transformers": hf_types,
+        "sliding_window_per_layer_transformers": hf_windows,
+        "rope_theta_per_layer_transformers": hf_thetas,
+        "layer_is_swa_llama_cpp": facts["is_swa"],
+        "gguf_sliding_window": facts["n_swa"],
+        "gguf_rope_freq_base": facts["freq_base"],
+        "gguf_rope_freq_base_swa": facts["freq_base_swa"],
+        "gguf_has_rope_freq_base_swa_key": facts["freq_base_swa_key_present"],
+        "gguf_has_sliding_window_pattern_key": facts["sliding_window_pattern_key_present"],
+        "window_effect_max_abs_dlogits": window_effect,
+        "llama_cpp_semantics_forward_max_abs_diff": d,
+    }
+
+
+FAMILY_CHECKS = {"gemma3": gemma3_checks}
+
+
 CONFIG_KEYS = ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                "num_key_value_heads", "head_dim", "rms_norm_eps", "tie_word_embeddings", "sliding_window",
                "max_position_embeddings", "vocab_size"]
 
 
-def config_diffs(ref, other) -> dict:
+def config_diffs(ref, other, extra_keys=()) -> dict:
     out = {}
-    for k in CONFIG_KEYS:
+    for k in CONFIG_KEYS + list(extra_keys):
         a, b = getattr(ref, k, None), getattr(other, k, None)
         if isinstance(a, float) and isinstance(b, float) and math.isclose(a, b, rel_tol=1e-6):
             continue  # f32 rounding of rms eps in the GGUF
@@ -406,6 +608,12 @@ def config_diffs(ref, other) -> dict:
     tb = (getattr(other, "rope_parameters", None) or {}).get("rope_theta")
     if ta != tb:
         out["rope_theta"] = {"reference": ta, "from_gguf": tb}
+    for kind in ("full_attention", "sliding_attention"):  # per-layer-type rope (gemma3)
+        ra = (getattr(ref, "rope_parameters", None) or {}).get(kind)
+        rb = (getattr(other, "rope_parameters", None) or {}).get(kind)
+        if (ra or rb) and (ra or {}).get("rope_theta") != (rb or {}).get("rope_theta"):
+            out[f"rope_theta ({kind})"] = {"reference": (ra or {}).get("rope_theta"),
+                                           "from_gguf": (rb or {}).get("rope_theta")}
     if type(ref).__name__ != type(other).__name__:
         out["config_class"] = {"reference": type(ref).__name__, "from_gguf": type(other).__name__}
     return out
@@ -446,6 +654,7 @@ ROPE_TYPE = {  # what llama.cpp's llama_model_rope_type() implies for the GGUF a
     "qwen2": "NEOX (pairs (i, i+d/2), same as HF rotate_half); q/k rows not permuted",
     "qwen3": "NEOX (pairs (i, i+d/2), same as HF rotate_half); q/k rows not permuted",
     "phi3": "NEOX (pairs (i, i+d/2), same as HF rotate_half); fused qkv rows not permuted",
+    "gemma3": "NEOX (pairs (i, i+d/2), same as HF rotate_half); q/k rows not permuted; base per layer type",
 }
 
 
@@ -456,7 +665,7 @@ def fmt_val(v) -> str:
 def write_readme(summary: dict, tok_facts: dict, tokens: list[int], versions: dict, script_args: str) -> None:
     L = []
     w = L.append
-    w("# Decoder-family fixtures (llama, qwen2, qwen3, mistral, phi3)")
+    w(f"# Decoder-family fixtures ({', '.join(FAMILIES)})")
     w("")
     w("Tiny random HF transformers models, converted to GGUF by llama.cpp's own `convert_hf_to_gguf.py`, "
       "with reference logits from transformers, so the engine can test each family without a download. "
@@ -489,8 +698,8 @@ def write_readme(summary: dict, tok_facts: dict, tokens: list[int], versions: di
       "(8 greedy ids after `tokens[:8]`, f32 HF model, no EOS stop), `notes` (how each array was made, "
       "logit std, smallest top-1/top-2 gaps, per-layer sensitivity, versions).")
     w("")
-    w("Tolerances to expect: the f32 GGUFs hold the HF weights bit for bit (checked tensor by tensor), and "
-      "transformers gives identical logits (max |d| = 0) from them. Q8_0 moves logits by up to ~0.3-0.6 "
+    w("Tolerances to expect: the f32 GGUFs hold the HF weights bit for bit (checked tensor by tensor; gemma3's "
+      "norm weights as 1+w, see below), and transformers gives identical logits (max |d| = 0) from them. Q8_0 moves logits by up to ~0.3-0.6 "
       "(logit std ~3); compare a q8_0 run with `logits_q8_0`, not `logits`. An engine that also quantises "
       "activations to q8 (as llama.cpp's q8_0 matmul does) will differ from `logits_q8_0` a little more.")
     w("")
@@ -531,7 +740,25 @@ def write_readme(summary: dict, tok_facts: dict, tokens: list[int], versions: di
       "since the config has no longrope.")
     w("- q8_0 files: every 2-D tensor (including `token_embd` and `output`) is Q8_0; 1-D norms/biases stay F32; "
       "`general.file_type` 7 instead of 0.")
-    w("- Tied models (llama, qwen2) have no `output.weight`.")
+    w("- Tied models (llama, qwen2, gemma3) have no `output.weight`.")
+    w("- gemma3: the converter writes every HF `*norm.weight` (input, post-attention, pre-/post-feedforward, q/k, "
+      "final) as **1 + w** (Gemma's RMSNorm multiplies by (1 + w)), so an engine multiplies by the stored value "
+      "like any RMSNorm; HF `post_attention_layernorm` is `post_attention_norm` (a norm on the attention output), "
+      "HF `pre_feedforward_layernorm` is `ffn_norm`, HF `post_feedforward_layernorm` is `post_ffw_norm`. "
+      "The converter writes `attention.sliding_window` (4) but no sliding-window pattern key: llama.cpp assumes "
+      "pattern 6 (layer il is sliding unless (il+1) % 6 == 0), so only layer 5 of 6 is global; it writes "
+      "`rope.freq_base` (1e6, global layers) and `rope.freq_base_swa` (10000, sliding layers; llama.cpp's default "
+      "if absent). `query_pre_attn_scalar` is not written: llama.cpp scales q by 1/sqrt(key_length) (27B: "
+      "1/sqrt(n_embd/n_head)), so the reference has query_pre_attn_scalar = head_dim = 32. Window semantics "
+      "(both sides): on a sliding layer the query at position i sees keys j with i - 4 < j <= i, i.e. 4 keys "
+      "including itself. Embeddings are multiplied by sqrt(n_embd) = 8 before layer 0 (not stored in the GGUF). "
+      "No `rope.dimension_count` (llama.cpp: n_rot = `attention.key_length` = 32, the whole head) and no "
+      "`gemma3.vocab_size` (the vocab size is the token count / `token_embd` rows). "
+      "The FFN is gelu_tanh(gate) * up (llama.cpp `LLM_FFN_GELU`, tanh approximation). No tokenizer.model, so "
+      "the vendored converter's own fallback (`_set_vocab_gpt2`) stores the same truncated SmolLM2 BPE vocab "
+      "as the other families (`tokenizer.ggml.model` gpt2); real Gemma3 GGUFs carry a SentencePiece (`llama`) "
+      "vocab. transformers' GGUF loader does not read `query_pre_attn_scalar` (defaults to 256) and `rope.freq_base_swa`, "
+      "so the round trip passes the reference config.")
     w("")
     for family, f in summary.items():
         spec = SPECS[family]
@@ -541,13 +768,33 @@ def write_readme(summary: dict, tok_facts: dict, tokens: list[int], versions: di
         w(f"- HF class `{spec['cls']}`; GGUF `general.architecture` = `{arch}`; rope: {ROPE_TYPE[arch]}.")
         w(f"- Exercises: {spec['features']}.")
         c = spec["config"]
+        rp = c["rope_parameters"]
+        theta = (rp["rope_theta"] if "rope_theta" in rp else
+                 f"{rp['full_attention']['rope_theta']} (global layers) / {rp['sliding_attention']['rope_theta']} "
+                 f"(sliding layers)")
         w(f"- Dims: layers {c['num_hidden_layers']}, hidden {c['hidden_size']}, heads {c['num_attention_heads']}, "
           f"kv heads {c['num_key_value_heads']}, head_dim {c.get('head_dim', c['hidden_size'] // c['num_attention_heads'])}, "
           f"ffn {c['intermediate_size']}, vocab {c['vocab_size']}, rms eps {c['rms_norm_eps']}, "
-          f"rope theta {c['rope_parameters']['rope_theta']}, tied {c['tie_word_embeddings']}.")
-        w(f"- Weights: seed {spec['seed']}; linear N(0, {spec['std']}); embeddings N(0, "
-          f"{0.35 if c['tie_word_embeddings'] else 1.0}); untied lm_head N(0, 0.35); norm weights U(0.6, 1.4); "
-          f"biases N(0, 0.3).")
+          f"rope theta {theta}, tied {c['tie_word_embeddings']}.")
+        if "weights_desc" in spec:
+            w(f"- Weights: seed {spec['seed']}; {spec['weights_desc']}.")
+        else:
+            w(f"- Weights: seed {spec['seed']}; linear N(0, {spec['std']}); embeddings N(0, "
+              f"{0.35 if c['tie_word_embeddings'] else 1.0}); untied lm_head N(0, 0.35); norm weights U(0.6, 1.4); "
+              f"biases N(0, 0.3).")
+        if "extra" in f:
+            x = f["extra"]
+            kinds = ", ".join(f"{il} {'sliding' if t == 'sliding_attention' else 'global'}"
+                              for il, t in enumerate(x["layer_types_transformers"]))
+            w(f"- Layers (transformers `layer_types`, checked equal to llama.cpp's pattern): {kinds}; "
+              f"window {c['sliding_window']} on sliding layers; rope theta per layer "
+              f"{x['rope_theta_per_layer_transformers']}; GGUF `attention.sliding_window` {x['gguf_sliding_window']}, "
+              f"`rope.freq_base` {x['gguf_rope_freq_base']}, `rope.freq_base_swa` {x['gguf_rope_freq_base_swa']}, "
+              f"sliding-window pattern key present: {x['gguf_has_sliding_window_pattern_key']}.")
+            w(f"- The window matters: the same weights without a window give logits up to "
+              f"{x['window_effect_max_abs_dlogits']:.2f} away. An independent float64 forward of the f32 GGUF "
+              f"written after llama.cpp's `src/models/gemma3.cpp` (`gemma3_gguf_forward` in the script) matches "
+              f"`logits` to max |d| {x['llama_cpp_semantics_forward_max_abs_diff']:.2g}.")
         sens = ", ".join(f"{x:.2f}" for x in f["layer_sensitivity"])
         w(f"- Logits: std {f['logit_std']:.3f}, max |logit| {f['logit_absmax']:.2f}, mean top-1 prob "
           f"{f['max_prob_mean']:.3f}; zeroing one layer's o_proj+down_proj moves the logits by max |d| / std = "
@@ -659,7 +906,9 @@ def main() -> None:
 
         facts["layout_notes"] = verify_layout(model, family, OUT / f"{family}-f32.gguf")
         gcfg = transformers.AutoConfig.from_pretrained(str(OUT), gguf_file=f"{family}-f32.gguf")
-        facts["gguf_config_diffs"] = config_diffs(model.config, gcfg)
+        facts["gguf_config_diffs"] = config_diffs(model.config, gcfg, spec.get("extra_config_keys", ()))
+        if family in FAMILY_CHECKS:
+            facts["extra"] = FAMILY_CHECKS[family](model, tokens, base, OUT / f"{family}-f32.gguf")
 
         # load the GGUFs back with transformers
         gg = {}
@@ -667,6 +916,10 @@ def main() -> None:
             path = OUT / f"{family}-{outtype}.gguf"
             how = "gguf config"
             try:
+                if outtype != "f32" and gg["f32"]["how"] != "gguf config":
+                    # the GGUF-derived config already failed on the f32 file (e.g. gemma3: query_pre_attn_scalar
+                    # is not in the GGUF, so it would load with the wrong attention scale and no error)
+                    raise ValueError(gg["f32"]["how"])
                 m2 = load_gguf_hf(path)
                 lg = logits_of(m2, tokens)
                 if lg.shape != base.shape or (outtype == "f32" and (lg - base).abs().max().item() > 1e-3):
@@ -674,6 +927,8 @@ def main() -> None:
             except Exception as e:  # noqa: BLE001
                 how = (f"reference config passed as config= (the config transformers derives from the GGUF "
                        f"fails: {str(e).splitlines()[0][:100]}; differing keys {facts['gguf_config_diffs']})")
+                if outtype != "f32" and gg["f32"]["how"] != "gguf config":
+                    how = gg["f32"]["how"]
                 m2 = load_gguf_hf(path, config=model.config)
                 lg = logits_of(m2, tokens)
             gg[outtype] = {"logits": lg, "how": how, "hf_class": type(m2).__name__,
@@ -708,6 +963,13 @@ def main() -> None:
                 "versions": versions,
             },
         }
+        if "extra" in facts:  # family-specific checks (gemma3: layer pattern, window, llama.cpp-semantics forward)
+            doc["notes"].update(facts["extra"])
+            doc["notes"]["gguf_norm_weights"] = ("the converter stores every RMSNorm weight as 1 + w (w = the HF "
+                                                 "parameter, f32 add); engines multiply by the stored value")
+            doc["notes"]["llama_cpp_semantics_forward"] = (
+                "float64 forward of the f32 GGUF following llama.cpp src/models/gemma3.cpp (see "
+                "gemma3_gguf_forward in scripts/make_family_fixtures.py); max |d| vs logits above")
         (OUT / f"{family}.json").write_text(json.dumps(doc, separators=(",", ":")) + "\n")
         facts["f32"] = describe_gguf(OUT / f"{family}-f32.gguf")
         facts["q8_0"] = describe_gguf(OUT / f"{family}-q8_0.gguf")
@@ -718,13 +980,26 @@ def main() -> None:
               f"q8_0 d={gg['q8_0']['max_abs_diff_vs_hf']:.3f} greedy {gen} gap {gen_gap:.3f} "
               f"argmax gap {facts['argmax_min_gap']:.4f}")
 
-    if args.families == ",".join(FAMILIES):
+    # facts of families not run this time: from an earlier run's summary (same tokens, tokenizer, versions)
+    summary_path = args.work / "summary.json"
+    if summary_path.is_file():
+        old = json.loads(summary_path.read_text())
+        if old.get("tokens") == tokens and old.get("versions") == versions:
+            for family, f in old.get("families", {}).items():
+                summary.setdefault(family, f)
+        else:
+            print(f"{summary_path}: other tokens or versions; its families are not reused")
+    summary = {fam: summary[fam] for fam in FAMILIES if fam in summary}
+    if set(summary) == set(FAMILIES):
         script_args = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
                                (("llama_cpp", args.llama_cpp), ("smollm_gguf", args.smollm_gguf)))
         write_readme(summary, tok_facts, tokens, versions, script_args)
-    (args.work / "summary.json").write_text(json.dumps(
+    else:
+        print(f"README.md not rewritten: no facts for {sorted(set(FAMILIES) - set(summary))} "
+              f"(run them, or all families, with the same --work)")
+    summary_path.write_text(json.dumps(
         {"tokens": tokens, "tokenizer": tok_facts, "versions": versions, "families": summary}, indent=1, default=str))
-    print(f"summary written to {args.work / 'summary.json'}")
+    print(f"summary written to {summary_path}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ use mllm::tensor::ops::MatmulPrecision;
 use mllm::ParameterFile;
 use serde_json::Value;
 
-const FAMILIES: [&str; 5] = ["llama", "qwen2", "qwen3", "mistral", "phi3"];
+const FAMILIES: [&str; 6] = ["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma3"];
 
 fn dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/families")

@@ -38,6 +38,9 @@ pub struct DecoderConfig {
     pub rms_offset: f32,
     /// Multiplier of the token embeddings (Gemma: sqrt(hidden)).
     pub embed_scale: Option<f32>,
+    /// RoPE base of the sliding-window layers of models that mix local and global
+    /// layers (Gemma 3); the global ones use `rope_theta`.
+    pub local_rope_theta: f32,
 }
 
 impl DecoderConfig {
@@ -125,6 +128,7 @@ impl DecoderConfig {
             attn_scale: 1.0 / (head_dim as f32).sqrt(),
             rms_offset: 0.0,
             embed_scale: None,
+            local_rope_theta: 10_000.0,
         };
         if cfg.n_layers == 0 || cfg.vocab_size == 0 || cfg.ffn_hidden == 0 || cfg.context_length == 0 || hidden == 0 {
             return Err(Error::invalid(format!("model metadata: degenerate config {cfg:?}")));

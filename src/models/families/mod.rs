@@ -8,6 +8,7 @@ use crate::models::layers::Block;
 use crate::nn::Registry;
 use crate::{Error, Result};
 
+mod gemma3;
 mod llama;
 mod phi3;
 mod qwen2;
@@ -30,7 +31,7 @@ impl std::fmt::Debug for Family {
 }
 
 /// Every supported decoder family.
-pub const FAMILIES: &[&Family] = &[&llama::LLAMA, &qwen2::QWEN2, &qwen3::QWEN3, &phi3::PHI3];
+pub const FAMILIES: &[&Family] = &[&llama::LLAMA, &qwen2::QWEN2, &qwen3::QWEN3, &phi3::PHI3, &gemma3::GEMMA3];
 
 /// The family of a GGUF file's `general.architecture`.
 pub fn for_arch(arch: &str) -> Result<&'static Family> {
