@@ -2,8 +2,9 @@
 //! all 30 layers' worth of distinct weights so they stream from memory as in a real token:
 //! the GGUF-layout kernels (`quantized_matmul`) against the packed 16-row kernels
 //! (`packed_matmul`), interleaved in one run, 1 and 2 threads, decode (m = 1) and prefill
-//! (m = 128). Prints medians and the ratio. Then the K-quants (whose GGUF-layout path is
-//! scalar) on eight 2048 x 2048 matrices. Run: `cargo bench --bench qmatmul`.
+//! (m = 128). Prints medians and the ratio. Then the formats whose GGUF-layout path is
+//! scalar (Q5_0, Q5_1 and the K-quants) on eight 2048 x 2048 matrices. Run:
+//! `cargo bench --bench qmatmul` (`QMATMUL_FORMATS=q5_0,q4_k` narrows the second part).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -25,7 +26,7 @@ fn blocks(fmt: WeightFormat, n: usize, k: usize, seed: u64) -> Vec<u8> {
         // The f16 scale (and min) of each format, where GGUF puts them.
         let (d_at, m_at) = match fmt {
             WeightFormat::Q6_K => (208, None),
-            WeightFormat::Q4_1 | WeightFormat::Q4_K | WeightFormat::Q5_K => (0, Some(2)),
+            WeightFormat::Q4_1 | WeightFormat::Q5_1 | WeightFormat::Q4_K | WeightFormat::Q5_K => (0, Some(2)),
             _ => (0, None),
         };
         b[d_at..d_at + 2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
@@ -69,7 +70,7 @@ fn model() -> Vec<Mat> {
         .collect()
 }
 
-/// Eight 2048 x 2048 matrices of one K-quant format.
+/// Eight 2048 x 2048 matrices of one format.
 fn k_model(fmt: WeightFormat) -> Vec<Mat> {
     (0..8)
         .map(|seed| {
@@ -82,8 +83,18 @@ fn k_model(fmt: WeightFormat) -> Vec<Mat> {
         .collect()
 }
 
+/// CPU time of this thread in seconds (`/proc/thread-self/schedstat`).
+fn thread_cpu_secs() -> f64 {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    s.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 1e9
+}
+
+/// Seconds for one pass over `mats`: wall time, or with `QMATMUL_CPU=1` the CPU time of
+/// the calling thread, which other processes on a shared machine do not inflate (all of
+/// the work only with `QMATMUL_THREADS=1`).
 fn pass(mats: &[Mat], m: usize, packed: bool, x: &[f32], out: &mut [f32]) -> f64 {
-    let t = Instant::now();
+    let cpu = std::env::var_os("QMATMUL_CPU").is_some_and(|v| v == "1");
+    let (t, c0) = (Instant::now(), if cpu { thread_cpu_secs() } else { 0.0 });
     for w in mats {
         let (x, out) = (&x[..m * w.k], &mut out[..m * w.n]);
         if packed {
@@ -93,7 +104,11 @@ fn pass(mats: &[Mat], m: usize, packed: bool, x: &[f32], out: &mut [f32]) -> f64
         }
         black_box(&out);
     }
-    t.elapsed().as_secs_f64()
+    if cpu {
+        thread_cpu_secs() - c0
+    } else {
+        t.elapsed().as_secs_f64()
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -138,10 +153,16 @@ fn main() {
         return;
     }
     println!();
-    println!("K-quants, 8 matrices of 2048 x 2048 (GGUF layout: scalar Q8_K dots)");
+    println!("Q5_0, Q5_1 and K-quants, 8 matrices of 2048 x 2048 (GGUF layout: scalar Q8 / Q8_K dots)");
     println!("| format | threads | m | gguf-layout ms | packed ms | gguf/packed |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
-    for fmt in [WeightFormat::Q4_K, WeightFormat::Q5_K, WeightFormat::Q6_K] {
+    let wanted = std::env::var("QMATMUL_FORMATS").unwrap_or_default().to_ascii_lowercase();
+    let formats = [WeightFormat::Q5_0, WeightFormat::Q5_1, WeightFormat::Q4_K, WeightFormat::Q5_K, WeightFormat::Q6_K];
+    for fmt in formats {
+        let name = format!("{fmt:?}").to_ascii_lowercase();
+        if !wanted.is_empty() && !wanted.split(',').any(|w| w.trim() == name) {
+            continue;
+        }
         let mats = k_model(fmt);
         for threads in list("QMATMUL_THREADS", &[1, 2]) {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");

@@ -8,9 +8,9 @@ Pinned: gguf==0.19.0 with numpy 2.x. Run it in a throw-away venv outside the rep
     /tmp/venv/bin/python scripts/make_quant_fixtures.py
 
 Files written (all little-endian, no headers):
-    <fmt>.blocks     raw blocks of <fmt> (random bytes, finite f16 scales)
+    <fmt>.blocks     raw blocks of <fmt> (random bytes, finite f16 scales), every format
     <fmt>.f32        gguf.quants.dequantize of <fmt>.blocks
-    quant_<fmt>.f32  random f32 input rows
+    quant_<fmt>.f32  random f32 input rows (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0)
     quant_<fmt>.blocks  gguf.quants.quantize of quant_<fmt>.f32 (GGML's reference rounding)
 """
 
@@ -22,7 +22,7 @@ from gguf import quants
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "quant"
 
-# format -> (block count, byte offsets of the f16 fields in one block)
+# format -> (type, block count, byte offsets of the f16 fields in one block)
 DEQUANT = {
     "q4_0": (T.Q4_0, 48, [0]),
     "q4_1": (T.Q4_1, 48, [0, 2]),
@@ -31,6 +31,16 @@ DEQUANT = {
     "q5_k": (T.Q5_K, 8, [0, 2]),
     "q6_k": (T.Q6_K, 8, [208]),
 }
+QUANT = {"q4_0": T.Q4_0, "q4_1": T.Q4_1, "q8_0": T.Q8_0}
+
+# Formats added later draw from their own generator, so that adding them leaves the
+# fixtures above byte for byte unchanged.
+LATER_SEED = 20250101
+LATER_DEQUANT = {
+    "q5_0": (T.Q5_0, 48, [0]),
+    "q5_1": (T.Q5_1, 48, [0, 2]),
+}
+LATER_QUANT = {"q5_0": T.Q5_0, "q5_1": T.Q5_1}
 
 
 def random_f16(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -42,8 +52,8 @@ def random_f16(rng: np.random.Generator, n: int) -> np.ndarray:
     return v
 
 
-def make_dequant(rng: np.random.Generator) -> None:
-    for name, (qtype, n_blocks, f16_offsets) in DEQUANT.items():
+def make_dequant(rng: np.random.Generator, formats: dict) -> None:
+    for name, (qtype, n_blocks, f16_offsets) in formats.items():
         _, type_size = quants.GGML_QUANT_SIZES[qtype]
         blocks = rng.integers(0, 256, size=(n_blocks, type_size), dtype=np.uint8)
         for off in f16_offsets:
@@ -55,8 +65,8 @@ def make_dequant(rng: np.random.Generator) -> None:
         values.reshape(-1).tofile(OUT / f"{name}.f32")
 
 
-def make_quant(rng: np.random.Generator) -> None:
-    for name, qtype in [("q4_0", T.Q4_0), ("q4_1", T.Q4_1), ("q8_0", T.Q8_0)]:
+def make_quant(rng: np.random.Generator, formats: dict) -> None:
+    for name, qtype in formats.items():
         rows = []
         # blocks at many scales, an all-zero block, a constant block, one outlier,
         # exact half-steps, and a block whose largest magnitude is negative
@@ -80,8 +90,11 @@ def make_quant(rng: np.random.Generator) -> None:
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(20240611)
-    make_dequant(rng)
-    make_quant(rng)
+    make_dequant(rng, DEQUANT)
+    make_quant(rng, QUANT)
+    later = np.random.default_rng(LATER_SEED)
+    make_dequant(later, LATER_DEQUANT)
+    make_quant(later, LATER_QUANT)
     total = sum(p.stat().st_size for p in OUT.iterdir())
     print(f"wrote {OUT} ({total} bytes)")
 

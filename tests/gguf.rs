@@ -470,7 +470,7 @@ fn bad_tensor_infos() {
     );
     assert_err(&one_tensor(tensor("t", &[1 << 40, 1 << 40], 0, vec![])), "tensor 't': size of");
     assert_err(&one_tensor(tensor("t", &[u64::MAX], 0, vec![])), "tensor 't': dimension 0 is too large");
-    assert_err(&one_tensor(tensor("t", &[4], 6, vec![0; 18])), "tensor 't' has unsupported ggml type 6 (Q5_0)");
+    assert_err(&one_tensor(tensor("t", &[256], 10, vec![0; 84])), "tensor 't' has unsupported ggml type 10 (Q2_K)");
     assert_err(&one_tensor(tensor("t", &[4], 99, vec![0; 18])), "unsupported ggml type 99 (unknown)");
     assert_err(
         &one_tensor(tensor("t", &[33, 2], 8, vec![0; 68])),

@@ -58,6 +58,8 @@ pub fn dtype_of_ggml_type(id: u32) -> Option<DType> {
         1 => DType::F16,
         2 => DType::Q4_0,
         3 => DType::Q4_1,
+        6 => DType::Q5_0,
+        7 => DType::Q5_1,
         8 => DType::Q8_0,
         12 => DType::Q4_K,
         13 => DType::Q5_K,
@@ -455,8 +457,10 @@ mod tests {
     fn ggml_type_ids() {
         assert_eq!(dtype_of_ggml_type(3), Some(DType::Q4_1));
         assert_eq!(dtype_of_ggml_type(30), Some(DType::BF16));
-        assert_eq!(dtype_of_ggml_type(6), None);
-        assert_eq!(ggml_type_name(6), "Q5_0");
+        assert_eq!(dtype_of_ggml_type(6), Some(DType::Q5_0));
+        assert_eq!(dtype_of_ggml_type(7), Some(DType::Q5_1));
+        assert_eq!(dtype_of_ggml_type(11), None);
+        assert_eq!(ggml_type_name(11), "Q3_K");
         assert_eq!(ggml_type_name(1000), "unknown");
     }
 

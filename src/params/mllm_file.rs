@@ -58,8 +58,8 @@
 //!
 //! 0 F32, 1 F16, 2 Q4_0, 3 Q4_1, 8 Q8_0, 12 Q4_K, 14 Q6_K, 18 I32, 128 BF16, 129 U8. The
 //! quantised ids are GGML's, with GGML's block layouts (MLLM's default build, 256-weight
-//! K-blocks). MLLM has no id for Q5_K (13 is unassigned), so a Q5_K tensor cannot be saved
-//! here. Every other id (int8, Q8_K, repacked Q4_0_4_4, bool, raw bytes, ...) is refused
+//! K-blocks). MLLM has no id for Q5_0, Q5_1 or Q5_K (GGML's 6, 7 and 13 are unassigned),
+//! so tensors of these types cannot be saved here. Every other id (int8, Q8_K, repacked Q4_0_4_4, bool, raw bytes, ...) is refused
 //! with its MLLM name. (MLLM's old version 1 converter tagged uint8 tensors 31, an id the
 //! current enum leaves unassigned; such tensors are refused rather than guessed at.)
 //!
@@ -129,7 +129,7 @@ pub fn dtype_of_mllm_id(id: u32) -> Option<DType> {
     })
 }
 
-/// The MLLM dtype id of `dtype`, or `None` when MLLM has none (Q5_K).
+/// The MLLM dtype id of `dtype`, or `None` when MLLM has none (Q5_0, Q5_1, Q5_K).
 pub fn mllm_id_of_dtype(dtype: DType) -> Option<u32> {
     Some(match dtype {
         DType::F32 => 0,
@@ -142,7 +142,7 @@ pub fn mllm_id_of_dtype(dtype: DType) -> Option<u32> {
         DType::I32 => 18,
         DType::BF16 => 128,
         DType::U8 => 129,
-        DType::Q5_K => return None,
+        DType::Q5_0 | DType::Q5_1 | DType::Q5_K => return None,
     })
 }
 
@@ -661,7 +661,7 @@ pub fn to_v2_bytes(params: &ParameterFile) -> Result<Vec<u8>> {
 impl ParameterFile {
     /// Write all tensors as an `.mllm` version 2 file (layout in [`mllm_file`](super::mllm_file)).
     ///
-    /// Every dtype but Q5_K can be saved (MLLM has no id for it); quantised tensors are
+    /// Every dtype but Q5_0, Q5_1 and Q5_K can be saved (MLLM has no ids for them); quantised tensors are
     /// written as their raw blocks. Names must be 1 to 255 bytes, shapes at most 16
     /// dimensions that fit an i32. Everything is checked before anything is written. Of
     /// the metadata only the model name ([`MODEL_NAME_KEY`], a string) is saved.
@@ -720,10 +720,12 @@ mod tests {
         for d in DType::ALL {
             match mllm_id_of_dtype(d) {
                 Some(id) => assert_eq!(dtype_of_mllm_id(id), Some(d)),
-                None => assert_eq!(d, DType::Q5_K),
+                None => assert!(matches!(d, DType::Q5_0 | DType::Q5_1 | DType::Q5_K), "{d}"),
             }
         }
-        assert_eq!(dtype_of_mllm_id(13), None);
+        for id in [6, 7, 13] {
+            assert_eq!(dtype_of_mllm_id(id), None);
+        }
         assert_eq!(mllm_type_name(16), "kInt8");
     }
 

@@ -1,7 +1,11 @@
 //! Element types and memory types. Block-quantised types (GGML's Q4_0 ... Q6_K) store
-//! `block_len()` weights in `block_bytes()` bytes; plain types have blocks of one.
+//! `block_len()` weights in `block_bytes()` bytes; plain types have blocks of one. Each
+//! quantised type is one kernel [`WeightFormat`] ([`DType::weight_format`]), which owns
+//! its block sizes and codecs.
 
 use std::fmt;
+
+use crate::kernels::quant::WeightFormat;
 
 /// The element type of a tensor. (GGML spells the quantised types Q4_K etc.; we keep
 /// their names so they read the same in files, docs and code.)
@@ -17,6 +21,10 @@ pub enum DType {
     Q4_0,
     /// 32 weights: f16 scale, f16 min + 32 x 4-bit (value = d * q + m).
     Q4_1,
+    /// 32 weights: f16 scale + 32 x 5-bit (value = d * (q - 16)).
+    Q5_0,
+    /// 32 weights: f16 scale, f16 min + 32 x 5-bit (value = d * q + m).
+    Q5_1,
     /// 32 weights: f16 scale + 32 x i8.
     Q8_0,
     /// 256 weights in 8 sub-blocks with 6-bit scales and mins, 4-bit quants.
@@ -28,7 +36,7 @@ pub enum DType {
 }
 
 impl DType {
-    pub const ALL: [DType; 11] = [
+    pub const ALL: [DType; 13] = [
         DType::F32,
         DType::F16,
         DType::BF16,
@@ -36,39 +44,67 @@ impl DType {
         DType::U8,
         DType::Q4_0,
         DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
         DType::Q8_0,
         DType::Q4_K,
         DType::Q5_K,
         DType::Q6_K,
     ];
 
+    /// The kernels' format of a block-quantised type (`None` for plain types).
+    pub const fn weight_format(self) -> Option<WeightFormat> {
+        Some(match self {
+            DType::Q4_0 => WeightFormat::Q4_0,
+            DType::Q4_1 => WeightFormat::Q4_1,
+            DType::Q5_0 => WeightFormat::Q5_0,
+            DType::Q5_1 => WeightFormat::Q5_1,
+            DType::Q8_0 => WeightFormat::Q8_0,
+            DType::Q4_K => WeightFormat::Q4_K,
+            DType::Q5_K => WeightFormat::Q5_K,
+            DType::Q6_K => WeightFormat::Q6_K,
+            DType::F32 | DType::F16 | DType::BF16 | DType::I32 | DType::U8 => return None,
+        })
+    }
+
+    /// The dtype of a kernel format (the inverse of [`DType::weight_format`]).
+    pub const fn of_weight_format(fmt: WeightFormat) -> DType {
+        match fmt {
+            WeightFormat::Q4_0 => DType::Q4_0,
+            WeightFormat::Q4_1 => DType::Q4_1,
+            WeightFormat::Q5_0 => DType::Q5_0,
+            WeightFormat::Q5_1 => DType::Q5_1,
+            WeightFormat::Q8_0 => DType::Q8_0,
+            WeightFormat::Q4_K => DType::Q4_K,
+            WeightFormat::Q5_K => DType::Q5_K,
+            WeightFormat::Q6_K => DType::Q6_K,
+        }
+    }
+
     /// Number of elements in one storage block (1 for plain types).
     pub const fn block_len(self) -> usize {
-        match self {
-            DType::Q4_0 | DType::Q4_1 | DType::Q8_0 => 32,
-            DType::Q4_K | DType::Q5_K | DType::Q6_K => 256,
-            _ => 1,
+        match self.weight_format() {
+            Some(f) => f.block_len(),
+            None => 1,
         }
     }
 
     /// Bytes of one storage block.
     pub const fn block_bytes(self) -> usize {
+        if let Some(f) = self.weight_format() {
+            return f.block_bytes();
+        }
         match self {
             DType::F32 | DType::I32 => 4,
             DType::F16 | DType::BF16 => 2,
             DType::U8 => 1,
-            DType::Q4_0 => 18,
-            DType::Q4_1 => 20,
-            DType::Q8_0 => 34,
-            DType::Q4_K => 144,
-            DType::Q5_K => 176,
-            DType::Q6_K => 210,
+            _ => unreachable!(),
         }
     }
 
     /// True for the block-quantised types.
     pub const fn is_quantized(self) -> bool {
-        self.block_len() > 1
+        self.weight_format().is_some()
     }
 
     /// True for F32, F16 and BF16: the types ops can compute in (through f32).
@@ -95,11 +131,19 @@ impl DType {
             DType::U8 => "u8",
             DType::Q4_0 => "q4_0",
             DType::Q4_1 => "q4_1",
+            DType::Q5_0 => "q5_0",
+            DType::Q5_1 => "q5_1",
             DType::Q8_0 => "q8_0",
             DType::Q4_K => "q4_k",
             DType::Q5_K => "q5_k",
             DType::Q6_K => "q6_k",
         }
+    }
+}
+
+impl From<WeightFormat> for DType {
+    fn from(fmt: WeightFormat) -> DType {
+        DType::of_weight_format(fmt)
     }
 }
 
@@ -149,9 +193,23 @@ mod tests {
     fn block_sizes_match_ggml() {
         assert_eq!(DType::Q4_1.bytes_for(64), Some(40));
         assert_eq!(DType::Q6_K.bytes_for(512), Some(420));
+        assert_eq!(DType::Q5_0.bytes_for(64), Some(44));
+        assert_eq!(DType::Q5_1.bytes_for(64), Some(48));
         assert_eq!(DType::Q8_0.bytes_for(33), None);
         assert_eq!(DType::F32.bytes_for(usize::MAX), None);
         assert_eq!("Q4_K".parse::<DType>().unwrap(), DType::Q4_K);
         assert!("q3_x".parse::<DType>().is_err());
+        assert_eq!("q5_1".parse::<DType>().unwrap(), DType::Q5_1);
+    }
+
+    #[test]
+    fn quantised_dtypes_are_the_weight_formats() {
+        let quantised: Vec<DType> = DType::ALL.into_iter().filter(|d| d.is_quantized()).collect();
+        let formats: Vec<DType> = WeightFormat::ALL.into_iter().map(DType::from).collect();
+        assert_eq!(quantised, formats);
+        for f in WeightFormat::ALL {
+            assert_eq!(DType::from(f).weight_format(), Some(f));
+            assert_eq!(DType::from(f).as_str(), format!("{f:?}").to_lowercase());
+        }
     }
 }

@@ -1,8 +1,10 @@
-//! [`PackedLinear`]: one or more block-quantised weight matrices (Q4_0, Q4_1, Q8_0, Q4_K,
-//! Q5_K, Q6_K) stacked along the output dimension and repacked once into the kernels'
-//! 16-row interleaved layout, then multiplied with 8-bit activations. Stacking lets one
-//! call compute e.g. q, k and v together; parts in different formats (as in "_M" files,
-//! where v may be Q6_K and q Q4_K) become segments of the stack, each packed in its own.
+//! [`PackedLinear`]: one or more block-quantised weight matrices (any dtype with a
+//! [`WeightFormat`]: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) stacked along the
+//! output dimension and repacked once into the kernels' 16-row interleaved layout, then
+//! multiplied with 8-bit activations. Stacking lets one call compute e.g. q, k and v
+//! together; parts in different formats (as in "_M" files, where v may be Q6_K and q Q4_K,
+//! or Q5_0 where rows are not whole 256-weight blocks) become segments of the stack, each
+//! packed in its own.
 //! Knows shapes and dtypes; the layout itself belongs to `kernels::quant`.
 
 use crate::kernels::quant::{self, Isa, WeightFormat, PACK_ROWS};
@@ -39,18 +41,6 @@ impl std::fmt::Debug for PackedLinear {
     }
 }
 
-fn weight_format(d: DType) -> Option<WeightFormat> {
-    match d {
-        DType::Q4_0 => Some(WeightFormat::Q4_0),
-        DType::Q4_1 => Some(WeightFormat::Q4_1),
-        DType::Q8_0 => Some(WeightFormat::Q8_0),
-        DType::Q4_K => Some(WeightFormat::Q4_K),
-        DType::Q5_K => Some(WeightFormat::Q5_K),
-        DType::Q6_K => Some(WeightFormat::Q6_K),
-        _ => None,
-    }
-}
-
 impl PackedLinear {
     /// Whether [`PackedLinear::pack`] accepts these weights: all 2-D, contiguous, of
     /// block-quantised dtypes, with one row length (whole blocks of each dtype) and row
@@ -60,7 +50,7 @@ impl PackedLinear {
         weights.iter().all(|w| {
             w.rank() == 2
                 && w.is_contiguous()
-                && weight_format(w.dtype()).is_some_and(|f| w.dims()[1] % f.block_len() == 0)
+                && w.dtype().weight_format().is_some_and(|f| w.dims()[1] % f.block_len() == 0)
                 && w.dims()[1] == first.dims()[1]
                 && w.dims()[0] % PACK_ROWS == 0
         })
@@ -83,9 +73,11 @@ impl PackedLinear {
     fn pack_with(weights: &[&Tensor], name: &str, release: bool) -> Result<PackedLinear> {
         if !PackedLinear::can_pack(weights) {
             let desc: Vec<String> = weights.iter().map(|w| format!("{} {:?}", w.dtype(), w.dims())).collect();
+            let dtypes: Vec<&str> = WeightFormat::ALL.iter().map(|&f| DType::from(f).as_str()).collect();
             return Err(Error::invalid(format!(
-                "pack {name}: needs contiguous 2-D block-quantised weights (q4_0, q4_1, q8_0, q4_k, q5_k, q6_k) \
-                 with one row length and row counts divisible by {PACK_ROWS}; got [{}]",
+                "pack {name}: needs contiguous 2-D block-quantised weights ({}) with one row length and row \
+                 counts divisible by {PACK_ROWS}; got [{}]",
+                dtypes.join(", "),
                 desc.join(", ")
             )));
         }
@@ -103,7 +95,7 @@ impl PackedLinear {
         let mut segments = Vec::with_capacity(runs.len());
         let mut col0 = 0;
         for (s, run) in runs.iter().enumerate() {
-            let fmt = weight_format(run[0].dtype()).expect("checked by can_pack");
+            let fmt = run[0].dtype().weight_format().expect("checked by can_pack");
             let rows: usize = run.iter().map(|w| w.dims()[0]).sum();
             let label = if runs.len() == 1 { name.to_string() } else { format!("{name}.{s}") };
             let len = quant::packed_len(fmt, rows, k);
@@ -298,21 +290,14 @@ mod tests {
 
     fn q_weight(dtype: DType, n: usize, k: usize, r: &mut impl Rng) -> Tensor {
         let w: Vec<f32> = (0..n * k).map(|_| r.random_range(-1.0..1.0)).collect();
-        let bytes = match dtype {
-            DType::Q4_0 => quant::quantize_q4_0(&w),
-            DType::Q4_1 => quant::quantize_q4_1(&w),
-            DType::Q4_K => quant::quantize_q4_k(&w),
-            DType::Q5_K => quant::quantize_q5_k(&w),
-            DType::Q6_K => quant::quantize_q6_k(&w),
-            _ => quant::quantize_q8_0(&w),
-        };
+        let bytes = dtype.weight_format().expect("a quantised dtype").quantize(&w);
         Tensor::from_bytes(&bytes, dtype, &[n, k], MemType::ParamsNormal).unwrap()
     }
 
     #[test]
     fn stacked_packed_equals_separate_fast_linears() {
         let mut r = rand::rngs::StdRng::seed_from_u64(5);
-        for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
+        for dtype in [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0] {
             let (a, b) = (q_weight(dtype, 32, 64, &mut r), q_weight(dtype, 16, 64, &mut r));
             let p = PackedLinear::pack(&[&a, &b], "ab").unwrap();
             assert_eq!((p.out_features(), p.in_features(), p.parts()), (48, 64, &[(32, dtype), (16, dtype)][..]));
@@ -333,7 +318,8 @@ mod tests {
         }
     }
 
-    /// A stack of three formats (as in a Q4_K_M file) against the exact f32 product of the
+    /// A stack of five formats (as in a Q4_K_M file, which adds Q5_0 where rows are not
+    /// whole 256-weight blocks) against the exact f32 product of the
     /// dequantised weights: the 8-bit activations bound the error.
     #[test]
     fn mixed_format_stack_matches_the_dequantised_product() {
@@ -343,27 +329,30 @@ mod tests {
             q_weight(DType::Q4_K, 32, k, &mut r),
             q_weight(DType::Q6_K, 16, k, &mut r),
             q_weight(DType::Q5_K, 16, k, &mut r),
+            q_weight(DType::Q5_0, 16, k, &mut r),
+            q_weight(DType::Q5_1, 32, k, &mut r),
         ];
         let p = PackedLinear::pack(&ws.iter().collect::<Vec<_>>(), "mixed").unwrap();
-        assert_eq!(p.out_features(), 64);
+        let n = 112;
+        assert_eq!(p.out_features(), n);
         let x =
             Tensor::from_vec((0..2 * k).map(|_| r.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), &[2, k]).unwrap();
         let got = p.apply(&x).unwrap().to_vec::<f32>().unwrap();
         let xs = x.to_vec::<f32>().unwrap();
         let rows: Vec<f32> = ws.iter().flat_map(|w| w.to_f32_vec().unwrap()).collect();
         for i in 0..2 {
-            for j in 0..64 {
+            for j in 0..n {
                 let wr = &rows[j * k..(j + 1) * k];
                 let want: f32 = wr.iter().zip(&xs[i * k..(i + 1) * k]).map(|(a, b)| a * b).sum();
                 let mag: f32 = wr.iter().zip(&xs[i * k..(i + 1) * k]).map(|(a, b)| (a * b).abs()).sum();
                 // 8-bit activations: about 1/254 of each block's largest value per product.
-                assert!((got[i * 64 + j] - want).abs() <= 0.01 * mag + 1e-4, "[{i},{j}] {} vs {want}", got[i * 64 + j]);
+                assert!((got[i * n + j] - want).abs() <= 0.01 * mag + 1e-4, "[{i},{j}] {} vs {want}", got[i * n + j]);
             }
         }
-        for row in [0, 31, 32, 47, 48, 63] {
+        for row in [0, 31, 32, 47, 48, 63, 64, 79, 80, 111] {
             assert_eq!(p.dequantize_row(row).unwrap(), rows[row * k..(row + 1) * k], "row {row}");
         }
-        assert!(p.dequantize_row(64).is_err());
+        assert!(p.dequantize_row(n).is_err());
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! Scalar reference dot products of weight blocks with quantised activations: Q4_0,
-//! Q4_1, Q8_0 against [`Q8Row`] and the K-quants against [`BlockQ8_K`]. Integer parts are
+//! Q4_1, Q5_0, Q5_1, Q8_0 against [`Q8Row`] and the K-quants against [`BlockQ8_K`]. Integer parts are
 //! exact (i32); the SIMD kernels are tested against these. No `unsafe` here.
 
 use super::q4_k::scale_min_k4;
+use super::q5_0::quant5;
 use super::q8::{BlockQ8_K, Q8Row, QK8};
-use super::{for_each_block, BlockQ4_0, BlockQ4_1, BlockQ4_K, BlockQ5_K, BlockQ6_K, BlockQ8_0, QuantBlock, QK_K};
+use super::{
+    for_each_block, BlockQ4_0, BlockQ4_1, BlockQ4_K, BlockQ5_0, BlockQ5_1, BlockQ5_K, BlockQ6_K, BlockQ8_0, QuantBlock,
+    QK_K,
+};
 
 fn check<B: QuantBlock>(op: &str, w: &[u8], values: usize) {
     let n = super::block_count::<B>(op, w);
@@ -36,6 +40,32 @@ pub fn vec_dot_q4_1_q8(w: &[u8], x: Q8Row<'_>) -> f32 {
         for (j, &q) in blk.qs.iter().enumerate() {
             dot += (q & 0xF) as i32 * xs[j] as i32 + (q >> 4) as i32 * xs[j + 16] as i32;
         }
+        sum += blk.d.to_f32() * x.scale(b) * dot as f32 + blk.m.to_f32() * x.sum(b);
+    });
+    sum
+}
+
+/// Σ_b d_w d_x Σ (q - 16) x over a row of Q5_0 blocks.
+pub fn vec_dot_q5_0_q8(w: &[u8], x: Q8Row<'_>) -> f32 {
+    check::<BlockQ5_0>("vec_dot_q5_0_q8", w, x.qs.len());
+    let mut sum = 0f32;
+    for_each_block::<BlockQ5_0>(w, |b, blk| {
+        let xs = &x.qs[b * QK8..(b + 1) * QK8];
+        let qh = u32::from_le_bytes(blk.qh);
+        let dot: i32 = xs.iter().enumerate().map(|(j, &xv)| (quant5(&blk.qs, qh, j) as i32 - 16) * xv as i32).sum();
+        sum += blk.d.to_f32() * x.scale(b) * dot as f32;
+    });
+    sum
+}
+
+/// Σ_b (d_w d_x Σ q x + m_w d_x Σ x) over a row of Q5_1 blocks.
+pub fn vec_dot_q5_1_q8(w: &[u8], x: Q8Row<'_>) -> f32 {
+    check::<BlockQ5_1>("vec_dot_q5_1_q8", w, x.qs.len());
+    let mut sum = 0f32;
+    for_each_block::<BlockQ5_1>(w, |b, blk| {
+        let xs = &x.qs[b * QK8..(b + 1) * QK8];
+        let qh = u32::from_le_bytes(blk.qh);
+        let dot: i32 = xs.iter().enumerate().map(|(j, &xv)| quant5(&blk.qs, qh, j) as i32 * xv as i32).sum();
         sum += blk.d.to_f32() * x.scale(b) * dot as f32 + blk.m.to_f32() * x.sum(b);
     });
     sum

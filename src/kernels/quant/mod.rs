@@ -1,8 +1,11 @@
-//! Block-quantised formats (GGML's Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K): block layouts,
-//! dequantisation, scalar reference dot products and quantisers, all on byte slices, and
-//! the fast matmul on 8-bit activations (qmatmul.rs). Knows nothing of tensors or dtypes.
+//! Block-quantised formats (GGML's Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K; each
+//! one [`WeightFormat`], format.rs): block layouts, dequantisation, scalar reference dot
+//! products and quantisers, all on byte slices, and the fast matmuls on 8-bit activations
+//! (qmatmul.rs on the GGUF blocks, packed.rs on 16-row interleaved copies). Knows nothing
+//! of tensors or dtypes.
 
 mod dot_q8;
+mod format;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod packed;
@@ -13,6 +16,8 @@ mod packed_x86;
 mod q4_0;
 mod q4_1;
 mod q4_k;
+mod q5_0;
+mod q5_1;
 mod q5_k;
 mod q6_k;
 mod q8;
@@ -24,19 +29,23 @@ mod x86;
 pub use q4_0::{dequantize_q4_0, quantize_q4_0, vec_dot_q4_0_f32, BlockQ4_0};
 pub use q4_1::{dequantize_q4_1, quantize_q4_1, vec_dot_q4_1_f32, BlockQ4_1};
 pub use q4_k::{dequantize_q4_k, quantize_q4_k, vec_dot_q4_k_f32, BlockQ4_K};
+pub use q5_0::{dequantize_q5_0, quantize_q5_0, vec_dot_q5_0_f32, BlockQ5_0};
+pub use q5_1::{dequantize_q5_1, quantize_q5_1, vec_dot_q5_1_f32, BlockQ5_1};
 pub use q5_k::{dequantize_q5_k, quantize_q5_k, vec_dot_q5_k_f32, BlockQ5_K};
 pub use q6_k::{dequantize_q6_k, quantize_q6_k, vec_dot_q6_k_f32, BlockQ6_K};
 pub use q8_0::{dequantize_q8_0, quantize_q8_0, vec_dot_q8_0_f32, BlockQ8_0};
 
 pub use dot_q8::{
-    vec_dot_q4_0_q8, vec_dot_q4_1_q8, vec_dot_q4_k_q8_k, vec_dot_q5_k_q8_k, vec_dot_q6_k_q8_k, vec_dot_q8_0_q8,
+    vec_dot_q4_0_q8, vec_dot_q4_1_q8, vec_dot_q4_k_q8_k, vec_dot_q5_0_q8, vec_dot_q5_1_q8, vec_dot_q5_k_q8_k,
+    vec_dot_q6_k_q8_k, vec_dot_q8_0_q8,
 };
+pub use format::WeightFormat;
 pub use packed::{
     dequantize_packed_row, pack_rows, packed_len, packed_matmul, packed_matmul_cols, packed_matmul_parts,
     packed_matmul_with, PackedPart, PACK_ROWS,
 };
 pub use q8::{quantize_q8_k, BlockQ8_K, Q8Acts, Q8Row, Q8_LANES, QK8};
-pub use qmatmul::{quantized_matmul, quantized_matmul_with, Isa, WeightFormat};
+pub use qmatmul::{quantized_matmul, quantized_matmul_with, Isa};
 
 /// Weights per block of the K-quants (a "super-block").
 pub const QK_K: usize = 256;

@@ -8,18 +8,7 @@ use half::f16;
 
 use super::q8::{Q8Row, QK8};
 use super::qmatmul::Panel;
-
-pub(super) const F_Q4_0: u8 = 0;
-pub(super) const F_Q4_1: u8 = 1;
-pub(super) const F_Q8_0: u8 = 2;
-
-const fn block_bytes(f: u8) -> usize {
-    match f {
-        F_Q4_0 => 18,
-        F_Q4_1 => 20,
-        _ => 34,
-    }
-}
+use super::WeightFormat;
 
 /// `sdot`: lane `i` of `acc` plus Σ of the four products of bytes `4i..4i + 4` of `a` and `b`.
 ///
@@ -62,7 +51,9 @@ unsafe fn dot16<const DOT: bool>(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> 
 /// Dot product of one weight row (`nb` blocks at `w`) with one activation row.
 #[inline(always)]
 unsafe fn row_dot<const F: u8, const DOT: bool>(w: *const u8, nb: usize, x: Q8Row<'_>) -> f32 {
-    let bb = block_bytes(F);
+    // `F` is a `WeightFormat` id: Q4_0, Q4_1 or Q8_0.
+    let fmt = const { WeightFormat::from_id(F) };
+    let (bb, qo) = (fmt.block_bytes(), fmt.qs_offset());
     // SAFETY: the caller guarantees `nb` blocks at `w`; `x` holds `nb` blocks (checked by
     // `Panel::new`), and the slices below are indexed with bounds checks.
     unsafe {
@@ -73,14 +64,14 @@ unsafe fn row_dot<const F: u8, const DOT: bool>(w: *const u8, nb: usize, x: Q8Ro
             let d = f16::from_bits(p.cast::<u16>().read_unaligned()).to_f32();
             let xs = &x.qs[b * QK8..(b + 1) * QK8];
             let (xl, xh) = (vld1q_s8(xs.as_ptr()), vld1q_s8(xs.as_ptr().add(16)));
-            let dp = if F == F_Q8_0 {
-                let (w0, w1) = (vld1q_s8(p.add(2).cast()), vld1q_s8(p.add(18).cast()));
+            let dp = if fmt == WeightFormat::Q8_0 {
+                let (w0, w1) = (vld1q_s8(p.add(qo).cast()), vld1q_s8(p.add(qo + 16).cast()));
                 dot16::<DOT>(dot16::<DOT>(vdupq_n_s32(0), w0, xl), w1, xh)
             } else {
-                let q = vld1q_u8(p.add(if F == F_Q4_1 { 4 } else { 2 }));
+                let q = vld1q_u8(p.add(qo));
                 let mut lo = vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0x0F)));
                 let mut hi = vreinterpretq_s8_u8(vshrq_n_u8::<4>(q));
-                if F == F_Q4_0 {
+                if fmt == WeightFormat::Q4_0 {
                     lo = vsubq_s8(lo, vdupq_n_s8(8));
                     hi = vsubq_s8(hi, vdupq_n_s8(8));
                 } else {

@@ -1,7 +1,7 @@
-//! Row-interleaved ("packed") copies of Q4_0, Q4_1, Q8_0 and K-quant (Q4_K, Q5_K, Q6_K)
-//! weights and the matmul that reads them: 16 weight rows share each block's vectors, one
-//! 32-bit lane per row, so a SIMD dot instruction computes 16 outputs at once and no
-//! horizontal sum is needed.
+//! Row-interleaved ("packed") copies of every [`WeightFormat`] (Q4_0, Q4_1, Q5_0, Q5_1,
+//! Q8_0 and the K-quants Q4_K, Q5_K, Q6_K) and the matmul that reads them: 16 weight rows
+//! share each block's vectors, one 32-bit lane per row, so a SIMD dot instruction computes
+//! 16 outputs at once and no horizontal sum is needed.
 //! Layout, packer, row decoder, scalar reference and the parallel driver live here; the
 //! SIMD bodies are in packed_x86.rs and packed_neon.rs. Plain byte slices only.
 //!
@@ -11,15 +11,21 @@
 //! * Nibble formats (Q4_0, Q4_1, Q4_K; QB = 256): block `b` is four 64-byte vectors; byte
 //!   `4i + j` of vector `t` holds weight `8t + j` of row `i` in its low nibble and weight
 //!   `8t + 4 + j` in its high one.
-//! * Byte formats (Q8_0, Q5_K, Q6_K; QB = 512): eight 64-byte vectors; byte `4i + j` of
-//!   vector `t` is weight `4t + j` of row `i`, unsigned: Q8_0 stores `q + 128`, so that
-//!   unsigned × signed dot instructions apply.
-//! * Weight value per format: Q4_0 `s1 (q - 8)`, Q4_1 `s1 q + s2`, Q8_0 `s1 (q - 128)` with
-//!   f16 `s1`, `s2` (Q4_0 and Q8_0 have no `s2`): the GGUF bytes, so these packed matrices
-//!   have the size of the original. K-quants keep f32 `s1`, `s2`, which hold the products of
-//!   their super-block and sub-block scales exactly: Q4_K and Q5_K `s1 q + s2`, Q6_K
+//! * Byte formats (Q5_0, Q5_1, Q8_0, Q5_K, Q6_K; QB = 512): eight 64-byte vectors; byte
+//!   `4i + j` of vector `t` is weight `4t + j` of row `i`, unsigned: the 5-bit quants as
+//!   they are, Q8_0 `q + 128`, so that unsigned × signed dot instructions apply.
+//! * Weight value per format: Q4_0 `s1 (q - 8)`, Q4_1 `s1 q + s2`, Q5_0 `s1 (q - 16)`,
+//!   Q5_1 `s1 q + s2`, Q8_0 `s1 (q - 128)` with f16 `s1`, `s2` (Q4_0, Q5_0 and Q8_0 have no
+//!   `s2`): the GGUF scales, so packed Q4_0, Q4_1 and Q8_0 have the size of the original
+//!   (Q5_0 and Q5_1 grow from 5.5 and 6 to 8.5 and 9 bits per weight, their quants being
+//!   bytes). K-quants keep f32 `s1`, `s2`, which hold the products of their super-block
+//!   and sub-block scales exactly: Q4_K and Q5_K `s1 q + s2`, Q6_K
 //!   `s1 (q - 32)` for weights 0..16 and `s2 (q - 32)` for 16..32 (its scales cover 16).
 //!   They take 6 (Q4_K) and 10 (Q5_K, Q6_K) bits per weight instead of 4.5, 5.5 and 6.6.
+//!
+//! The per-format constants (nibbles or bytes, f16 or f32 scales, min, offset) are
+//! [`WeightFormat`]'s; the kernels take the format's id as a const-generic `F` and
+//! monomorphise per format.
 //!
 //! Stacking packed matrices of one format (e.g. q, k, v) is concatenation.
 
@@ -28,62 +34,14 @@ use std::cell::RefCell;
 use half::f16;
 use rayon::prelude::*;
 
+use super::format::monomorph;
 use super::q8::{Q8Acts, Q8Row, QK8};
-use super::qmatmul::{Isa, WeightFormat};
+use super::qmatmul::Isa;
+use super::WeightFormat;
 use crate::kernels::rows::{with_thread_buf, SharedOut};
 
 /// Weight rows per packed group.
 pub const PACK_ROWS: usize = 16;
-
-pub(super) const P_Q4_0: u8 = 0;
-pub(super) const P_Q4_1: u8 = 1;
-pub(super) const P_Q8_0: u8 = 2;
-pub(super) const P_Q4_K: u8 = 3;
-pub(super) const P_Q5_K: u8 = 4;
-pub(super) const P_Q6_K: u8 = 5;
-
-/// The kernels' format number.
-pub(super) const fn pid(fmt: WeightFormat) -> u8 {
-    match fmt {
-        WeightFormat::Q4_0 => P_Q4_0,
-        WeightFormat::Q4_1 => P_Q4_1,
-        WeightFormat::Q8_0 => P_Q8_0,
-        WeightFormat::Q4_K => P_Q4_K,
-        WeightFormat::Q5_K => P_Q5_K,
-        WeightFormat::Q6_K => P_Q6_K,
-    }
-}
-
-/// Quants stored as nibbles (else one byte each).
-pub(super) const fn nibbles(f: u8) -> bool {
-    matches!(f, P_Q4_0 | P_Q4_1 | P_Q4_K)
-}
-
-/// Scales stored as f32 (else f16).
-pub(super) const fn f32_scales(f: u8) -> bool {
-    f >= P_Q4_K
-}
-
-/// `s2` is a per-block min added times the activation sum.
-pub(super) const fn has_min(f: u8) -> bool {
-    matches!(f, P_Q4_1 | P_Q4_K | P_Q5_K)
-}
-
-/// `s2` is the scale of the block's second half (Q6_K).
-pub(super) const fn two_scales(f: u8) -> bool {
-    f == P_Q6_K
-}
-
-/// Integer offset of the stored quants: `q - offset` times the activations, i.e. the
-/// offset times the activation sum of the block (of each half for Q6_K) is subtracted.
-pub(super) const fn quant_offset(f: u8) -> i32 {
-    match f {
-        P_Q4_0 => 8,
-        P_Q8_0 => 128,
-        P_Q6_K => 32,
-        _ => 0,
-    }
-}
 
 /// Bytes of a packed `n_out` × `k` matrix (`n_out` a multiple of 16).
 pub fn packed_len(fmt: WeightFormat, n_out: usize, k: usize) -> usize {
@@ -106,11 +64,10 @@ pub(super) struct GroupLayout {
 
 impl GroupLayout {
     pub fn new(fmt: WeightFormat, k: usize) -> GroupLayout {
-        let f = pid(fmt);
         let nb = k / QK8;
-        let qb = if nibbles(f) { 256 } else { 512 };
-        let sb = if f32_scales(f) { 4 } else { 2 };
-        let second = has_min(f) || two_scales(f);
+        let qb = if fmt.nibbles() { 256 } else { 512 };
+        let sb = if fmt.f32_scales() { 4 } else { 2 };
+        let second = fmt.has_min() || fmt.two_scales();
         let stride = qb + PACK_ROWS * sb * (1 + second as usize);
         GroupLayout { nb, stride, qb, sb, bytes: nb * stride }
     }
@@ -149,7 +106,7 @@ fn check_packed(op: &str, fmt: WeightFormat, n_out: usize, k: usize, bytes: usiz
 /// sits in the high nibble (nibble formats).
 #[inline(always)]
 fn quant_pos(fmt: WeightFormat, i: usize, w: usize) -> (usize, bool) {
-    if nibbles(pid(fmt)) {
+    if fmt.nibbles() {
         ((w / 8) * 64 + 4 * i + w % 4, w % 8 >= 4)
     } else {
         ((w / 4) * 64 + 4 * i + w % 4, false)
@@ -164,13 +121,12 @@ pub fn pack_rows(fmt: WeightFormat, src: &[u8], n_out: usize, k: usize, dst: &mu
     assert_eq!(src.len(), n_out * (k / fmt.block_len()) * fmt.block_bytes(), "pack_rows: source byte size");
     assert_eq!(dst.len(), packed_len(fmt, n_out, k), "pack_rows: destination size");
     let lay = GroupLayout::new(fmt, k);
-    if matches!(fmt, WeightFormat::Q4_K | WeightFormat::Q5_K | WeightFormat::Q6_K) {
+    if fmt.is_k_quant() {
         return pack_k_rows(fmt, src, n_out, k, dst, &lay);
     }
     let bb = fmt.block_bytes();
     let row_bytes = lay.nb * bb;
-    let q4 = fmt != WeightFormat::Q8_0;
-    let qs_off = if fmt == WeightFormat::Q4_1 { 4 } else { 2 };
+    let qs_off = fmt.qs_offset();
     let word = |b: &[u8], at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
     let pack_group = |(g, out): (usize, &mut [u8])| {
         for b in 0..lay.nb {
@@ -179,7 +135,7 @@ pub fn pack_rows(fmt: WeightFormat, src: &[u8], n_out: usize, k: usize, dst: &mu
                 let blk = &src[(g * PACK_ROWS + i) * row_bytes + b * bb..][..bb];
                 let qs = &blk[qs_off..];
                 // Four output bytes (one 32-bit lane) per vector; see the module docs.
-                if q4 {
+                if fmt.nibbles() {
                     // GGUF: weight w < 16 is the low nibble of qs[w], w >= 16 the high one of qs[w - 16].
                     for t in 0..4 {
                         let a = 8 * (t % 2);
@@ -191,14 +147,22 @@ pub fn pack_rows(fmt: WeightFormat, src: &[u8], n_out: usize, k: usize, dst: &mu
                         };
                         out[q0 + 64 * t + 4 * i..][..4].copy_from_slice(&v.to_le_bytes());
                     }
-                } else {
+                } else if fmt == WeightFormat::Q8_0 {
                     for t in 0..8 {
                         let v = word(qs, 4 * t) ^ 0x8080_8080;
                         out[q0 + 64 * t + 4 * i..][..4].copy_from_slice(&v.to_le_bytes());
                     }
+                } else {
+                    // Q5_0, Q5_1: the fifth bits (a u32 before the nibbles) joined in.
+                    let qs: &[u8; 16] = qs[..16].try_into().expect("16 bytes of nibbles");
+                    let qh = word(blk, qs_off - 4);
+                    for t in 0..8 {
+                        let v: [u8; 4] = std::array::from_fn(|j| super::q5_0::quant5(qs, qh, 4 * t + j));
+                        out[q0 + 64 * t + 4 * i..][..4].copy_from_slice(&v);
+                    }
                 }
                 out[d0 + 2 * i..][..2].copy_from_slice(&blk[..2]);
-                if fmt == WeightFormat::Q4_1 {
+                if fmt.has_f16_min() {
                     out[m0 + 2 * i..][..2].copy_from_slice(&blk[2..4]);
                 }
             }
@@ -237,7 +201,7 @@ fn k_sub_blocks(fmt: WeightFormat, blk: &[u8]) -> [SubBlock; 8] {
                 }
             }
         }
-        _ => {
+        WeightFormat::Q6_K => {
             let b: BlockQ6_K = bytemuck::pod_read_unaligned(blk);
             let d = b.d.to_f32();
             for (j, (q, s1, s2)) in out.iter_mut().enumerate() {
@@ -249,6 +213,7 @@ fn k_sub_blocks(fmt: WeightFormat, blk: &[u8]) -> [SubBlock; 8] {
                 }
             }
         }
+        _ => unreachable!("{fmt:?} is not a K-quant"),
     }
     out
 }
@@ -295,11 +260,10 @@ pub fn dequantize_packed_row(fmt: WeightFormat, packed: &[u8], n_out: usize, k: 
         let (d, m) = scale_min(fmt, grp, &lay, b, i);
         for w in 0..QK8 {
             let q = quant(fmt, &grp[lay.q_at(b)..lay.q_at(b) + lay.qb], i, w);
-            let f = pid(fmt);
-            out[b * QK8 + w] = if two_scales(f) {
-                (if w < QK8 / 2 { d } else { m }) * (q - quant_offset(f)) as f32
+            out[b * QK8 + w] = if fmt.two_scales() {
+                (if w < QK8 / 2 { d } else { m }) * (q - fmt.quant_offset()) as f32
             } else {
-                d * (q - quant_offset(f)) as f32 + m
+                d * (q - fmt.quant_offset()) as f32 + m
             };
         }
     }
@@ -310,7 +274,7 @@ pub fn dequantize_packed_row(fmt: WeightFormat, packed: &[u8], n_out: usize, k: 
 fn quant(fmt: WeightFormat, quants: &[u8], i: usize, w: usize) -> i32 {
     let (pos, high) = quant_pos(fmt, i, w);
     let v = quants[pos];
-    (if !nibbles(pid(fmt)) {
+    (if !fmt.nibbles() {
         v
     } else if high {
         v >> 4
@@ -322,7 +286,6 @@ fn quant(fmt: WeightFormat, quants: &[u8], i: usize, w: usize) -> i32 {
 /// `s1` and `s2` of row `i` in block `b` (`s2` is 0 where the format has none).
 #[inline(always)]
 fn scale_min(fmt: WeightFormat, grp: &[u8], lay: &GroupLayout, b: usize, i: usize) -> (f32, f32) {
-    let f = pid(fmt);
     let at = |off: usize| {
         let s = off + i * lay.sb;
         if lay.sb == 4 {
@@ -331,7 +294,7 @@ fn scale_min(fmt: WeightFormat, grp: &[u8], lay: &GroupLayout, b: usize, i: usiz
             f16::from_le_bytes([grp[s], grp[s + 1]]).to_f32()
         }
     };
-    (at(lay.d_at(b)), if has_min(f) || two_scales(f) { at(lay.m_at(b)) } else { 0.0 })
+    (at(lay.d_at(b)), if fmt.has_min() || fmt.two_scales() { at(lay.m_at(b)) } else { 0.0 })
 }
 
 /// One kernel call: the 16 outputs of one group for activation rows `x`, stored to (or
@@ -353,9 +316,9 @@ pub(super) type GroupFn = unsafe fn(&mut GroupCall<'_, '_>);
 /// # Safety
 /// Always safe; `unsafe` only to share the kernel type.
 unsafe fn scalar_group<const F: u8>(c: &mut GroupCall<'_, '_>) {
-    let fmt = format_of(F);
+    let fmt = const { WeightFormat::from_id(F) };
     let lay = c.lay;
-    let off = quant_offset(F);
+    let off = fmt.quant_offset();
     for (x, out) in c.x.iter().zip(c.out.iter_mut()) {
         let mut acc = [0f32; PACK_ROWS];
         for b in 0..lay.nb {
@@ -373,14 +336,14 @@ unsafe fn scalar_group<const F: u8>(c: &mut GroupCall<'_, '_>) {
                     }
                 }
                 let (s1, s2) = scale_min(fmt, c.grp, &c.lay, b, i);
-                let f = if two_scales(F) {
+                let f = if fmt.two_scales() {
                     let (lo, hi) = (lo - off * x.hsums[2 * b], hi - off * x.hsums[2 * b + 1]);
                     (hi as f32).mul_add(s2, lo as f32 * s1)
                 } else {
                     (lo + hi - off * x.isums[b]) as f32 * s1
                 };
                 *a = f.mul_add(x.scale(b), *a);
-                if has_min(F) {
+                if fmt.has_min() {
                     *a = s2.mul_add(x.sums[b], *a);
                 }
             }
@@ -391,63 +354,43 @@ unsafe fn scalar_group<const F: u8>(c: &mut GroupCall<'_, '_>) {
     }
 }
 
-pub(super) const fn format_of(f: u8) -> WeightFormat {
-    match f {
-        P_Q4_0 => WeightFormat::Q4_0,
-        P_Q4_1 => WeightFormat::Q4_1,
-        P_Q8_0 => WeightFormat::Q8_0,
-        P_Q4_K => WeightFormat::Q4_K,
-        P_Q5_K => WeightFormat::Q5_K,
-        _ => WeightFormat::Q6_K,
-    }
-}
-
-/// The kernels of one instruction set for the six formats (indexed by [`pid`]).
+/// The kernels of one instruction set, one per format (indexed by format id).
 struct PackedKernels {
     isa: Isa,
-    f: [GroupFn; 6],
-}
-
-/// The six monomorphs of a kernel, in [`pid`] order.
-macro_rules! six {
-    ($k:ident $(, $extra:expr)?) => {
-        [
-            $k::<P_Q4_0 $(, $extra)?>,
-            $k::<P_Q4_1 $(, $extra)?>,
-            $k::<P_Q8_0 $(, $extra)?>,
-            $k::<P_Q4_K $(, $extra)?>,
-            $k::<P_Q5_K $(, $extra)?>,
-            $k::<P_Q6_K $(, $extra)?>,
-        ]
-    };
+    f: [GroupFn; WeightFormat::COUNT],
 }
 
 fn packed_kernels(isa: Isa) -> Option<PackedKernels> {
     if !Isa::available().contains(&isa) {
         return None;
     }
-    let k = |f: [GroupFn; 6]| Some(PackedKernels { isa, f });
+    // Every format's monomorph of kernel `$k`.
+    macro_rules! table {
+        ($k:ident) => {
+            Some(PackedKernels { isa, f: WeightFormat::ALL.map(|f| monomorph!(f, $k, GroupFn)) })
+        };
+    }
     match isa {
-        Isa::Scalar => k(six!(scalar_group)),
+        Isa::Scalar => table!(scalar_group),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512 => {
             use super::packed_x86::group_avx2;
-            k(six!(group_avx2))
+            table!(group_avx2)
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => {
             use super::packed_x86::group_avx512_vnni;
-            k(six!(group_avx512_vnni))
+            table!(group_avx512_vnni)
         }
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => {
             use super::packed_neon::group_neon;
-            k(six!(group_neon, false))
+            table!(group_neon)
         }
         #[cfg(target_arch = "aarch64")]
         Isa::NeonDot => {
-            use super::packed_neon::group_neon;
-            k(six!(group_neon, true))
+            use super::packed_neon::group_neon_dot;
+            table!(group_neon_dot)
         }
         #[allow(unreachable_patterns)]
         _ => None,
@@ -581,7 +524,7 @@ fn run_part(
     accumulate: bool,
 ) {
     let PackedPart { fmt, w, rows: n_out, col0 } = *part;
-    let kernel = packed_table(isa).f[pid(fmt) as usize];
+    let kernel = packed_table(isa).f[fmt as usize];
     let lay = GroupLayout::new(fmt, k);
     let groups = n_out / PACK_ROWS;
     let threads = rayon::current_num_threads();
@@ -641,9 +584,6 @@ fn group_grain(groups: usize, threads: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::quant::{
-        dequantize_q4_0, dequantize_q4_1, dequantize_q4_k, dequantize_q5_k, dequantize_q6_k, dequantize_q8_0,
-    };
     use rand::{Rng, SeedableRng};
 
     /// Random blocks of `fmt` with finite, moderate f16 scales (the rest random bytes).
@@ -657,8 +597,8 @@ mod tests {
         for blk in v.chunks_exact_mut(bb) {
             r.fill(blk);
             match fmt {
-                WeightFormat::Q4_0 | WeightFormat::Q8_0 => f16_at(blk, 0, 0.05, r),
-                WeightFormat::Q4_1 => {
+                WeightFormat::Q4_0 | WeightFormat::Q5_0 | WeightFormat::Q8_0 => f16_at(blk, 0, 0.05, r),
+                WeightFormat::Q4_1 | WeightFormat::Q5_1 => {
                     f16_at(blk, 0, 0.05, r);
                     f16_at(blk, 2, 0.2, r);
                 }
@@ -670,17 +610,6 @@ mod tests {
             }
         }
         v
-    }
-
-    fn dequant_rows(fmt: WeightFormat, w: &[u8], out: &mut [f32]) {
-        match fmt {
-            WeightFormat::Q4_0 => dequantize_q4_0(w, out),
-            WeightFormat::Q4_1 => dequantize_q4_1(w, out),
-            WeightFormat::Q8_0 => dequantize_q8_0(w, out),
-            WeightFormat::Q4_K => dequantize_q4_k(w, out),
-            WeightFormat::Q5_K => dequantize_q5_k(w, out),
-            WeightFormat::Q6_K => dequantize_q6_k(w, out),
-        }
     }
 
     fn packed(fmt: WeightFormat, w: &[u8], n_out: usize, k: usize) -> Vec<u8> {
@@ -702,13 +631,13 @@ mod tests {
             let w = random_blocks(fmt, n_out, k, &mut r);
             let p = packed(fmt, &w, n_out, k);
             let mut want = vec![0f32; n_out * k];
-            dequant_rows(fmt, &w, &mut want);
+            fmt.dequantize(&w, &mut want);
             let mut got = vec![0f32; k];
             for row in 0..n_out {
                 dequantize_packed_row(fmt, &p, n_out, k, row, &mut got);
                 for (c, (g, w)) in got.iter().zip(&want[row * k..(row + 1) * k]).enumerate() {
-                    // Q4_0/Q4_1/Q8_0 decode bit for bit; K-quants' products of scales are exact
-                    // too, only the order of the final multiply-add may differ.
+                    // The 32-weight formats decode bit for bit; K-quants' products of scales are
+                    // exact too, only the order of the final multiply-add may differ.
                     assert!((g - w).abs() <= 1e-6 * (1.0 + w.abs()), "{fmt:?} row {row} col {c}: {g} vs {w}");
                 }
             }
@@ -727,7 +656,7 @@ mod tests {
                 let w = random_blocks(fmt, n_out, k, &mut r);
                 let p = packed(fmt, &w, n_out, k);
                 let mut wf = vec![0f32; n_out * k];
-                dequant_rows(fmt, &w, &mut wf);
+                fmt.dequantize(&w, &mut wf);
                 let x: Vec<f32> = (0..m * k).map(|_| r.random_range(-3.0..3.0)).collect();
                 let mut acts = Q8Acts::new();
                 acts.quantize(&x, m, k);
@@ -780,7 +709,7 @@ mod tests {
     #[test]
     fn parallel_split_equals_one_thread() {
         let mut r = rand::rngs::StdRng::seed_from_u64(3);
-        for fmt in [WeightFormat::Q4_1, WeightFormat::Q5_K] {
+        for fmt in [WeightFormat::Q4_1, WeightFormat::Q5_0, WeightFormat::Q5_K] {
             let (n_out, k, m) = (1024, 256, 5);
             let w = random_blocks(fmt, n_out, k, &mut r);
             let p = packed(fmt, &w, n_out, k);

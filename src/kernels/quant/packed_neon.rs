@@ -6,8 +6,9 @@ use std::arch::aarch64::*;
 
 use half::f16;
 
-use super::packed::{f32_scales, has_min, nibbles, quant_offset, two_scales, GroupCall, PACK_ROWS, P_Q8_0};
+use super::packed::{GroupCall, PACK_ROWS};
 use super::q8::{Q8_LANES, QK8};
+use super::WeightFormat;
 
 /// Per 32-bit lane (one weight row each), Σ of four products of `w` and `x`.
 #[inline(always)]
@@ -30,7 +31,7 @@ unsafe fn dot4<const DOT: bool>(acc: int32x4_t, w: int8x16_t, x: int8x16_t) -> i
 unsafe fn load_scales<const F: u8>(p: *const u8) -> [float32x4_t; 4] {
     // SAFETY: the caller guarantees 32 (f16) or 64 (f32) readable bytes at `p`.
     unsafe {
-        if f32_scales(F) {
+        if const { WeightFormat::from_id(F).f32_scales() } {
             return std::array::from_fn(|q| vld1q_f32(p.cast::<f32>().add(4 * q)));
         }
         let mut f = [0f32; PACK_ROWS];
@@ -46,8 +47,10 @@ unsafe fn load_scales<const F: u8>(p: *const u8) -> [float32x4_t; 4] {
 unsafe fn row<const F: u8, const DOT: bool>(c: &mut GroupCall<'_, '_>, r: usize) {
     let lay = c.lay;
     let x = c.x[r];
+    let fmt = const { WeightFormat::from_id(F) };
+    let q8_0 = fmt == WeightFormat::Q8_0;
     // Q8_0 is turned back to signed, so it has no offset here.
-    let off = if F == P_Q8_0 { 0 } else { quant_offset(F) };
+    let off = if q8_0 { 0 } else { fmt.quant_offset() };
     // SAFETY: `GroupCall` guarantees a whole group and an activation row of `lay.nb` blocks;
     // every pointer read below stays inside them; the output holds 16 values.
     unsafe {
@@ -65,14 +68,14 @@ unsafe fn row<const F: u8, const DOT: bool>(c: &mut GroupCall<'_, '_>, r: usize)
                     x.qs.as_ptr().add(b * QK8 + 4 * u).cast::<i32>().read_unaligned(),
                 ));
                 for part in 0..4 {
-                    let w = if nibbles(F) {
+                    let w = if fmt.nibbles() {
                         let v = vld1q_u8(q.add(64 * (u / 2) + 16 * part));
                         let n = if u % 2 == 0 { vandq_u8(v, nib) } else { vshrq_n_u8::<4>(v) };
                         vreinterpretq_s8_u8(n)
-                    } else if F == P_Q8_0 {
+                    } else if q8_0 {
                         vreinterpretq_s8_u8(veorq_u8(vld1q_u8(q.add(64 * u + 16 * part)), flip))
                     } else {
-                        // K-quant bytes are below 64: valid as i8.
+                        // The other byte formats' quants are below 64: valid as i8.
                         vreinterpretq_s8_u8(vld1q_u8(q.add(64 * u + 16 * part)))
                     };
                     if u < 4 {
@@ -83,11 +86,14 @@ unsafe fn row<const F: u8, const DOT: bool>(c: &mut GroupCall<'_, '_>, r: usize)
                 }
             }
             let s1 = load_scales::<F>(g.add(lay.d_at(b)));
-            let s2 =
-                if has_min(F) || two_scales(F) { load_scales::<F>(g.add(lay.m_at(b))) } else { [vdupq_n_f32(0.0); 4] };
+            let s2 = if fmt.has_min() || fmt.two_scales() {
+                load_scales::<F>(g.add(lay.m_at(b)))
+            } else {
+                [vdupq_n_f32(0.0); 4]
+            };
             let dx = *x.d.get_unchecked(b * Q8_LANES);
             for p in 0..4 {
-                let f = if two_scales(F) {
+                let f = if fmt.two_scales() {
                     let l = vsubq_s32(lo[p], vdupq_n_s32(off * x.hsums[2 * b]));
                     let h = vsubq_s32(hi[p], vdupq_n_s32(off * x.hsums[2 * b + 1]));
                     vfmaq_f32(vmulq_f32(vcvtq_f32_s32(l), s1[p]), vcvtq_f32_s32(h), s2[p])
@@ -96,7 +102,7 @@ unsafe fn row<const F: u8, const DOT: bool>(c: &mut GroupCall<'_, '_>, r: usize)
                     vmulq_f32(vcvtq_f32_s32(s), s1[p])
                 };
                 acc[p] = vfmaq_n_f32(acc[p], f, dx);
-                if has_min(F) {
+                if fmt.has_min() {
                     acc[p] = vfmaq_n_f32(acc[p], s2[p], x.sums[b]);
                 }
             }
@@ -114,10 +120,32 @@ unsafe fn row<const F: u8, const DOT: bool>(c: &mut GroupCall<'_, '_>, r: usize)
 /// # Safety
 /// The CPU must support NEON (and the dot-product extension when `DOT`); the call must
 /// describe a whole group and activation rows of matching length.
-#[target_feature(enable = "neon")]
-pub(super) unsafe fn group_neon<const F: u8, const DOT: bool>(c: &mut GroupCall<'_, '_>) {
+#[inline(always)]
+unsafe fn group<const F: u8, const DOT: bool>(c: &mut GroupCall<'_, '_>) {
     for r in 0..c.x.len() {
         // SAFETY: forwarded from this function's contract.
         unsafe { row::<F, DOT>(c, r) }
     }
+}
+
+/// Packed group kernel, NEON with widening multiplies.
+///
+/// # Safety
+/// The CPU must support NEON; the call must describe a whole group and activation rows of
+/// matching length.
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn group_neon<const F: u8>(c: &mut GroupCall<'_, '_>) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { group::<F, false>(c) }
+}
+
+/// Packed group kernel, NEON with `sdot`.
+///
+/// # Safety
+/// The CPU must support NEON and the dot-product extension; the call must describe a whole
+/// group and activation rows of matching length.
+#[target_feature(enable = "neon,dotprod")]
+pub(super) unsafe fn group_neon_dot<const F: u8>(c: &mut GroupCall<'_, '_>) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { group::<F, true>(c) }
 }

@@ -7,8 +7,9 @@
 
 use std::arch::x86_64::*;
 
-use super::packed::{f32_scales, has_min, nibbles, quant_offset, two_scales, GroupCall, P_Q8_0};
+use super::packed::GroupCall;
 use super::q8::{Q8_LANES, QK8};
+use super::WeightFormat;
 
 /// Blocks ahead that the AVX-512 kernel touches (one line each): measured on the decode
 /// shapes (`cargo bench --bench qmatmul`), 4 beats none, 2 and one prefetch per line.
@@ -51,7 +52,7 @@ unsafe fn bcast512(x: XPtr, b: usize, u: usize) -> __m512i {
 unsafe fn scales512<const F: u8>(p: *const u8) -> __m512 {
     // SAFETY: the caller guarantees 32 (f16) or 64 (f32) readable bytes at `p`.
     unsafe {
-        if f32_scales(F) {
+        if const { WeightFormat::from_id(F).f32_scales() } {
             _mm512_loadu_ps(p.cast())
         } else {
             _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
@@ -64,7 +65,8 @@ unsafe fn scales512<const F: u8>(p: *const u8) -> __m512 {
 unsafe fn g512<const F: u8, const R: usize>(c: &mut GroupCall<'_, '_>, r0: usize) {
     let lay = c.lay;
     let x = XPtr::rows::<R>(c, r0);
-    let off = quant_offset(F);
+    let fmt = const { WeightFormat::from_id(F) };
+    let off = fmt.quant_offset();
     // SAFETY: `GroupCall` guarantees a whole group (`lay.bytes` bytes, `lay.nb` blocks) and
     // activation rows of `lay.nb` blocks; every read below stays inside them, and each
     // output slice holds 16 values.
@@ -78,7 +80,7 @@ unsafe fn g512<const F: u8, const R: usize>(c: &mut GroupCall<'_, '_>, r0: usize
             _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(PREFETCH * lay.stride).cast());
             // w[u] holds weights 4u..4u + 4 of each of the 16 rows.
             let mut w = [_mm512_setzero_si512(); 8];
-            if nibbles(F) {
+            if fmt.nibbles() {
                 for t in 0..4 {
                     let v = _mm512_loadu_si512(q.add(64 * t).cast());
                     w[2 * t] = _mm512_and_si512(v, nib);
@@ -90,17 +92,21 @@ unsafe fn g512<const F: u8, const R: usize>(c: &mut GroupCall<'_, '_>, r0: usize
                 }
             }
             let s1 = scales512::<F>(g.add(lay.d_at(b)));
-            let s2 = if has_min(F) || two_scales(F) { scales512::<F>(g.add(lay.m_at(b))) } else { _mm512_setzero_ps() };
+            let s2 = if fmt.has_min() || fmt.two_scales() {
+                scales512::<F>(g.add(lay.m_at(b)))
+            } else {
+                _mm512_setzero_ps()
+            };
             for r in 0..R {
                 // Two dependency chains: weights 0..16 and 16..32 (Q6_K needs them apart), or
                 // even and odd groups of four (the nibbles of one load in parallel).
                 let (mut lo, mut hi) = (_mm512_setzero_si512(), _mm512_setzero_si512());
                 for u in 0..4 {
-                    let (a, c) = if two_scales(F) { (u, u + 4) } else { (2 * u, 2 * u + 1) };
+                    let (a, c) = if fmt.two_scales() { (u, u + 4) } else { (2 * u, 2 * u + 1) };
                     lo = _mm512_dpbusd_epi32(lo, w[a], bcast512(x[r], b, a));
                     hi = _mm512_dpbusd_epi32(hi, w[c], bcast512(x[r], b, c));
                 }
-                let f = if two_scales(F) {
+                let f = if fmt.two_scales() {
                     let lo = _mm512_sub_epi32(lo, _mm512_set1_epi32(off * *x[r].hsums.add(2 * b)));
                     let hi = _mm512_sub_epi32(hi, _mm512_set1_epi32(off * *x[r].hsums.add(2 * b + 1)));
                     _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), s2, _mm512_mul_ps(_mm512_cvtepi32_ps(lo), s1))
@@ -112,7 +118,7 @@ unsafe fn g512<const F: u8, const R: usize>(c: &mut GroupCall<'_, '_>, r0: usize
                     _mm512_mul_ps(_mm512_cvtepi32_ps(s), s1)
                 };
                 acc[r] = _mm512_fmadd_ps(f, _mm512_set1_ps(*x[r].d.add(b * Q8_LANES)), acc[r]);
-                if has_min(F) {
+                if fmt.has_min() {
                     acc[r] = _mm512_fmadd_ps(s2, _mm512_set1_ps(*x[r].sums.add(b)), acc[r]);
                 }
             }
@@ -166,7 +172,7 @@ pub(super) unsafe fn group_avx512_vnni<const F: u8>(c: &mut GroupCall<'_, '_>) {
 unsafe fn scales256<const F: u8>(p: *const u8) -> __m256 {
     // SAFETY: the caller guarantees 16 (f16) or 32 (f32) readable bytes at `p`.
     unsafe {
-        if f32_scales(F) {
+        if const { WeightFormat::from_id(F).f32_scales() } {
             _mm256_loadu_ps(p.cast())
         } else {
             _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
@@ -179,8 +185,10 @@ unsafe fn scales256<const F: u8>(p: *const u8) -> __m256 {
 unsafe fn g256<const F: u8, const R: usize>(c: &mut GroupCall<'_, '_>, r0: usize, half: usize) {
     let lay = c.lay;
     let x = XPtr::rows::<R>(c, r0);
+    let fmt = const { WeightFormat::from_id(F) };
+    let q8_0 = fmt == WeightFormat::Q8_0;
     // Q8_0 runs signed × signed (sign trick), so it needs no offset here.
-    let off = if F == P_Q8_0 { 0 } else { quant_offset(F) };
+    let off = if q8_0 { 0 } else { fmt.quant_offset() };
     // Scales of the half's 8 rows.
     let sh = lay.sb * 8 * half;
     // SAFETY: as in `g512`; `half < 2` picks bytes 32 * half.. of each 64-byte vector.
@@ -193,7 +201,7 @@ unsafe fn g256<const F: u8, const R: usize>(c: &mut GroupCall<'_, '_>, r0: usize
         for b in 0..lay.nb {
             let q = g.add(lay.q_at(b) + 32 * half);
             let mut w = [_mm256_setzero_si256(); 8];
-            if nibbles(F) {
+            if fmt.nibbles() {
                 for t in 0..4 {
                     let v = _mm256_loadu_si256(q.add(64 * t).cast());
                     w[2 * t] = _mm256_and_si256(v, nib);
@@ -203,18 +211,22 @@ unsafe fn g256<const F: u8, const R: usize>(c: &mut GroupCall<'_, '_>, r0: usize
                 for (u, wu) in w.iter_mut().enumerate() {
                     let v = _mm256_loadu_si256(q.add(64 * u).cast());
                     // Q8_0 stores q + 128: back to signed.
-                    *wu = if F == P_Q8_0 { _mm256_xor_si256(v, flip) } else { v };
+                    *wu = if q8_0 { _mm256_xor_si256(v, flip) } else { v };
                 }
             }
             let s1 = scales256::<F>(g.add(lay.d_at(b) + sh));
-            let s2 =
-                if has_min(F) || two_scales(F) { scales256::<F>(g.add(lay.m_at(b) + sh)) } else { _mm256_setzero_ps() };
+            let s2 = if fmt.has_min() || fmt.two_scales() {
+                scales256::<F>(g.add(lay.m_at(b) + sh))
+            } else {
+                _mm256_setzero_ps()
+            };
             for r in 0..R {
                 let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
                 for (u, &wu) in w.iter().enumerate() {
                     let xv = _mm256_set1_epi32(x[r].qs.add(b * QK8 + 4 * u).cast::<i32>().read_unaligned());
-                    // |u8| <= 128 (Q8_0 magnitudes) or 63, |i8| <= 127: no i16 saturation.
-                    let p = if F == P_Q8_0 {
+                    // |u8| <= 128 (Q8_0 magnitudes) or 63 (the other formats' quants), |i8| <= 127:
+                    // no i16 saturation.
+                    let p = if q8_0 {
                         _mm256_maddubs_epi16(_mm256_abs_epi8(wu), _mm256_sign_epi8(xv, wu))
                     } else {
                         _mm256_maddubs_epi16(wu, xv)
@@ -226,7 +238,7 @@ unsafe fn g256<const F: u8, const R: usize>(c: &mut GroupCall<'_, '_>, r0: usize
                         hi = _mm256_add_epi32(hi, p);
                     }
                 }
-                let f = if two_scales(F) {
+                let f = if fmt.two_scales() {
                     let lo = _mm256_sub_epi32(lo, _mm256_set1_epi32(off * *x[r].hsums.add(2 * b)));
                     let hi = _mm256_sub_epi32(hi, _mm256_set1_epi32(off * *x[r].hsums.add(2 * b + 1)));
                     _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), s2, _mm256_mul_ps(_mm256_cvtepi32_ps(lo), s1))
@@ -238,7 +250,7 @@ unsafe fn g256<const F: u8, const R: usize>(c: &mut GroupCall<'_, '_>, r0: usize
                     _mm256_mul_ps(_mm256_cvtepi32_ps(s), s1)
                 };
                 acc[r] = _mm256_fmadd_ps(f, _mm256_set1_ps(*x[r].d.add(b * Q8_LANES)), acc[r]);
-                if has_min(F) {
+                if fmt.has_min() {
                     acc[r] = _mm256_fmadd_ps(s2, _mm256_set1_ps(*x[r].sums.add(b)), acc[r]);
                 }
             }

@@ -1,6 +1,8 @@
-//! The fast quantised matmul `out[m, n] (+)= x[m, :] · w[n, :]`: activations quantised on
-//! the fly (Q8 blocks of 32, or Q8_K for K-quants), dot kernels on the weight blocks
-//! directly, split over output rows on the current rayon pool. SIMD variant chosen once.
+//! The fast quantised matmul `out[m, n] (+)= x[m, :] · w[n, :]` on GGUF-layout blocks:
+//! activations quantised on the fly (Q8 blocks of 32, or Q8_K for K-quants), dot kernels
+//! on the weight blocks directly, split over output rows on the current rayon pool. SIMD
+//! panels for Q4_0, Q4_1 and Q8_0 (variant chosen once); Q5_0, Q5_1 and the K-quants run
+//! the scalar dots here (the packed kernels of packed.rs cover them all).
 
 use std::cell::RefCell;
 use std::marker::PhantomData;
@@ -11,46 +13,10 @@ use rayon::prelude::*;
 
 use super::dot_q8::*;
 use super::q8::{quantize_q8_k, BlockQ8_K, Q8Acts, QK8};
-use super::QK_K;
+use super::{WeightFormat, QK_K};
 use crate::kernels::rows::with_thread_buf;
 
-/// A block-quantised weight format the fast matmul reads.
-#[allow(non_camel_case_types)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum WeightFormat {
-    Q4_0,
-    Q4_1,
-    Q8_0,
-    Q4_K,
-    Q5_K,
-    Q6_K,
-}
-
-impl WeightFormat {
-    pub const ALL: [WeightFormat; 6] = [Self::Q4_0, Self::Q4_1, Self::Q8_0, Self::Q4_K, Self::Q5_K, Self::Q6_K];
-
-    /// Weights per block.
-    pub fn block_len(self) -> usize {
-        match self {
-            Self::Q4_0 | Self::Q4_1 | Self::Q8_0 => QK8,
-            _ => QK_K,
-        }
-    }
-
-    /// Bytes per block.
-    pub fn block_bytes(self) -> usize {
-        match self {
-            Self::Q4_0 => 18,
-            Self::Q4_1 => 20,
-            Self::Q8_0 => 34,
-            Self::Q4_K => 144,
-            Self::Q5_K => 176,
-            Self::Q6_K => 210,
-        }
-    }
-}
-
-/// An instruction-set variant of the 32-block kernels (K-quants always run scalar).
+/// An instruction-set variant of the kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Isa {
     Scalar,
@@ -109,12 +75,28 @@ impl Isa {
 /// Multiply-add panel of one 32-block format: all rows of `x` × the panel's weight rows.
 pub(super) type PanelFn = unsafe fn(&mut Panel<'_>);
 
-/// Function pointers for one instruction set.
+/// Function pointers for one instruction set: a panel per 32-block format, indexed by
+/// format id (`None` for the K-quants, which take the Q8_K path).
 struct Kernels {
     isa: Isa,
-    q4_0: PanelFn,
-    q4_1: PanelFn,
-    q8_0: PanelFn,
+    panels: [Option<PanelFn>; WeightFormat::COUNT],
+}
+
+/// The panel table of kernel `$k` (a const-generic panel): `$k` for the formats it has
+/// SIMD code for (Q4_0, Q4_1, Q8_0), the scalar panel for Q5_0 and Q5_1, none for the
+/// K-quants.
+macro_rules! panels {
+    ($k:ident) => {{
+        use WeightFormat as W;
+        W::ALL.map(|f| match f {
+            W::Q4_0 => Some($k::<{ W::Q4_0 as u8 }> as PanelFn),
+            W::Q4_1 => Some($k::<{ W::Q4_1 as u8 }> as PanelFn),
+            W::Q8_0 => Some($k::<{ W::Q8_0 as u8 }> as PanelFn),
+            W::Q5_0 => Some(scalar_panel::<{ W::Q5_0 as u8 }> as PanelFn),
+            W::Q5_1 => Some(scalar_panel::<{ W::Q5_1 as u8 }> as PanelFn),
+            W::Q4_K | W::Q5_K | W::Q6_K => None,
+        })
+    }};
 }
 
 impl Kernels {
@@ -123,33 +105,33 @@ impl Kernels {
         if !Isa::available().contains(&isa) {
             return None;
         }
-        let k = |q4_0: PanelFn, q4_1: PanelFn, q8_0: PanelFn| Some(Kernels { isa, q4_0, q4_1, q8_0 });
+        let k = |panels| Some(Kernels { isa, panels });
         match isa {
-            Isa::Scalar => k(scalar_panel::<0>, scalar_panel::<1>, scalar_panel::<2>),
+            Isa::Scalar => k(panels!(scalar_panel)),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => {
                 use super::x86::*;
-                k(panel_avx2::<F_Q4_0>, panel_avx2::<F_Q4_1>, panel_avx2::<F_Q8_0>)
+                k(panels!(panel_avx2))
             }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => {
                 use super::x86::*;
-                k(panel_avx512::<F_Q4_0>, panel_avx512::<F_Q4_1>, panel_avx512::<F_Q8_0>)
+                k(panels!(panel_avx512))
             }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => {
                 use super::x86::*;
-                k(panel_avx512_vnni::<F_Q4_0>, panel_avx512_vnni::<F_Q4_1>, panel_avx512_vnni::<F_Q8_0>)
+                k(panels!(panel_avx512_vnni))
             }
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => {
                 use super::neon::*;
-                k(panel_neon::<F_Q4_0>, panel_neon::<F_Q4_1>, panel_neon::<F_Q8_0>)
+                k(panels!(panel_neon))
             }
             #[cfg(target_arch = "aarch64")]
             Isa::NeonDot => {
                 use super::neon::*;
-                k(panel_neon_dot::<F_Q4_0>, panel_neon_dot::<F_Q4_1>, panel_neon_dot::<F_Q8_0>)
+                k(panels!(panel_neon_dot))
             }
             #[allow(unreachable_patterns)]
             _ => None,
@@ -157,12 +139,7 @@ impl Kernels {
     }
 
     fn panel(&self, fmt: WeightFormat) -> PanelFn {
-        match fmt {
-            WeightFormat::Q4_0 => self.q4_0,
-            WeightFormat::Q4_1 => self.q4_1,
-            WeightFormat::Q8_0 => self.q8_0,
-            _ => unreachable!("K-quants have no 32-block panel"),
-        }
+        self.panels[fmt as usize].unwrap_or_else(|| unreachable!("{fmt:?} has no 32-block panel"))
     }
 }
 
@@ -296,15 +273,20 @@ impl<'a> Panel<'a> {
     }
 }
 
-/// The scalar reference as a panel (format 0 = Q4_0, 1 = Q4_1, 2 = Q8_0).
+/// The scalar reference as a panel, for the 32-block format of id `F`.
 ///
 /// # Safety
 /// Always safe to call; `unsafe` only to share the panel function type.
 unsafe fn scalar_panel<const F: u8>(p: &mut Panel<'_>) {
-    let dot = match F {
-        0 => vec_dot_q4_0_q8,
-        1 => vec_dot_q4_1_q8,
-        _ => vec_dot_q8_0_q8,
+    let dot = match const { WeightFormat::from_id(F) } {
+        WeightFormat::Q4_0 => vec_dot_q4_0_q8,
+        WeightFormat::Q4_1 => vec_dot_q4_1_q8,
+        WeightFormat::Q5_0 => vec_dot_q5_0_q8,
+        WeightFormat::Q5_1 => vec_dot_q5_1_q8,
+        WeightFormat::Q8_0 => vec_dot_q8_0_q8,
+        f @ (WeightFormat::Q4_K | WeightFormat::Q5_K | WeightFormat::Q6_K) => {
+            unreachable!("{f:?} has no 32-block panel")
+        }
     };
     for r in 0..p.x.rows() {
         for c in 0..p.out.cols() {
@@ -391,7 +373,8 @@ pub fn quantized_matmul_with(
         let dot = match fmt {
             WeightFormat::Q4_K => vec_dot_q4_k_q8_k,
             WeightFormat::Q5_K => vec_dot_q5_k_q8_k,
-            _ => vec_dot_q6_k_q8_k,
+            WeightFormat::Q6_K => vec_dot_q6_k_q8_k,
+            _ => unreachable!("{fmt:?} has 32-weight blocks"),
         };
         with_thread_buf(&Q8K_BUF, |acts| {
             let nb = k / QK_K;

@@ -11,11 +11,13 @@ type Dequantize = fn(&[u8], &mut [f32]);
 type VecDot = fn(&[u8], &[f32]) -> f32;
 
 /// (name, weights per block, bytes per block, quantiser, dequantiser, dot, worst error
-/// relative to the block's largest magnitude: half a step, or for Q4_0 a whole step
-/// since +max|x| clips to 7/8 of it).
-const FORMATS: [(&str, usize, usize, Quantize, Dequantize, VecDot, f32); 6] = [
+/// relative to the block's largest magnitude: half a step, or for Q4_0 and Q5_0 a whole
+/// step since +max|x| clips to 7/8 (15/16) of it; plus the f16 rounding of the scales).
+const FORMATS: [(&str, usize, usize, Quantize, Dequantize, VecDot, f32); 8] = [
     ("q4_0", 32, 18, quantize_q4_0, dequantize_q4_0, vec_dot_q4_0_f32, 1.0 / 8.0 + 1e-3),
     ("q4_1", 32, 20, quantize_q4_1, dequantize_q4_1, vec_dot_q4_1_f32, 1.0 / 15.0 + 1e-3),
+    ("q5_0", 32, 22, quantize_q5_0, dequantize_q5_0, vec_dot_q5_0_f32, 1.0 / 16.0 + 1e-3),
+    ("q5_1", 32, 24, quantize_q5_1, dequantize_q5_1, vec_dot_q5_1_f32, 1.0 / 31.0 + 2e-3),
     ("q8_0", 32, 34, quantize_q8_0, dequantize_q8_0, vec_dot_q8_0_f32, 1.0 / 254.0 + 1e-3),
     ("q4_k", 256, 144, quantize_q4_k, dequantize_q4_k, vec_dot_q4_k_f32, 0.15),
     ("q5_k", 256, 176, quantize_q5_k, dequantize_q5_k, vec_dot_q5_k_f32, 0.08),
@@ -50,7 +52,7 @@ fn quantise_dequantise_round_trip_is_close() {
         dequantize(&q, &mut y);
         for (b, (xs, ys)) in x.chunks(bl).zip(y.chunks(bl)).enumerate() {
             let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
-            // GGML's Q4_0/Q4_1/Q8_0 quantise against the f32 scale but store it as f16,
+            // GGML's 32-weight formats quantise against the f32 scale but store it as f16,
             // whose subnormal spacing (2^-24) adds up to 127 half-spacings for tiny blocks
             let f16_slack = 127.0 * 2f32.powi(-25);
             for (i, (a, b2)) in xs.iter().zip(ys).enumerate() {
@@ -115,6 +117,35 @@ fn q8_0_keeps_integer_multiples_exactly() {
     let mut y = vec![0.0; 64];
     dequantize_q8_0(&q, &mut y);
     assert_eq!(x, y);
+}
+
+#[test]
+fn the_formats_table_is_weight_format_s() {
+    for (fmt, (name, bl, bb, quantize, dequantize, dot, _)) in WeightFormat::ALL.into_iter().zip(FORMATS) {
+        assert_eq!((fmt.block_len(), fmt.block_bytes()), (bl, bb), "{name}");
+        assert_eq!(format!("{fmt:?}").to_lowercase(), name);
+        let x: Vec<f32> = (0..2 * bl).map(|i| (i as f32 * 0.37).sin()).collect();
+        let q = quantize(&x);
+        assert_eq!(fmt.quantize(&x), q, "{name}");
+        let (mut a, mut b) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+        dequantize(&q, &mut a);
+        fmt.dequantize(&q, &mut b);
+        assert_eq!(a, b, "{name}");
+        assert_eq!(dot(&q, &x), fmt.vec_dot_f32(&q, &x), "{name}");
+    }
+}
+
+#[test]
+fn q5_bits_follow_ggml() {
+    // Weight w's fifth bit is bit w of qh (little endian); low nibbles as in Q4_0.
+    let mut blk = [0u8; 22];
+    blk[..2].copy_from_slice(&half::f16::from_f32(1.0).to_le_bytes());
+    blk[2..6].copy_from_slice(&0x8001_0002u32.to_le_bytes()); // weights 1, 16, 31
+    blk[6] = 0x3F; // weight 0: 15, weight 16: 3
+    blk[21] = 0xA0; // weight 15: 0, weight 31: 10
+    let mut y = [0f32; 32];
+    dequantize_q5_0(&blk, &mut y);
+    assert_eq!((y[0], y[1], y[15], y[16], y[31], y[2]), (-1.0, 0.0, -16.0, 3.0, 10.0, -16.0));
 }
 
 #[test]

@@ -8,28 +8,6 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 
-fn dequantizer(fmt: WeightFormat) -> fn(&[u8], &mut [f32]) {
-    match fmt {
-        WeightFormat::Q4_0 => dequantize_q4_0,
-        WeightFormat::Q4_1 => dequantize_q4_1,
-        WeightFormat::Q8_0 => dequantize_q8_0,
-        WeightFormat::Q4_K => dequantize_q4_k,
-        WeightFormat::Q5_K => dequantize_q5_k,
-        WeightFormat::Q6_K => dequantize_q6_k,
-    }
-}
-
-fn quantizer(fmt: WeightFormat) -> fn(&[f32]) -> Vec<u8> {
-    match fmt {
-        WeightFormat::Q4_0 => quantize_q4_0,
-        WeightFormat::Q4_1 => quantize_q4_1,
-        WeightFormat::Q8_0 => quantize_q8_0,
-        WeightFormat::Q4_K => quantize_q4_k,
-        WeightFormat::Q5_K => quantize_q5_k,
-        WeightFormat::Q6_K => quantize_q6_k,
-    }
-}
-
 fn randn(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|i| rng.random_range(-1.0..1.0) * scale * if i % 97 == 5 { 20.0 } else { 1.0 }).collect()
 }
@@ -59,7 +37,7 @@ fn dequantized_acts(fmt: WeightFormat, x: &[f32], m: usize, k: usize) -> Vec<f64
 /// Naive f64 product of dequantised weights with dequantised activations, and Σ|terms|.
 fn naive(fmt: WeightFormat, w: &[u8], n: usize, k: usize, xq: &[f64], m: usize) -> (Vec<f64>, Vec<f64>) {
     let mut wf = vec![0f32; n * k];
-    dequantizer(fmt)(w, &mut wf);
+    fmt.dequantize(w, &mut wf);
     let mut want = vec![0.0; m * n];
     let mut scale = vec![0.0; m * n];
     for i in 0..m {
@@ -127,7 +105,7 @@ fn scalar_q8_dots_match_naive_sums_and_the_f32_reference() {
     for fmt in WeightFormat::ALL {
         for nb in [1, 3, 4] {
             let k = nb * fmt.block_len();
-            let w = quantizer(fmt)(&randn(&mut rng, k, 0.5));
+            let w = fmt.quantize(&randn(&mut rng, k, 0.5));
             let x = randn(&mut rng, k, 1.5);
             let mut out = [0f32];
             quantized_matmul_with(Isa::Scalar, fmt, &w, 1, k, &x, 1, &mut out, false);
@@ -141,7 +119,7 @@ fn scalar_q8_dots_match_naive_sums_and_the_f32_reference() {
             );
             // against f32 activations: off by at most half an activation step per weight
             let mut wf = vec![0f32; k];
-            dequantizer(fmt)(&w, &mut wf);
+            fmt.dequantize(&w, &mut wf);
             let bound: f64 =
                 wf.iter().zip(&x).zip(&xq).map(|((&a, &xv), &xd)| (a as f64 * (xv as f64 - xd)).abs()).sum::<f64>()
                     + 1e-5 * scale[0];
@@ -158,14 +136,13 @@ fn integer_weights(rng: &mut StdRng, fmt: WeightFormat, n: usize, nb: usize) -> 
     for _ in 0..n * nb {
         let d = f16::from_f32([1.0, 2.0, 0.5][rng.random_range(0..3)]).to_bits().to_le_bytes();
         w.extend_from_slice(&d);
-        match fmt {
-            WeightFormat::Q4_1 => {
-                w.extend_from_slice(&f16::from_f32(rng.random_range(-8..8) as f32).to_bits().to_le_bytes());
-                w.extend((0..16).map(|_| rng.random::<u8>()));
-            }
-            WeightFormat::Q4_0 => w.extend((0..16).map(|_| rng.random::<u8>())),
-            _ => w.extend((0..32).map(|i| if i == 7 { 0x80 } else { rng.random::<u8>() })),
+        if matches!(fmt, WeightFormat::Q4_1 | WeightFormat::Q5_1) {
+            w.extend_from_slice(&f16::from_f32(rng.random_range(-8..8) as f32).to_bits().to_le_bytes());
         }
+        // The rest (fifth bits, quants) random; Q8_0 with a -128 in every block.
+        let rest = fmt.block_bytes() - w.len() % fmt.block_bytes();
+        let q8 = fmt == WeightFormat::Q8_0;
+        w.extend((0..rest).map(|i| if q8 && i == 7 { 0x80 } else { rng.random::<u8>() }));
     }
     w
 }
@@ -185,7 +162,7 @@ fn integer_acts(rng: &mut StdRng, m: usize, k: usize) -> Vec<f32> {
 fn simd_kernels_equal_scalar_exactly_on_integer_data() {
     let mut rng = StdRng::seed_from_u64(4);
     for isa in Isa::available() {
-        for fmt in [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0] {
+        for fmt in WeightFormat::ALL.into_iter().filter(|f| !f.is_k_quant()) {
             for (m, n, nb) in [(1, 1, 1), (1, 5, 3), (4, 4, 2), (5, 7, 5), (9, 13, 18), (2, 3, 4)] {
                 let k = nb * QK8;
                 let w = integer_weights(&mut rng, fmt, n, nb);
@@ -212,7 +189,7 @@ fn simd_kernels_match_scalar_on_random_data() {
             };
             for &(m, n, nb) in shapes {
                 let k = nb * fmt.block_len();
-                let w = quantizer(fmt)(&randn(&mut rng, n * k, 0.3));
+                let w = fmt.quantize(&randn(&mut rng, n * k, 0.3));
                 let x = randn(&mut rng, m * k, 3.0);
                 let xq = dequantized_acts(fmt, &x, m, k);
                 let (want, scale) = naive(fmt, &w, n, k, &xq, m);
@@ -245,8 +222,8 @@ fn parallel_split_matches_serial_and_nested_use_does_not_panic() {
     let mut rng = StdRng::seed_from_u64(6);
     let (m, n, k) = (5, 203, 256);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
-    for fmt in [WeightFormat::Q4_1, WeightFormat::Q8_0, WeightFormat::Q6_K] {
-        let w = quantizer(fmt)(&randn(&mut rng, n * k, 0.3));
+    for fmt in [WeightFormat::Q4_1, WeightFormat::Q5_0, WeightFormat::Q8_0, WeightFormat::Q6_K] {
+        let w = fmt.quantize(&randn(&mut rng, n * k, 0.3));
         let x = randn(&mut rng, m * k, 1.0);
         let mut serial = vec![0f32; m * n];
         quantized_matmul(fmt, &w, n, k, &x, m, &mut serial, false);
@@ -283,7 +260,7 @@ fn bench_panels() {
     for (fmt, n, k) in
         [(WeightFormat::Q4_1, 1536, 576), (WeightFormat::Q4_1, 576, 1536), (WeightFormat::Q8_0, 4096, 576)]
     {
-        let w = quantizer(fmt)(&randn(&mut rng, n * k, 0.3));
+        let w = fmt.quantize(&randn(&mut rng, n * k, 0.3));
         let copies = (100 << 20) / w.len() + 1;
         let big: Vec<u8> = (0..copies).flat_map(|_| w.iter().copied()).collect();
         for m in [1usize, 128] {

@@ -10,26 +10,12 @@ use std::arch::x86_64::*;
 
 use super::q8::{Q8Row, Q8_LANES, QK8};
 use super::qmatmul::Panel;
+use super::WeightFormat;
 
-pub(super) const F_Q4_0: u8 = 0;
-pub(super) const F_Q4_1: u8 = 1;
-pub(super) const F_Q8_0: u8 = 2;
-
-const fn block_bytes(f: u8) -> usize {
-    match f {
-        F_Q4_0 => 18,
-        F_Q4_1 => 20,
-        _ => 34,
-    }
-}
-
-/// Offset of the quants in a block (after the f16 scale, and the f16 min of Q4_1).
-const fn qs_offset(f: u8) -> usize {
-    match f {
-        F_Q4_1 => 4,
-        _ => 2,
-    }
-}
+// The panels' const-generic `F` is a `WeightFormat` id: Q4_0, Q4_1 or Q8_0.
+const Q4_0: WeightFormat = WeightFormat::Q4_0;
+const Q4_1: WeightFormat = WeightFormat::Q4_1;
+const Q8_0: WeightFormat = WeightFormat::Q8_0;
 
 /// Raw pointers to one activation row.
 #[derive(Clone, Copy)]
@@ -124,7 +110,8 @@ unsafe fn step512<const F: u8, const VNNI: bool, const R: usize, const C: usize,
     acc: &mut [[__m512; C]; R],
     mpack: &mut [__m512; C],
 ) {
-    let (bb, qo) = (block_bytes(F), qs_offset(F));
+    let fmt = const { WeightFormat::from_id(F) };
+    let (bb, qo) = (fmt.block_bytes(), fmt.qs_offset());
     // SAFETY: the caller guarantees `C` weight rows of `row_bytes` from `w` and `R`
     // activation rows holding block `b` (and `b + 1` unless `TAIL`): every unmasked read
     // below is inside them; the tail's activation reads are masked to block `b`.
@@ -143,7 +130,7 @@ unsafe fn step512<const F: u8, const VNNI: bool, const R: usize, const C: usize,
             if 2 * bb > 64 {
                 _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64).cast());
             }
-            if F == F_Q4_1 {
+            if fmt == Q4_1 {
                 // [d, m] pairs: lanes 0..8 from block b, 8..16 from block b + 1.
                 let dm0 = _mm_set1_epi32(p0.cast::<i32>().read_unaligned());
                 let dm1 = if TAIL { _mm_setzero_si128() } else { _mm_set1_epi32(p1.cast::<i32>().read_unaligned()) };
@@ -154,17 +141,17 @@ unsafe fn step512<const F: u8, const VNNI: bool, const R: usize, const C: usize,
                 let d0 = _mm_set1_epi16(p0.cast::<i16>().read_unaligned());
                 let d1 = if TAIL { _mm_setzero_si128() } else { _mm_set1_epi16(p1.cast::<i16>().read_unaligned()) };
                 dw[c] = _mm512_cvtph_ps(_mm256_inserti128_si256::<1>(_mm256_castsi128_si256(d0), d1));
-                if F == F_Q4_0 {
+                if fmt == Q4_0 {
                     // w = d (q - 8): the offset is -8 d times the activation block's sum.
                     mw[c] = _mm512_mul_ps(dw[c], _mm512_set1_ps(-8.0));
                 }
             }
-            if F != F_Q8_0 {
+            if fmt != Q8_0 {
                 // lane 2j takes m of block b (lane 0 of mw), lane 2j + 1 that of b + 1 (lane 8)
                 let idx = _mm512_setr_epi32(0, 8, 0, 8, 0, 8, 0, 8, 0, 8, 0, 8, 0, 8, 0, 8);
                 mpack[c] = _mm512_mask_permutexvar_ps(mpack[c], 0b11 << (2 * j), idx, mw[c]);
             }
-            if F == F_Q8_0 {
+            if fmt == Q8_0 {
                 let lo = _mm256_loadu_si256(p0.add(qo).cast());
                 let v = if TAIL {
                     _mm512_zextsi256_si512(lo)
@@ -198,7 +185,7 @@ unsafe fn step512<const F: u8, const VNNI: bool, const R: usize, const C: usize,
                 (_mm512_loadu_si512(x[r].qs.add(b * QK8).cast()), _mm512_loadu_ps(x[r].d.add(b * Q8_LANES)))
             };
             for c in 0..C {
-                let xs = if F == F_Q8_0 { _mm512_mask_sub_epi8(xq, neg[c], _mm512_setzero_si512(), xq) } else { xq };
+                let xs = if fmt == Q8_0 { _mm512_mask_sub_epi8(xq, neg[c], _mm512_setzero_si512(), xq) } else { xq };
                 let dp = dot512::<VNNI>(wq[c], xs);
                 acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), _mm512_mul_ps(dw[c], dx), acc[r][c]);
             }
@@ -237,6 +224,7 @@ unsafe fn tile512<const F: u8, const VNNI: bool, const R: usize, const C: usize>
     nb: usize,
     x: &[RowPtr; R],
 ) -> [[f32; C]; R] {
+    let fmt = const { WeightFormat::from_id(F) };
     // SAFETY: as for `step512` and `flush_offsets`, which only touch blocks below `nb`.
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); C]; R];
@@ -254,7 +242,7 @@ unsafe fn tile512<const F: u8, const VNNI: bool, const R: usize, const C: usize>
             if b < g1 {
                 step512::<F, VNNI, R, C, true>(w, row_bytes, b, j, x, &mut acc, &mut mpack);
             }
-            if F != F_Q8_0 {
+            if fmt != Q8_0 {
                 flush_offsets::<R, C>(g0, g1 - g0, x, &mut acc, &mut mpack);
             }
             g0 = g1;
@@ -300,7 +288,8 @@ unsafe fn step256<const F: u8, const R: usize, const C: usize>(
     x: &[RowPtr; R],
     acc: &mut [[__m256; C]; R],
 ) {
-    let (bb, qo) = (block_bytes(F), qs_offset(F));
+    let fmt = const { WeightFormat::from_id(F) };
+    let (bb, qo) = (fmt.block_bytes(), fmt.qs_offset());
     // SAFETY: the caller guarantees `C` weight rows and `R` activation rows holding block `b`.
     unsafe {
         let mut wq = [_mm256_setzero_si256(); C];
@@ -309,17 +298,17 @@ unsafe fn step256<const F: u8, const R: usize, const C: usize>(
         let mut mw = [_mm256_setzero_ps(); C];
         for c in 0..C {
             let p0 = w.add(c * row_bytes + b * bb);
-            if F == F_Q4_1 {
+            if fmt == Q4_1 {
                 let f = _mm256_cvtph_ps(_mm_set1_epi32(p0.cast::<i32>().read_unaligned()));
                 dw[c] = _mm256_moveldup_ps(f);
                 mw[c] = _mm256_movehdup_ps(f);
             } else {
                 dw[c] = _mm256_cvtph_ps(_mm_set1_epi16(p0.cast::<i16>().read_unaligned()));
-                if F == F_Q4_0 {
+                if fmt == Q4_0 {
                     mw[c] = _mm256_mul_ps(dw[c], _mm256_set1_ps(-8.0));
                 }
             }
-            if F == F_Q8_0 {
+            if fmt == Q8_0 {
                 let v = _mm256_loadu_si256(p0.add(qo).cast());
                 wq[c] = _mm256_abs_epi8(v);
                 wsign[c] = v;
@@ -334,11 +323,11 @@ unsafe fn step256<const F: u8, const R: usize, const C: usize>(
             let dx = _mm256_loadu_ps(x[r].d.add(b * Q8_LANES));
             let sx = _mm256_loadu_ps(x[r].s.add(b * Q8_LANES));
             for c in 0..C {
-                let xs = if F == F_Q8_0 { _mm256_sign_epi8(xq, wsign[c]) } else { xq };
+                let xs = if fmt == Q8_0 { _mm256_sign_epi8(xq, wsign[c]) } else { xq };
                 // |u| <= 128 and |s| <= 127: no i16 saturation in vpmaddubsw.
                 let dp = _mm256_madd_epi16(_mm256_maddubs_epi16(wq[c], xs), _mm256_set1_epi16(1));
                 acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dp), _mm256_mul_ps(dw[c], dx), acc[r][c]);
-                if F != F_Q8_0 {
+                if fmt != Q8_0 {
                     acc[r][c] = _mm256_fmadd_ps(mw[c], sx, acc[r][c]);
                 }
             }

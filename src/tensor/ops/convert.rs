@@ -4,7 +4,7 @@
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use crate::kernels::quant;
+use crate::kernels::quant::WeightFormat;
 use crate::tensor::DType;
 use crate::{Error, Result};
 
@@ -16,23 +16,21 @@ pub(crate) fn bytes_to_f32(bytes: &[u8], dtype: DType) -> Result<Vec<f32>> {
     fn map<T: bytemuck::Pod>(bytes: &[u8], f: impl Fn(T) -> f32) -> Vec<f32> {
         bytes.chunks_exact(std::mem::size_of::<T>()).map(|c| f(bytemuck::pod_read_unaligned(c))).collect()
     }
+    if let Some(fmt) = dtype.weight_format() {
+        return dequantize(bytes, dtype, fmt);
+    }
     Ok(match dtype {
         DType::F32 => map::<f32>(bytes, |x| x),
         DType::F16 => map::<f16>(bytes, f16::to_f32),
         DType::BF16 => map::<bf16>(bytes, bf16::to_f32),
         DType::I32 => map::<i32>(bytes, |x| x as f32),
         DType::U8 => bytes.iter().map(|&x| x as f32).collect(),
-        DType::Q4_0 => dequantize(bytes, dtype, quant::dequantize_q4_0)?,
-        DType::Q4_1 => dequantize(bytes, dtype, quant::dequantize_q4_1)?,
-        DType::Q8_0 => dequantize(bytes, dtype, quant::dequantize_q8_0)?,
-        DType::Q4_K => dequantize(bytes, dtype, quant::dequantize_q4_k)?,
-        DType::Q5_K => dequantize(bytes, dtype, quant::dequantize_q5_k)?,
-        DType::Q6_K => dequantize(bytes, dtype, quant::dequantize_q6_k)?,
+        q => unreachable!("{q} has a weight format"),
     })
 }
 
-/// Dequantise whole blocks with `kernel`, in parallel on the current pool for large inputs.
-fn dequantize(bytes: &[u8], dtype: DType, kernel: fn(&[u8], &mut [f32])) -> Result<Vec<f32>> {
+/// Dequantise whole blocks of `fmt`, in parallel on the current pool for large inputs.
+fn dequantize(bytes: &[u8], dtype: DType, fmt: WeightFormat) -> Result<Vec<f32>> {
     let (bb, bl) = (dtype.block_bytes(), dtype.block_len());
     if !bytes.len().is_multiple_of(bb) {
         return Err(Error::DType {
@@ -48,9 +46,9 @@ fn dequantize(bytes: &[u8], dtype: DType, kernel: fn(&[u8], &mut [f32])) -> Resu
         bytes
             .par_chunks(PAR_BLOCKS * bb)
             .zip(out.par_chunks_mut(PAR_BLOCKS * bl))
-            .for_each(|(src, dst)| kernel(src, dst));
+            .for_each(|(src, dst)| fmt.dequantize(src, dst));
     } else {
-        kernel(bytes, &mut out);
+        fmt.dequantize(bytes, &mut out);
     }
     Ok(out)
 }

@@ -21,15 +21,7 @@ pub(crate) fn quantized_matmul_t(
     match precision {
         MatmulPrecision::Exact => quantized_matmul_exact(x, m, w, out, accumulate),
         MatmulPrecision::Fast => {
-            let fmt = match w.dtype() {
-                DType::Q4_0 => WeightFormat::Q4_0,
-                DType::Q4_1 => WeightFormat::Q4_1,
-                DType::Q8_0 => WeightFormat::Q8_0,
-                DType::Q4_K => WeightFormat::Q4_K,
-                DType::Q5_K => WeightFormat::Q5_K,
-                DType::Q6_K => WeightFormat::Q6_K,
-                d => return Err(Error::dtype("quantized linear", d)),
-            };
+            let fmt = weight_format(w.dtype())?;
             let (n_out, k) = (w.dims()[0], w.dims()[1]);
             if k % fmt.block_len() != 0 {
                 return Err(Error::shape("linear", format!("weight row of {k} is not whole {fmt:?} blocks")));
@@ -40,19 +32,9 @@ pub(crate) fn quantized_matmul_t(
     }
 }
 
-/// Row-dot kernel for one weight format.
-type RowDot = fn(&[u8], &[f32]) -> f32;
-
-fn row_dot(dtype: DType) -> Result<RowDot> {
-    Ok(match dtype {
-        DType::Q4_0 => quant::vec_dot_q4_0_f32,
-        DType::Q4_1 => quant::vec_dot_q4_1_f32,
-        DType::Q8_0 => quant::vec_dot_q8_0_f32,
-        DType::Q4_K => quant::vec_dot_q4_k_f32,
-        DType::Q5_K => quant::vec_dot_q5_k_f32,
-        DType::Q6_K => quant::vec_dot_q6_k_f32,
-        d => return Err(Error::dtype("quantized linear", d)),
-    })
+/// The kernels' format of a quantised weight's dtype.
+fn weight_format(dtype: DType) -> Result<WeightFormat> {
+    dtype.weight_format().ok_or_else(|| Error::dtype("quantized linear", dtype))
 }
 
 /// Output rows per parallel task.
@@ -62,7 +44,7 @@ const ROWS_PER_TASK: usize = 64;
 /// `x` `[m, k]`; `out` is `[m, n_out]` and is overwritten (or added to with `accumulate`).
 /// The activations stay f32: the reference that tests/golden.rs holds to 2e-3.
 fn quantized_matmul_exact(x: &[f32], m: usize, w: &Tensor, out: &mut [f32], accumulate: bool) -> Result<()> {
-    let dot = row_dot(w.dtype())?;
+    let fmt = weight_format(w.dtype())?;
     let (n_out, k) = (w.dims()[0], w.dims()[1]);
     let row_bytes = w.dtype().bytes_for(k).ok_or_else(|| Error::shape("linear", "weight row is not whole blocks"))?;
     let wb = w.raw_bytes()?;
@@ -75,7 +57,7 @@ fn quantized_matmul_exact(x: &[f32], m: usize, w: &Tensor, out: &mut [f32], accu
             for j in j0..j1 {
                 let wrow = &wb[j * row_bytes..(j + 1) * row_bytes];
                 for i in 0..m {
-                    part[i * (j1 - j0) + (j - j0)] = dot(wrow, &x[i * k..(i + 1) * k]);
+                    part[i * (j1 - j0) + (j - j0)] = fmt.vec_dot_f32(wrow, &x[i * k..(i + 1) * k]);
                 }
             }
             (j0, part)
