@@ -10,6 +10,7 @@ pub mod generate;
 pub mod kv_cache;
 pub mod layers;
 pub mod sampler;
+pub(crate) mod spm;
 pub mod text_model;
 pub mod tokenizer;
 pub mod workspace;

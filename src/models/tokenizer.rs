@@ -65,68 +65,76 @@ fn meta_id(m: &BTreeMap<String, MetaValue>, key: &str, vocab: usize) -> Result<O
     }
 }
 
+/// The byte-level BPE (`tokenizer.ggml.model` = `gpt2`) and which ids are control tokens.
+fn build_gpt2(m: &BTreeMap<String, MetaValue>) -> Result<(tokenizers::Tokenizer, Vec<bool>)> {
+    let tokens = meta_strings(m, "tokenizer.ggml.tokens")?;
+    let merges = meta_strings(m, "tokenizer.ggml.merges")?;
+    let types: Vec<i64> = match m.get("tokenizer.ggml.token_type") {
+        Some(MetaValue::Array(items)) => items.iter().map(|v| v.as_i64().unwrap_or(1)).collect(),
+        _ => vec![1; tokens.len()],
+    };
+    let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let merges: Vec<(String, String)> = merges
+        .iter()
+        .map(|s| {
+            s.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| Error::invalid(format!("tokenizer: merge '{s}' is not two tokens")))
+        })
+        .collect::<Result<_>>()?;
+    // Some vocabularies lack a few byte tokens (SmolLM2 has no token for the bytes
+    // 0x04, 0x06, 0x13, 0x14, 0x16, 0x1d, 0xf1, 0xf2): such bytes become the unknown
+    // token, when the file names one, instead of vanishing silently.
+    let mut builder = BPE::builder().vocab_and_merges(vocab, merges);
+    if let Some(unk) = meta_id(m, "tokenizer.ggml.unknown_token_id", tokens.len())? {
+        builder = builder.unk_token(tokens[unk as usize].clone());
+    }
+    let bpe = builder.build().map_err(|e| Error::invalid(format!("tokenizer: cannot build BPE: {e}")))?;
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    let pre = match m.get("tokenizer.ggml.pre") {
+        // SmolLM and StarCoder split digits one by one before the GPT-2 regex.
+        Some(MetaValue::Str(p)) if p == "smollm" || p == "starcoder" || p == "refact" => {
+            PreTokenizerWrapper::Sequence(Sequence::new(vec![
+                PreTokenizerWrapper::Digits(Digits::new(true)),
+                PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true)),
+            ]))
+        }
+        _ => PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true)),
+    };
+    inner.with_pre_tokenizer(Some(pre));
+    inner.with_decoder(Some(ByteLevelDecoder::default()));
+    let mut special_ids = vec![false; tokens.len()];
+    let specials: Vec<AddedToken> = tokens
+        .iter()
+        .zip(&types)
+        .enumerate()
+        .filter(|(_, (_, &t))| t == TOKEN_CONTROL || t == TOKEN_USER_DEFINED)
+        .map(|(i, (s, &t))| {
+            special_ids[i] = t == TOKEN_CONTROL;
+            AddedToken::from(s.clone(), t == TOKEN_CONTROL)
+        })
+        .collect();
+    inner.add_special_tokens(&specials);
+    Ok((inner, special_ids))
+}
+
 impl Tokenizer {
     /// Build from GGUF metadata (`tokenizer.ggml.model` must be `gpt2`: byte-level BPE).
     pub fn from_gguf_metadata(m: &BTreeMap<String, MetaValue>) -> Result<Tokenizer> {
-        match meta(m, "tokenizer.ggml.model")? {
-            MetaValue::Str(s) if s == "gpt2" => {}
+        let (inner, special_ids) = match meta(m, "tokenizer.ggml.model")? {
+            MetaValue::Str(s) if s == "gpt2" => build_gpt2(m)?,
+            MetaValue::Str(s) if s == "llama" => {
+                let spm = crate::models::spm::build_spm(m)?;
+                (spm.tokenizer, spm.special_ids)
+            }
             other => {
                 return Err(Error::invalid(format!(
-                    "tokenizer: model {other:?} is not supported (only byte-level BPE, 'gpt2')"
+                    "tokenizer: model {other:?} is not supported (supported: 'gpt2' byte-level BPE, \
+                     'llama' SentencePiece)"
                 )))
             }
-        }
-        let tokens = meta_strings(m, "tokenizer.ggml.tokens")?;
-        let merges = meta_strings(m, "tokenizer.ggml.merges")?;
-        let types: Vec<i64> = match m.get("tokenizer.ggml.token_type") {
-            Some(MetaValue::Array(items)) => items.iter().map(|v| v.as_i64().unwrap_or(1)).collect(),
-            _ => vec![1; tokens.len()],
         };
-        let vocab: tokenizers::models::bpe::Vocab =
-            tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
-        let merges: Vec<(String, String)> = merges
-            .iter()
-            .map(|s| {
-                s.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| Error::invalid(format!("tokenizer: merge '{s}' is not two tokens")))
-            })
-            .collect::<Result<_>>()?;
-        // Some vocabularies lack a few byte tokens (SmolLM2 has no token for the bytes
-        // 0x04, 0x06, 0x13, 0x14, 0x16, 0x1d, 0xf1, 0xf2): such bytes become the unknown
-        // token, when the file names one, instead of vanishing silently.
-        let mut builder = BPE::builder().vocab_and_merges(vocab, merges);
-        if let Some(unk) = meta_id(m, "tokenizer.ggml.unknown_token_id", tokens.len())? {
-            builder = builder.unk_token(tokens[unk as usize].clone());
-        }
-        let bpe = builder.build().map_err(|e| Error::invalid(format!("tokenizer: cannot build BPE: {e}")))?;
-        let mut inner = tokenizers::Tokenizer::new(bpe);
-        let pre = match m.get("tokenizer.ggml.pre") {
-            // SmolLM and StarCoder split digits one by one before the GPT-2 regex.
-            Some(MetaValue::Str(p)) if p == "smollm" || p == "starcoder" || p == "refact" => {
-                PreTokenizerWrapper::Sequence(Sequence::new(vec![
-                    PreTokenizerWrapper::Digits(Digits::new(true)),
-                    PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true)),
-                ]))
-            }
-            _ => PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true)),
-        };
-        inner.with_pre_tokenizer(Some(pre));
-        inner.with_decoder(Some(ByteLevelDecoder::default()));
-        let mut special_ids = vec![false; tokens.len()];
-        let specials: Vec<AddedToken> = tokens
-            .iter()
-            .zip(&types)
-            .enumerate()
-            .filter(|(_, (_, &t))| t == TOKEN_CONTROL || t == TOKEN_USER_DEFINED)
-            .map(|(i, (s, &t))| {
-                special_ids[i] = t == TOKEN_CONTROL;
-                AddedToken::from(s.clone(), t == TOKEN_CONTROL)
-            })
-            .collect();
-        inner.add_special_tokens(&specials);
-
-        let n = tokens.len();
+        let n = special_ids.len();
         let bos_id = meta_id(m, "tokenizer.ggml.bos_token_id", n)?;
         let eos_id = meta_id(m, "tokenizer.ggml.eos_token_id", n)?;
         let add_bos = matches!(m.get("tokenizer.ggml.add_bos_token"), Some(MetaValue::Bool(true)));
@@ -138,8 +146,9 @@ impl Tokenizer {
         for extra in ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
             stop_ids.extend(meta_id(m, extra, n)?);
         }
-        if let Some(id) = tokens.iter().position(|t| t == "<|im_end|>") {
-            stop_ids.push(id as u32);
+        // End-of-turn markers of the chat formats (ChatML, Gemma).
+        for marker in ["<|im_end|>", "<end_of_turn>"] {
+            stop_ids.extend(inner.token_to_id(marker));
         }
         stop_ids.sort_unstable();
         stop_ids.dedup();
