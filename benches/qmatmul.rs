@@ -4,7 +4,8 @@
 //! (`packed_matmul`), interleaved in one run, 1 and 2 threads, decode (m = 1) and prefill
 //! (m = 128). Prints medians and the ratio. Then the formats whose GGUF-layout path is
 //! scalar (Q5_0, Q5_1 and the K-quants) on eight 2048 x 2048 matrices. Run:
-//! `cargo bench --bench qmatmul` (`QMATMUL_FORMATS=q5_0,q4_k` narrows the second part).
+//! `cargo bench --bench qmatmul` (`QMATMUL_FORMATS=q5_0,q4_k` narrows the second part;
+//! `QMATMUL_CPU=1` times by thread CPU time instead of wall time, see [`pass`]).
 
 use std::hint::black_box;
 use std::time::Instant;

@@ -77,7 +77,7 @@ fn every_family_matches_transformers_exactly_on_f32_weights() {
 /// The Q8_0 files: the exact path (f32 activations) agrees with transformers on the same
 /// dequantised weights to float rounding; the default fast path (packed weights, 8-bit
 /// activations) within the error of its activation rounding. Measured here (AMD EPYC,
-/// AVX-512 VNNI) on logits of std 2.7-3.5: exact worst 5e-5; fast worst 0.24-0.56 and mean
+/// AVX2 only: this VM had no AVX-512) on logits of std 2.7-3.5: exact worst 5e-5; fast worst 0.24-0.56 and mean
 /// 0.044-0.067 over all 24 x 1024 logits (the random weights' init is large on purpose,
 /// so each layer moves the logits a lot). The bounds are 1.5x the worst family.
 #[test]

@@ -43,7 +43,7 @@ fn check_top10(logits: &[f32], top10: &Value, margin: f32, clear: f32, what: &st
     worst
 }
 
-/// Measured here (AMD EPYC, AVX-512 VNNI): exact path worst top-10 difference below 5e-5
+/// Measured here (AMD EPYC, AVX2 kernels: that VM had no AVX-512): exact path worst top-10 difference below 5e-5
 /// (the fixture's rounding); fast path (8-bit activations) worst 0.81, mean of the per-step
 /// worst 0.24, on logits of size 15-25. The exact path runs the first 12 steps of each
 /// prompt (its 262144-row head decodes every row per step: slow).

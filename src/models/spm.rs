@@ -289,8 +289,9 @@ struct Candidate {
 /// scores)`. Every token, in file order (a repeated token once, where it is `first`
 /// listed, with the score of its last listing), yields a merge for each way to cut it into
 /// two tokens, those ordered by the parts' ids; then all are sorted, stably, by score,
-/// length of the left part and length of the right part, each descending. Runs on the
-/// current rayon pool.
+/// length of the left part and length of the right part, each descending. Called on a
+/// rayon pool's thread, runs on that pool (else on the calling thread alone: loading a
+/// model should not start rayon's global pool beside the context's).
 fn derive_merges(tokens: &[Cow<str>], first: &[bool], vocab: &Vocab, score_of: &[f64]) -> Vec<(String, String)> {
     const CHUNK: usize = 8192;
     let cut = |start: usize, chunk: &[Cow<str>]| -> Vec<Candidate> {
@@ -314,17 +315,25 @@ fn derive_merges(tokens: &[Cow<str>], first: &[bool], vocab: &Vocab, score_of: &
         }
         out
     };
-    let parts: Vec<Vec<Candidate>> =
-        tokens.par_chunks(CHUNK).enumerate().map(|(c, chunk)| cut(c * CHUNK, chunk)).collect();
-    let mut candidates: Vec<Candidate> = parts.concat();
-    // Stable, as Python's `sorted`.
-    candidates.par_sort_by(|a, b| {
+    let order = |a: &Candidate, b: &Candidate| {
         b.score
             .partial_cmp(&a.score)
             .unwrap_or(std::cmp::Ordering::Equal)
             .then(b.len_left.cmp(&a.len_left))
             .then(b.len_right.cmp(&a.len_right))
-    });
+    };
+    // Sorts stable, as Python's `sorted`.
+    let candidates = if rayon::current_thread_index().is_some() {
+        let parts: Vec<Vec<Candidate>> =
+            tokens.par_chunks(CHUNK).enumerate().map(|(c, chunk)| cut(c * CHUNK, chunk)).collect();
+        let mut candidates = parts.concat();
+        candidates.par_sort_by(order);
+        candidates
+    } else {
+        let mut candidates = cut(0, tokens);
+        candidates.sort_by(order);
+        candidates
+    };
     candidates.iter().map(|c| (tokens[c.left as usize].to_string(), tokens[c.right as usize].to_string())).collect()
 }
 
@@ -550,18 +559,22 @@ mod tests {
         let fixture: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
         let variants = fixture["variants"].as_object().unwrap();
         assert_eq!(variants.len(), 4);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
         for (name, variant) in variants {
             let mut m = file.metadata().clone();
             let arch = variant["architecture"].as_str().unwrap();
             m.insert("general.architecture".into(), MetaValue::Str(arch.into()));
             if variant["scores"] == "-index" {
                 let n = m["tokenizer.ggml.tokens"].as_array().unwrap().len();
-                let scores = (0..n).map(|i| MetaValue::Float(-(i as f32) as f64)).collect();
+                let scores = (0..n).map(|i| MetaValue::Float(-(i as f64))).collect();
                 m.insert("tokenizer.ggml.scores".into(), MetaValue::Array(scores));
             }
+            // Two of them on a pool (merges derived in parallel), two on this thread.
+            let on_pool = name == "gemma3" || name == "llama_tied";
             let start = std::time::Instant::now();
-            let parts = build_spm(&m).unwrap();
-            eprintln!("{name}: built the {arch} tokenizer in {:.0} ms", start.elapsed().as_secs_f64() * 1e3);
+            let parts = if on_pool { pool.install(|| build_spm(&m)) } else { build_spm(&m) }.unwrap();
+            let ms = start.elapsed().as_secs_f64() * 1e3;
+            eprintln!("{name}: built the {arch} tokenizer in {ms:.0} ms{}", if on_pool { " on a pool" } else { "" });
             let tok = &parts.tokenizer;
             let ids = |v: &serde_json::Value| -> Vec<u32> {
                 v.as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect()

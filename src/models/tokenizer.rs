@@ -137,7 +137,11 @@ impl Tokenizer {
         let n = special_ids.len();
         let bos_id = meta_id(m, "tokenizer.ggml.bos_token_id", n)?;
         let eos_id = meta_id(m, "tokenizer.ggml.eos_token_id", n)?;
-        let add_bos = matches!(m.get("tokenizer.ggml.add_bos_token"), Some(MetaValue::Bool(true)));
+        // Without the key, SentencePiece files add a BOS (as llama.cpp and transformers do).
+        let add_bos = match m.get("tokenizer.ggml.add_bos_token") {
+            Some(v) => matches!(v, MetaValue::Bool(true)),
+            None => matches!(m.get("tokenizer.ggml.model"), Some(MetaValue::Str(s)) if s == "llama"),
+        };
         let chat_template = match m.get("tokenizer.chat_template") {
             Some(MetaValue::Str(s)) => Some(s.clone()),
             _ => None,
