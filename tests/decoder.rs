@@ -43,6 +43,9 @@ fn forked_blocks_of_the_real_model_equal_the_model() {
 
     // Bad input names the block.
     let wrong = mllm::Tensor::zeros(&[2, 7], mllm::DType::F32).unwrap();
-    let err = mllm::wait(mllm::fork(&blocks[3], vec![wrong])).unwrap_err().to_string();
+    let err = mllm::wait(mllm::fork(&blocks[3], vec![wrong.clone()])).unwrap_err().to_string();
     assert!(err.contains("blk.3"), "{err}");
+    assert!(m.head(&wrong).unwrap_err().to_string().contains("not [T, 576]"));
+    let vocab = m.config().vocab_size as u32;
+    assert!(m.embed_tokens(&[1, vocab]).unwrap_err().to_string().contains("outside the vocabulary"));
 }

@@ -94,6 +94,19 @@ pub fn for_each_chunk(out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync + Se
     }
 }
 
+/// Write (or add, with `accumulate`) `src` (`[m, cols]`) into columns `col0..col0 + cols`
+/// of `out` (`[m, ldo]`): one part of a stacked matmul's output.
+pub fn store_cols(src: &[f32], cols: usize, out: &mut [f32], ldo: usize, col0: usize, accumulate: bool) {
+    for (s, d) in src.chunks_exact(cols.max(1)).zip(out.chunks_exact_mut(ldo)) {
+        let d = &mut d[col0..col0 + cols];
+        if accumulate {
+            d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
+        } else {
+            d.copy_from_slice(s);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -224,15 +224,7 @@ impl PackedLinear {
             .collect::<Result<_>>()?;
         for (j0, res) in blocks {
             let n = res.len() / m.max(1);
-            for i in 0..m {
-                let dst = &mut out[i * ldo + col0 + j0..][..n];
-                let src = &res[i * n..(i + 1) * n];
-                if accumulate {
-                    dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
-                } else {
-                    dst.copy_from_slice(src);
-                }
-            }
+            crate::kernels::rows::store_cols(&res, n, out, ldo, col0 + j0, accumulate);
         }
         Ok(())
     }

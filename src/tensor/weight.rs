@@ -6,6 +6,7 @@
 //! so a model never falls back as a whole. Model code calls [`Weight::matmul_into`] only.
 
 use crate::kernels::matmul::{matmul_f32, MatRef};
+use crate::kernels::rows::store_cols;
 use crate::tensor::ops::MatmulPrecision;
 use crate::tensor::{DType, PackedLinear, Tensor};
 use crate::{Error, Result};
@@ -181,7 +182,7 @@ impl Weight {
                 Storage::Blocks(w) => {
                     let mut tmp = vec![0f32; m * s.rows];
                     crate::tensor::ops::qlinear::quantized_matmul_t(x, m, w, &mut tmp, false, precision)?;
-                    scatter(&tmp, s.rows, out, ldo, s.col0, accumulate);
+                    store_cols(&tmp, s.rows, out, ldo, s.col0, accumulate);
                 }
                 Storage::Float(w) if self.segments.len() == 1 => {
                     let ws = w.as_slice::<f32>()?;
@@ -201,7 +202,7 @@ impl Weight {
                         &mut tmp,
                         false,
                     );
-                    scatter(&tmp, s.rows, out, ldo, s.col0, accumulate);
+                    store_cols(&tmp, s.rows, out, ldo, s.col0, accumulate);
                 }
             }
         }
@@ -228,18 +229,6 @@ impl Weight {
                 out.copy_from_slice(&crate::tensor::ops::convert::bytes_to_f32(t.raw_bytes()?, w.dtype())?);
                 Ok(())
             }
-        }
-    }
-}
-
-/// Write (or add) `tmp` `[m, rows]` into columns `col0..col0 + rows` of `out` `[m, ldo]`.
-fn scatter(tmp: &[f32], rows: usize, out: &mut [f32], ldo: usize, col0: usize, accumulate: bool) {
-    for (src, dst) in tmp.chunks_exact(rows.max(1)).zip(out.chunks_exact_mut(ldo)) {
-        let dst = &mut dst[col0..col0 + rows];
-        if accumulate {
-            dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
-        } else {
-            dst.copy_from_slice(src);
         }
     }
 }
