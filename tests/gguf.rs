@@ -574,3 +574,16 @@ fn mutated_files_never_panic() {
     std::panic::set_hook(prev);
     assert!(failures.is_empty(), "{} panics, first: {:?}", failures.len(), &failures[..failures.len().min(5)]);
 }
+
+#[test]
+fn parse_describes_tensor_types_that_read_refuses() {
+    let b = Builder::new(3).tensor(tensor("q2", &[256], 10, vec![0; 84])).tensor(tensor("odd", &[4], 99, vec![0; 8]));
+    let info = gguf::parse(&b.bytes(), "x").expect("describing a file with unsupported types");
+    let (q2, odd) = (&info.tensors[0], &info.tensors[1]);
+    assert_eq!((q2.ggml_type, q2.dtype, q2.nbytes, q2.type_name()), (10, None, Some(84), "Q2_K"));
+    assert_eq!((odd.ggml_type, odd.dtype, odd.nbytes, odd.type_name()), (99, None, None, "unknown"));
+    // a known layout is still checked against the file
+    let short = Builder::new(3).tensor(tensor("q2", &[512], 10, vec![0; 84]));
+    let e = gguf::parse(&short.bytes(), "x").unwrap_err().to_string();
+    assert!(e.contains("past the end of the file"), "{e}");
+}

@@ -310,27 +310,71 @@ pub fn chat(args: ChatArgs) -> Result<()> {
 }
 
 pub fn inspect(args: InspectArgs) -> Result<()> {
+    if mllm::params::gguf::is_gguf(&args.file) {
+        return inspect_gguf(&args);
+    }
     let file = mllm::ParameterFile::open(&args.file)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}: {} tensors, {} metadata keys", args.file.display(), file.len(), file.metadata().len())?;
-    writeln!(out, "\nmetadata:")?;
-    for (k, v) in file.metadata() {
-        writeln!(out, "  {k:<45} {}", show_meta(v, args.full))?;
-    }
+    write_metadata(&mut out, file.metadata(), args.full)?;
     writeln!(out, "\n  {:<40} {:>6}  {:<18} {:>12}", "tensor", "dtype", "shape", "bytes")?;
     let mut total = 0;
     for (name, t) in file.iter() {
         total += t.nbytes();
-        writeln!(
-            out,
-            "  {:<40} {:>6}  {:<18} {:>12}",
-            name,
-            t.dtype().to_string(),
-            format!("{:?}", t.shape()),
-            t.nbytes()
-        )?;
+        let shape = format!("{:?}", t.shape());
+        writeln!(out, "  {:<40} {:>6}  {:<18} {:>12}", name, t.dtype().to_string(), shape, t.nbytes())?;
     }
     writeln!(out, "\n  total {} in {} tensors", mllm::context::memory::human_bytes(total), file.len())?;
+    Ok(())
+}
+
+/// A GGUF file described from its header alone, so files with tensor types the engine
+/// cannot run (IQ2_XS, Q3_K, ...) are described too, those tensors marked.
+fn inspect_gguf(args: &InspectArgs) -> Result<()> {
+    let info = mllm::params::gguf::describe(&args.file)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{}: GGUF v{}, {} tensors, {} metadata keys",
+        args.file.display(),
+        info.version,
+        info.tensors.len(),
+        info.metadata.len()
+    )?;
+    write_metadata(&mut out, info.metadata.iter().map(|(k, v)| (k, v)), args.full)?;
+    writeln!(out, "\n  {:<40} {:>8}  {:<18} {:>12}", "tensor", "type", "shape", "bytes")?;
+    let (mut total, mut unsupported) = (0, 0);
+    for t in &info.tensors {
+        let ty = match t.dtype {
+            Some(d) => d.to_string(),
+            None => {
+                unsupported += 1;
+                format!("{}*", t.type_name())
+            }
+        };
+        let bytes = t.nbytes.map_or("?".to_string(), |n| n.to_string());
+        total += t.nbytes.unwrap_or(0);
+        writeln!(out, "  {:<40} {:>8}  {:<18} {:>12}", t.name, ty, format!("{:?}", t.dims), bytes)?;
+    }
+    writeln!(out, "\n  total {} in {} tensors", mllm::context::memory::human_bytes(total), info.tensors.len())?;
+    if unsupported > 0 {
+        writeln!(
+            out,
+            "  * {unsupported} tensor(s) of a GGML type mllm cannot run yet: this file can be inspected, not loaded"
+        )?;
+    }
+    Ok(())
+}
+
+fn write_metadata<'a>(
+    out: &mut impl Write,
+    metadata: impl IntoIterator<Item = (&'a String, &'a mllm::params::MetaValue)>,
+    full: bool,
+) -> Result<()> {
+    writeln!(out, "\nmetadata:")?;
+    for (k, v) in metadata {
+        writeln!(out, "  {k:<45} {}", show_meta(v, full))?;
+    }
     Ok(())
 }
 

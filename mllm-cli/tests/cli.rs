@@ -224,3 +224,53 @@ fn run_chat_bench_and_inspect_take_every_family() {
         assert!(text(&out.stdout).contains(&format!("\"{arch}\"")), "{family} inspect: {}", text(&out.stdout));
     }
 }
+
+/// A GGUF file with one F32 tensor, one Q2_K tensor and one of a type id GGML never had.
+fn gguf_with_unsupported_types() -> Vec<u8> {
+    let string = |s: &str| [(s.len() as u64).to_le_bytes().to_vec(), s.as_bytes().to_vec()].concat();
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(3u64.to_le_bytes()); // tensors
+    b.extend(1u64.to_le_bytes()); // metadata
+    b.extend(string("general.architecture"));
+    b.extend(8u32.to_le_bytes());
+    b.extend(string("llama"));
+    // (name, dims fastest first, type, offset in the data section)
+    for (name, ne, ty, off) in [("a.weight", 4u64, 0u32, 0u64), ("b.weight", 256, 10, 32), ("c.weight", 8, 99, 128)] {
+        b.extend(string(name));
+        b.extend(1u32.to_le_bytes());
+        b.extend(ne.to_le_bytes());
+        b.extend(ty.to_le_bytes());
+        b.extend(off.to_le_bytes());
+    }
+    b.resize(b.len().next_multiple_of(32), 0);
+    b.extend([0u8; 32 + 96 + 32]); // 16 bytes of f32, 84 bytes of Q2_K, then whatever c has
+    b
+}
+
+#[test]
+fn inspect_describes_tensor_types_it_cannot_run() {
+    let path = std::env::temp_dir().join(format!("mllm-cli-inspect-{}.gguf", std::process::id()));
+    std::fs::write(&path, gguf_with_unsupported_types()).unwrap();
+    let out = run(&["inspect", path.to_str().unwrap()]);
+    let s = text(&out.stdout);
+    assert!(out.status.success(), "inspect refused the file: {}", text(&out.stderr));
+    for needle in [
+        "general.architecture",
+        "\"llama\"",
+        "a.weight",
+        "f32",
+        "b.weight",
+        "Q2_K*",
+        "84",
+        "c.weight",
+        "unknown*",
+        "2 tensor(s)",
+    ] {
+        assert!(s.contains(needle), "inspect lacks {needle:?}: {s}");
+    }
+    // loading it is still refused, with the tensor and type named
+    let out = run(&["run", "-m", path.to_str().unwrap(), "-p", "x"]);
+    assert_clean_error(&out, "tensor 'b.weight' has unsupported ggml type 10 (Q2_K)");
+    let _ = std::fs::remove_file(&path);
+}

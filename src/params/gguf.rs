@@ -44,11 +44,33 @@ pub struct GgufTensorInfo {
     pub name: String,
     /// Row-major dimensions (GGUF stores them fastest first; these are reversed).
     pub dims: Vec<usize>,
-    pub dtype: DType,
+    /// GGML's type id as written in the file.
+    pub ggml_type: u32,
+    /// The type as this crate knows it; `None` for GGML types it cannot compute with
+    /// (`parse` still describes such tensors; `read` refuses them).
+    pub dtype: Option<DType>,
     /// Absolute byte offset of the data in the file.
     pub offset: usize,
-    /// Byte length of the data.
-    pub nbytes: usize,
+    /// Byte length of the data; `None` only for type ids whose layout is unknown.
+    pub nbytes: Option<usize>,
+}
+
+impl GgufTensorInfo {
+    /// GGML's name of the tensor's type.
+    pub fn type_name(&self) -> &'static str {
+        ggml_type_name(self.ggml_type)
+    }
+
+    /// The type and byte length of a tensor this crate can load, or the error that says why not.
+    fn loadable(&self, label: &str) -> Result<(DType, usize)> {
+        match (self.dtype, self.nbytes) {
+            (Some(d), Some(n)) => Ok((d, n)),
+            _ => Err(Error::format(
+                label,
+                format!("tensor '{}' has unsupported ggml type {} ({})", self.name, self.ggml_type, self.type_name()),
+            )),
+        }
+    }
 }
 
 /// The `DType` of a GGML type id, or `None` for the types we do not support.
@@ -70,51 +92,63 @@ pub fn dtype_of_ggml_type(id: u32) -> Option<DType> {
     })
 }
 
-/// GGML's name of a type id, for error messages.
-fn ggml_type_name(id: u32) -> &'static str {
-    const NAMES: [&str; 40] = [
-        "F32",
-        "F16",
-        "Q4_0",
-        "Q4_1",
-        "Q4_2",
-        "Q4_3",
-        "Q5_0",
-        "Q5_1",
-        "Q8_0",
-        "Q8_1",
-        "Q2_K",
-        "Q3_K",
-        "Q4_K",
-        "Q5_K",
-        "Q6_K",
-        "Q8_K",
-        "IQ2_XXS",
-        "IQ2_XS",
-        "IQ3_XXS",
-        "IQ1_S",
-        "IQ4_NL",
-        "IQ3_S",
-        "IQ2_S",
-        "IQ4_XS",
-        "I8",
-        "I16",
-        "I32",
-        "I64",
-        "F64",
-        "IQ1_M",
-        "BF16",
-        "Q4_0_4_4",
-        "Q4_0_4_8",
-        "Q4_0_8_8",
-        "TQ1_0",
-        "TQ2_0",
-        "IQ4_NL_4_4",
-        "IQ4_NL_4_8",
-        "IQ4_NL_8_8",
-        "MXFP4",
-    ];
-    NAMES.get(id as usize).copied().unwrap_or("unknown")
+/// Every GGML type id we know of: its name and, where GGML still defines a storage for
+/// it, (weights per block, bytes per block). Ids 4 and 5 were retired long ago and
+/// 31-33 / 36-38 were in-memory repackings that never had a file layout.
+const GGML_TYPES: [(&str, Option<(usize, usize)>); 40] = [
+    ("F32", Some((1, 4))),
+    ("F16", Some((1, 2))),
+    ("Q4_0", Some((32, 18))),
+    ("Q4_1", Some((32, 20))),
+    ("Q4_2", None),
+    ("Q4_3", None),
+    ("Q5_0", Some((32, 22))),
+    ("Q5_1", Some((32, 24))),
+    ("Q8_0", Some((32, 34))),
+    ("Q8_1", Some((32, 36))),
+    ("Q2_K", Some((256, 84))),
+    ("Q3_K", Some((256, 110))),
+    ("Q4_K", Some((256, 144))),
+    ("Q5_K", Some((256, 176))),
+    ("Q6_K", Some((256, 210))),
+    ("Q8_K", Some((256, 292))),
+    ("IQ2_XXS", Some((256, 66))),
+    ("IQ2_XS", Some((256, 74))),
+    ("IQ3_XXS", Some((256, 98))),
+    ("IQ1_S", Some((256, 50))),
+    ("IQ4_NL", Some((32, 18))),
+    ("IQ3_S", Some((256, 110))),
+    ("IQ2_S", Some((256, 82))),
+    ("IQ4_XS", Some((256, 136))),
+    ("I8", Some((1, 1))),
+    ("I16", Some((1, 2))),
+    ("I32", Some((1, 4))),
+    ("I64", Some((1, 8))),
+    ("F64", Some((1, 8))),
+    ("IQ1_M", Some((256, 56))),
+    ("BF16", Some((1, 2))),
+    ("Q4_0_4_4", None),
+    ("Q4_0_4_8", None),
+    ("Q4_0_8_8", None),
+    ("TQ1_0", Some((256, 54))),
+    ("TQ2_0", Some((256, 66))),
+    ("IQ4_NL_4_4", None),
+    ("IQ4_NL_4_8", None),
+    ("IQ4_NL_8_8", None),
+    ("MXFP4", Some((32, 17))),
+];
+
+/// GGML's name of a type id ("unknown" past the ids we know).
+pub fn ggml_type_name(id: u32) -> &'static str {
+    GGML_TYPES.get(id as usize).map_or("unknown", |t| t.0)
+}
+
+/// (weights per block, bytes per block) of a GGML type id, if it has a file layout we know.
+fn ggml_block(id: u32) -> Option<(usize, usize)> {
+    match dtype_of_ggml_type(id) {
+        Some(d) => Some((d.block_len(), d.block_bytes())),
+        None => GGML_TYPES.get(id as usize).and_then(|t| t.1),
+    }
 }
 
 /// Read a GGUF file by memory-mapping it: tensors view the map in place
@@ -129,27 +163,46 @@ pub fn read(path: impl AsRef<Path>) -> Result<ParameterFile> {
     let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(format!("mapping {label}"), e))?;
     let map = Arc::new(map);
     let info = parse(&map, &label)?;
-    build(info, &label, |t| Tensor::from_mmap(map.clone(), t.offset, t.dtype, &t.dims, Some(&t.name)))
+    build(info, &label, |t, dtype, _| Tensor::from_mmap(map.clone(), t.offset, dtype, &t.dims, Some(&t.name)))
+}
+
+/// Parse a GGUF file's header, metadata and tensor table without loading any tensor,
+/// also when some tensors have types this crate cannot compute with (for `mllm inspect`).
+pub fn describe(path: impl AsRef<Path>) -> Result<GgufInfo> {
+    let path = path.as_ref();
+    let label = path.display().to_string();
+    let file = File::open(path).map_err(|e| Error::io(format!("opening {label}"), e))?;
+    // SAFETY: as in `read`: a read-only map, read only through `&[u8]` while it lives.
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(format!("mapping {label}"), e))?;
+    parse(&map, &label)
+}
+
+/// Whether the file at `path` starts with the GGUF magic number.
+pub fn is_gguf(path: impl AsRef<Path>) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == MAGIC
 }
 
 /// Read GGUF from bytes in memory; tensor data is copied (`MemType::ParamsNormal`).
 pub fn read_bytes(bytes: &[u8]) -> Result<ParameterFile> {
     let label = "<gguf bytes>";
     let info = parse(bytes, label)?;
-    build(info, label, |t| {
-        let data = &bytes[t.offset..t.offset + t.nbytes];
-        Tensor::from_bytes(data, t.dtype, &t.dims, MemType::ParamsNormal)
+    build(info, label, |t, dtype, nbytes| {
+        let data = &bytes[t.offset..t.offset + nbytes];
+        Tensor::from_bytes(data, dtype, &t.dims, MemType::ParamsNormal)
     })
 }
 
 fn build(
     info: GgufInfo,
     label: &str,
-    mut tensor: impl FnMut(&GgufTensorInfo) -> Result<Tensor>,
+    mut tensor: impl FnMut(&GgufTensorInfo, DType, usize) -> Result<Tensor>,
 ) -> Result<ParameterFile> {
     let mut file = ParameterFile::create();
     for t in &info.tensors {
-        let x = tensor(t).map_err(|e| Error::format(label, format!("tensor '{}': {e}", t.name)))?;
+        let (dtype, nbytes) = t.loadable(label)?;
+        let x = tensor(t, dtype, nbytes).map_err(|e| Error::format(label, format!("tensor '{}': {e}", t.name)))?;
         file.push(t.name.clone(), x)?;
     }
     for (k, v) in info.metadata {
@@ -159,7 +212,8 @@ fn build(
 }
 
 /// Parse and check the header, metadata and tensor infos of GGUF bytes. `path` only
-/// labels errors.
+/// labels errors. Tensors of GGML types this crate cannot compute with are described
+/// (`dtype: None`), not refused: `read` and `read_bytes` refuse them.
 pub fn parse(bytes: &[u8], path: &str) -> Result<GgufInfo> {
     let mut c = Cursor { buf: bytes, pos: 0, path };
     let magic = c.take(4, "the magic number")?;
@@ -227,9 +281,9 @@ fn alignment(metadata: &[(String, MetaValue)]) -> std::result::Result<usize, Str
 struct RawTensor {
     name: String,
     dims: Vec<usize>,
-    dtype: DType,
+    ggml_type: u32,
     rel_offset: u64,
-    nbytes: usize,
+    nbytes: Option<usize>,
 }
 
 /// Make tensor offsets absolute and check that every tensor lies inside the file and
@@ -239,7 +293,7 @@ fn place_tensors(c: &Cursor<'_>, raw: Vec<RawTensor>, data_offset: usize) -> Res
     let mut out = Vec::with_capacity(raw.len());
     for t in raw {
         let offset = usize::try_from(t.rel_offset).ok().and_then(|o| o.checked_add(data_offset));
-        let end = offset.and_then(|o| o.checked_add(t.nbytes));
+        let end = offset.and_then(|o| o.checked_add(t.nbytes.unwrap_or(0)));
         let (Some(offset), Some(end)) = (offset, end) else {
             return Err(c.err_at(len, format!("tensor '{}': data offset {} overflows", t.name, t.rel_offset)));
         };
@@ -252,23 +306,32 @@ fn place_tensors(c: &Cursor<'_>, raw: Vec<RawTensor>, data_offset: usize) -> Res
                 ),
             ));
         }
-        out.push(GgufTensorInfo { name: t.name, dims: t.dims, dtype: t.dtype, offset, nbytes: t.nbytes });
+        let dtype = dtype_of_ggml_type(t.ggml_type);
+        out.push(GgufTensorInfo {
+            name: t.name,
+            dims: t.dims,
+            ggml_type: t.ggml_type,
+            dtype,
+            offset,
+            nbytes: t.nbytes,
+        });
     }
-    let mut order: Vec<&GgufTensorInfo> = out.iter().filter(|t| t.nbytes > 0).collect();
+    let len_of = |t: &GgufTensorInfo| t.nbytes.unwrap_or(0);
+    let mut order: Vec<&GgufTensorInfo> = out.iter().filter(|t| len_of(t) > 0).collect();
     order.sort_by_key(|t| t.offset);
     for w in order.windows(2) {
         let (a, b) = (w[0], w[1]);
-        if a.offset + a.nbytes > b.offset {
+        if a.offset + len_of(a) > b.offset {
             return Err(c.err_at(
                 b.offset,
                 format!(
                     "tensor data overlaps: '{}' (bytes {}..{}) and '{}' (bytes {}..{})",
                     a.name,
                     a.offset,
-                    a.offset + a.nbytes,
+                    a.offset + len_of(a),
                     b.name,
                     b.offset,
-                    b.offset + b.nbytes
+                    b.offset + len_of(b)
                 ),
             ));
         }
@@ -420,24 +483,30 @@ impl<'a> Cursor<'a> {
         let ty_pos = self.pos;
         let ty = self.u32(&format!("the type of tensor '{name}'"))?;
         let rel_offset = self.u64(&format!("the data offset of tensor '{name}'"))?;
-        let dtype = dtype_of_ggml_type(ty).ok_or_else(|| {
-            self.err_at(ty_pos, format!("tensor '{name}' has unsupported ggml type {ty} ({})", ggml_type_name(ty)))
-        })?;
-        // the row (GGUF's first, fastest dimension) must hold whole blocks
-        let row = ne.first().copied().unwrap_or(1);
-        if row % dtype.block_len() != 0 {
-            return Err(self.err_at(
-                ty_pos,
-                format!(
-                    "tensor '{name}': row length {row} is not a multiple of the {dtype} block size {}",
-                    dtype.block_len()
-                ),
-            ));
-        }
-        let n = ne.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|&n| n <= i64::MAX as usize);
-        let nbytes = n
-            .and_then(|n| dtype.bytes_for(n))
-            .ok_or_else(|| self.err_at(ty_pos, format!("tensor '{name}': size of {ne:?} {dtype} overflows")))?;
+        let type_name = match dtype_of_ggml_type(ty) {
+            Some(d) => d.to_string(),
+            None => ggml_type_name(ty).to_string(),
+        };
+        let nbytes = match ggml_block(ty) {
+            Some((block_len, block_bytes)) => {
+                // the row (GGUF's first, fastest dimension) must hold whole blocks
+                let row = ne.first().copied().unwrap_or(1);
+                if row % block_len != 0 {
+                    return Err(self.err_at(
+                        ty_pos,
+                        format!(
+                            "tensor '{name}': row length {row} is not a multiple of the {type_name} block size {block_len}"
+                        ),
+                    ));
+                }
+                let n = ne.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|&n| n <= i64::MAX as usize);
+                let nbytes = n.and_then(|n| (n / block_len).checked_mul(block_bytes));
+                Some(nbytes.ok_or_else(|| {
+                    self.err_at(ty_pos, format!("tensor '{name}': size of {ne:?} {type_name} overflows"))
+                })?)
+            }
+            None => None,
+        };
         if rel_offset % alignment as u64 != 0 {
             return Err(self.err_at(
                 self.pos - 8,
@@ -445,7 +514,7 @@ impl<'a> Cursor<'a> {
             ));
         }
         ne.reverse();
-        Ok(RawTensor { name, dims: ne, dtype, rel_offset, nbytes })
+        Ok(RawTensor { name, dims: ne, ggml_type: ty, rel_offset, nbytes })
     }
 }
 
