@@ -160,3 +160,31 @@ fn batched_steps_equal_separate_passes_on_qwen3() {
         }
     }
 }
+
+/// Gemma 3's local layers keep only their window of the KV cache (the tiny model's window
+/// is 4 positions, its sequence 24): fed one token at a time, so the local layers drop old
+/// rows many times, the logits still match transformers at every position, and the local
+/// layers hold a fraction of the global layers' rows.
+#[test]
+fn gemma3_local_layers_keep_only_their_window_and_still_match() {
+    let fx = fixture("gemma3");
+    let m = TextModel::load(dir().join("gemma3-f32.gguf")).unwrap();
+    let exact = m.decoder.clone().with_precision(MatmulPrecision::Exact);
+    let (tokens, want) = (ids(&fx["tokens"]), rows(&fx["logits"]));
+    let mut cache = exact.new_cache(tokens.len()).unwrap();
+    let mut worst = 0f32;
+    for (t, w) in tokens.iter().zip(&want) {
+        let got = exact.forward_tokens(&[*t], &mut cache).unwrap().to_vec::<f32>().unwrap();
+        worst = got.iter().zip(w).fold(worst, |m, (a, b)| m.max((a - b).abs()));
+    }
+    assert!(worst < 1e-3, "one token at a time: logits differ by up to {worst}");
+    let windows: Vec<Option<usize>> = exact.blocks().iter().map(|b| b.attn.window).collect();
+    let rows = cache.allocated_per_layer();
+    for (l, (w, r)) in windows.iter().zip(&rows).enumerate() {
+        match w {
+            Some(w) => assert!(*r <= 2 * w, "local layer {l} holds {r} rows for a window of {w}"),
+            None => assert_eq!(*r, tokens.len(), "global layer {l}"),
+        }
+    }
+    assert!(windows.iter().filter(|w| w.is_some()).count() >= 4, "{windows:?}");
+}

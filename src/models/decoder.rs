@@ -201,7 +201,8 @@ impl Decoder {
                 self.cfg.context_length
             )));
         }
-        KvCache::with_dtype(self.cfg.n_layers, capacity, self.cfg.kv_dim(), dtype)
+        let windows: Vec<Option<usize>> = self.blocks.iter().map(|b| b.attn.window).collect();
+        KvCache::with_windows(&windows, capacity, self.cfg.kv_dim(), dtype)
     }
 
     /// Run `ids` (the next tokens of the sequence in `cache`) and return the logits

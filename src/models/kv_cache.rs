@@ -2,6 +2,11 @@
 //! for values, in f32 or f16, accounted as `MemType::KvCache`. It starts small and
 //! doubles when full, up to its capacity, so a sequence that may reach a long context but
 //! stays short holds little memory, and allocations are O(log n), never one per token.
+//!
+//! A layer with a sliding window (Gemma 3's local layers) keeps only what its queries can
+//! still see: once its rows reach twice the window, the last `window - 1` rows move to the
+//! front and older ones are forgotten, so its memory stays about twice the window however
+//! long the sequence grows (one move of `window` rows every `window` tokens).
 
 use half::f16;
 
@@ -18,23 +23,38 @@ pub enum KvRows<'a> {
     F16(&'a [f16], &'a [f16]),
 }
 
+/// The rows of one layer as [`KvCache::layer`] gives them: `rows` hold the positions
+/// `first..` of the sequence (`first` is 0 unless the layer has a sliding window).
+#[derive(Clone, Copy, Debug)]
+pub struct KvLayer<'a> {
+    pub rows: KvRows<'a>,
+    pub first: usize,
+}
+
+/// One layer's storage.
+struct LayerRows {
+    keys: Tensor,
+    values: Tensor,
+    /// Rows allocated.
+    rows: usize,
+    /// Sequence position of row 0.
+    first: usize,
+    window: Option<usize>,
+}
+
 pub struct KvCache {
     dtype: DType,
-    keys: Vec<Tensor>,
-    values: Vec<Tensor>,
+    layers: Vec<LayerRows>,
     len: usize,
-    /// Rows allocated now in every layer's tensors.
-    rows: usize,
     capacity: usize,
     kv_dim: usize,
 }
 
-fn alloc_layers(n_layers: usize, rows: usize, kv_dim: usize, dtype: DType, what: &str) -> Result<Vec<Tensor>> {
-    (0..n_layers)
-        .map(|l| {
-            Tensor::empty(&[rows, kv_dim], dtype).mem_type(MemType::KvCache).name(format!("kv.{l}.{what}")).alloc()
-        })
-        .collect()
+fn alloc_rows(layer: usize, rows: usize, kv_dim: usize, dtype: DType) -> Result<(Tensor, Tensor)> {
+    let t = |what: &str| {
+        Tensor::empty(&[rows, kv_dim], dtype).mem_type(MemType::KvCache).name(format!("kv.{layer}.{what}")).alloc()
+    };
+    Ok((t("k")?, t("v")?))
 }
 
 /// `dst[..src.len()] = src` as f16 (the `half` crate's slice conversion, which uses the
@@ -42,6 +62,30 @@ fn alloc_layers(n_layers: usize, rows: usize, kv_dim: usize, dtype: DType, what:
 fn store_f16(dst: &mut [f16], src: &[f32]) {
     use half::slice::HalfFloatSliceExt;
     dst[..src.len()].convert_from_f32_slice(src);
+}
+
+/// Move rows `from` of `t` to its front.
+fn shift_to_front(dtype: DType, t: &mut Tensor, from: std::ops::Range<usize>, kv_dim: usize) -> Result<()> {
+    let range = from.start * kv_dim..from.end * kv_dim;
+    match dtype {
+        DType::F16 => t.data_mut::<f16>()?.copy_within(range, 0),
+        _ => t.data_mut::<f32>()?.copy_within(range, 0),
+    }
+    Ok(())
+}
+
+/// Copy rows `from` of `src` to `dst` starting at row 0.
+fn move_rows(dtype: DType, src: &Tensor, dst: &mut Tensor, from: std::ops::Range<usize>, kv_dim: usize) -> Result<()> {
+    let (a, b) = (from.start * kv_dim, from.end * kv_dim);
+    match dtype {
+        DType::F16 => {
+            dst.data_mut::<f16>()?[..b - a].copy_from_slice(&src.as_slice::<f16>()?[a..b]);
+        }
+        _ => {
+            dst.data_mut::<f32>()?[..b - a].copy_from_slice(&src.as_slice::<f32>()?[a..b]);
+        }
+    }
+    Ok(())
 }
 
 impl KvCache {
@@ -53,19 +97,28 @@ impl KvCache {
     /// A cache storing keys and values as `dtype`: F32, or F16 (half the memory and the
     /// bytes attention reads per token; values rounded to f16 as llama.cpp's default does).
     pub fn with_dtype(n_layers: usize, capacity: usize, kv_dim: usize, dtype: DType) -> Result<KvCache> {
+        KvCache::with_windows(&vec![None; n_layers], capacity, kv_dim, dtype)
+    }
+
+    /// A cache with one layer per entry of `windows`: a layer with `Some(w)` keeps only the
+    /// rows its sliding window of `w` positions can still see.
+    pub fn with_windows(windows: &[Option<usize>], capacity: usize, kv_dim: usize, dtype: DType) -> Result<KvCache> {
         if !matches!(dtype, DType::F32 | DType::F16) {
             return Err(Error::dtype("kv_cache", dtype));
         }
-        let rows = capacity.min(INITIAL_ROWS);
-        Ok(KvCache {
-            dtype,
-            keys: alloc_layers(n_layers, rows, kv_dim, dtype, "k")?,
-            values: alloc_layers(n_layers, rows, kv_dim, dtype, "v")?,
-            len: 0,
-            rows,
-            capacity,
-            kv_dim,
-        })
+        if windows.contains(&Some(0)) {
+            return Err(Error::invalid("kv_cache: a sliding window of 0 positions"));
+        }
+        let layers = windows
+            .iter()
+            .enumerate()
+            .map(|(l, &window)| {
+                let rows = capacity.min(window.map_or(INITIAL_ROWS, |w| INITIAL_ROWS.min(2 * w)));
+                let (keys, values) = alloc_rows(l, rows, kv_dim, dtype)?;
+                Ok(LayerRows { keys, values, rows, first: 0, window })
+            })
+            .collect::<Result<_>>()?;
+        Ok(KvCache { dtype, layers, len: 0, capacity, kv_dim })
     }
 
     /// The element type of the cached keys and values.
@@ -87,18 +140,27 @@ impl KvCache {
         self.capacity
     }
 
-    /// Positions the allocated memory holds now (grows up to the capacity).
+    /// Positions the allocated memory of the largest layer holds now (grows up to the
+    /// capacity; a sliding-window layer stays near twice its window).
     pub fn allocated(&self) -> usize {
-        self.rows
+        self.layers.iter().map(|l| l.rows).max().unwrap_or(0)
+    }
+
+    /// Rows allocated for each layer now.
+    pub fn allocated_per_layer(&self) -> Vec<usize> {
+        self.layers.iter().map(|l| l.rows).collect()
     }
 
     /// Forget everything (the memory is kept for reuse).
     pub fn clear(&mut self) {
         self.len = 0;
+        self.layers.iter_mut().for_each(|l| l.first = 0);
     }
 
-    /// Make room for `n` more positions, doubling the allocation as needed.
-    fn reserve(&mut self, n: usize) -> Result<()> {
+    /// Make room in layer `layer` for `n` more positions: a windowed layer at twice its
+    /// window first drops the rows no query can see any more; otherwise the allocation
+    /// doubles.
+    fn reserve(&mut self, layer: usize, n: usize) -> Result<()> {
         let need = self.len + n;
         if need > self.capacity {
             return Err(Error::invalid(format!(
@@ -106,22 +168,30 @@ impl KvCache {
                 self.len, self.capacity
             )));
         }
-        if need <= self.rows {
+        let (len, kv_dim, dtype, capacity) = (self.len, self.kv_dim, self.dtype, self.capacity);
+        let l = &mut self.layers[layer];
+        let mut held = len - l.first;
+        if held + n <= l.rows {
             return Ok(());
         }
-        let rows = need.max(self.rows * 2).min(self.capacity);
-        let used = self.len * self.kv_dim;
-        for (old, what) in [(&mut self.keys, "k"), (&mut self.values, "v")] {
-            let mut fresh = alloc_layers(old.len(), rows, self.kv_dim, self.dtype, what)?;
-            for (new, prev) in fresh.iter_mut().zip(old.iter()) {
-                match self.dtype {
-                    DType::F16 => new.data_mut::<f16>()?[..used].copy_from_slice(&prev.as_slice::<f16>()?[..used]),
-                    _ => new.data_mut::<f32>()?[..used].copy_from_slice(&prev.as_slice::<f32>()?[..used]),
+        if let Some(w) = l.window {
+            let keep = w - 1;
+            if held > keep && (l.rows >= 2 * w || l.rows >= capacity) {
+                let from = held - keep..held;
+                shift_to_front(dtype, &mut l.keys, from.clone(), kv_dim)?;
+                shift_to_front(dtype, &mut l.values, from, kv_dim)?;
+                l.first = len - keep;
+                held = keep;
+                if held + n <= l.rows {
+                    return Ok(());
                 }
             }
-            *old = fresh;
         }
-        self.rows = rows;
+        let rows = (held + n).max(l.rows * 2).min(capacity);
+        let (mut keys, mut values) = alloc_rows(layer, rows, kv_dim, dtype)?;
+        move_rows(dtype, &l.keys, &mut keys, 0..held, kv_dim)?;
+        move_rows(dtype, &l.values, &mut values, 0..held, kv_dim)?;
+        (l.keys, l.values, l.rows) = (keys, values, rows);
         Ok(())
     }
 
@@ -135,12 +205,13 @@ impl KvCache {
                 format!("{} / {} values are not rows of {}", k.len(), v.len(), self.kv_dim),
             ));
         }
-        if layer >= self.keys.len() {
-            return Err(Error::invalid(format!("kv_cache: layer {layer} of {}", self.keys.len())));
+        if layer >= self.layers.len() {
+            return Err(Error::invalid(format!("kv_cache: layer {layer} of {}", self.layers.len())));
         }
-        self.reserve(n)?;
-        let at = self.len * self.kv_dim;
-        let (kt, vt) = (&mut self.keys[layer], &mut self.values[layer]);
+        self.reserve(layer, n)?;
+        let l = &mut self.layers[layer];
+        let at = (self.len - l.first) * self.kv_dim;
+        let (kt, vt) = (&mut l.keys, &mut l.values);
         match self.dtype {
             DType::F16 => {
                 store_f16(&mut kt.data_mut::<f16>()?[at..], k);
@@ -156,20 +227,22 @@ impl KvCache {
 
     /// Mark `n` written positions as filled.
     pub fn advance(&mut self, n: usize) {
-        self.len = (self.len + n).min(self.rows);
+        self.len = (self.len + n).min(self.capacity);
     }
 
-    /// Keys and values of `layer` for the first `n` positions.
-    pub fn layer(&self, layer: usize, n: usize) -> Result<KvRows<'_>> {
-        if layer >= self.keys.len() {
-            return Err(Error::invalid(format!("kv_cache: layer {layer} of {}", self.keys.len())));
-        }
-        let n = n.min(self.rows) * self.kv_dim;
-        let (k, v) = (&self.keys[layer], &self.values[layer]);
-        Ok(match self.dtype {
+    /// Keys and values of `layer` for the positions before `n` that it still holds (all of
+    /// them, unless the layer has a sliding window).
+    pub fn layer(&self, layer: usize, n: usize) -> Result<KvLayer<'_>> {
+        let Some(l) = self.layers.get(layer) else {
+            return Err(Error::invalid(format!("kv_cache: layer {layer} of {}", self.layers.len())));
+        };
+        let n = n.saturating_sub(l.first).min(l.rows) * self.kv_dim;
+        let (k, v) = (&l.keys, &l.values);
+        let rows = match self.dtype {
             DType::F16 => KvRows::F16(&k.as_slice::<f16>()?[..n], &v.as_slice::<f16>()?[..n]),
             _ => KvRows::F32(&k.as_slice::<f32>()?[..n], &v.as_slice::<f32>()?[..n]),
-        })
+        };
+        Ok(KvLayer { rows, first: l.first })
     }
 }
 
@@ -192,7 +265,7 @@ mod tests {
             pos += chunk;
         }
         assert_eq!((c.len(), c.allocated()), (1000, 1000));
-        let KvRows::F32(k, v) = c.layer(1, 1000).unwrap() else { panic!("an f32 cache") };
+        let KvRows::F32(k, v) = c.layer(1, 1000).unwrap().rows else { panic!("an f32 cache") };
         for p in 0..1000 {
             assert_eq!(&k[p * 3..p * 3 + 3], &[p as f32, 1.0, 1.0]);
             assert_eq!(v[p * 3], -(p as f32));
@@ -209,7 +282,7 @@ mod tests {
             c.write(0, &k, &[-(p as f32), 2.0]).unwrap();
             c.advance(1);
         }
-        let KvRows::F16(k, v) = c.layer(0, 600).unwrap() else { panic!("an f16 cache") };
+        let KvRows::F16(k, v) = c.layer(0, 600).unwrap().rows else { panic!("an f16 cache") };
         for p in 0..600 {
             assert_eq!(k[2 * p], f16::from_f32(p as f32 * 0.1), "row {p}");
             assert_eq!(k[2 * p + 1].to_f32(), f16::from_f32(1.0 / 3.0).to_f32());
@@ -217,5 +290,39 @@ mod tests {
         }
         assert!(KvCache::with_dtype(1, 8, 2, DType::Q8_0).is_err());
         assert!(c.layer(3, 1).is_err());
+    }
+
+    #[test]
+    fn a_windowed_layer_keeps_what_its_window_sees_in_bounded_memory() {
+        for dtype in [DType::F32, DType::F16] {
+            let (w, total) = (5usize, 200usize);
+            let mut c = KvCache::with_windows(&[None, Some(w)], total, 1, dtype).unwrap();
+            let mut pos = 0;
+            // single steps, then chunks longer than the window, then single steps again
+            for n in [1usize; 30].into_iter().chain([7, 3, 12, 1, 9]).chain([1; 40]) {
+                let k: Vec<f32> = (pos..pos + n).map(|p| p as f32).collect();
+                let v: Vec<f32> = k.iter().map(|x| -x).collect();
+                for l in 0..2 {
+                    c.write(l, &k, &v).unwrap();
+                }
+                c.advance(n);
+                pos += n;
+                // every query of the step sees its window: positions pos - n + 1 - w .. pos
+                let need = (pos - n + 1).saturating_sub(w);
+                let local = c.layer(1, pos).unwrap();
+                assert!(local.first <= need, "step ending at {pos}: rows start at {}", local.first);
+                let rows: Vec<f32> = match local.rows {
+                    KvRows::F32(k, _) => k.to_vec(),
+                    KvRows::F16(k, _) => k.iter().map(|x| x.to_f32()).collect(),
+                };
+                let expect: Vec<f32> = (local.first..pos).map(|p| p as f32).collect();
+                assert_eq!(rows, expect, "{dtype} rows at {pos}");
+                assert_eq!(c.layer(0, pos).unwrap().first, 0);
+            }
+            let rows = c.allocated_per_layer();
+            assert!(rows[0] >= pos, "{rows:?}");
+            assert!(rows[1] <= 2 * w + 12, "the windowed layer grew to {} rows", rows[1]);
+        }
+        assert!(KvCache::with_windows(&[Some(0)], 8, 1, DType::F32).is_err());
     }
 }

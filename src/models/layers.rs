@@ -14,7 +14,7 @@ use crate::kernels::elementwise::{gelu_tanh_one, swiglu_rows};
 use crate::kernels::norm::{layer_norm, rms_norm};
 use crate::kernels::rope::{rope_row, RopeLayout, RopeTable};
 use crate::models::config::DecoderConfig;
-use crate::models::kv_cache::{KvCache, KvRows};
+use crate::models::kv_cache::{KvCache, KvLayer, KvRows};
 use crate::models::workspace::Workspace;
 use crate::nn::{self, Accepts, Module, Param, Registry};
 use crate::tensor::ops::MatmulPrecision;
@@ -271,9 +271,12 @@ impl Attention {
     }
 }
 
-/// Causal attention over one layer's cached rows, whatever their element type.
-fn attend(shape: AttentionShape, q: &[f32], kv: KvRows<'_>, out: &mut [f32]) {
-    match kv {
+/// Causal attention over one layer's cached rows, whatever their element type; `shape`'s
+/// `start_pos` is the first query's position in the sequence, made relative to the rows
+/// the cache still holds.
+fn attend(mut shape: AttentionShape, q: &[f32], kv: KvLayer<'_>, out: &mut [f32]) {
+    shape.start_pos -= kv.first;
+    match kv.rows {
         KvRows::F32(k, v) => causal_attention(shape, q, k, v, out),
         KvRows::F16(k, v) => causal_attention(shape, q, k, v, out),
     }

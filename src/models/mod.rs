@@ -19,7 +19,7 @@ pub use config::DecoderConfig;
 pub use decoder::Decoder;
 pub use families::{Family, FAMILIES};
 pub use generate::{generate, FinishReason, GenerateOptions, Generation, TokenText};
-pub use kv_cache::{KvCache, KvRows};
+pub use kv_cache::{KvCache, KvLayer, KvRows};
 pub use sampler::{Sampler, SamplingParams};
 pub use text_model::TextModel;
 pub use tokenizer::{ChatMessage, Tokenizer};
