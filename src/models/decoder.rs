@@ -7,7 +7,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::kernels::rope::RopeTable;
+use crate::kernels::quant::WeightFormat;
+use crate::kernels::rope::{RopeLayout, RopeTable};
 use crate::models::config::{DecoderConfig, Meta};
 use crate::models::families::{self, Family};
 use crate::models::kv_cache::KvCache;
@@ -109,9 +110,34 @@ impl Decoder {
 
     /// [`Decoder::from_file`] with chosen weight options.
     pub fn from_file_with(file: &ParameterFile, opts: WeightOptions) -> Result<Decoder> {
+        Decoder::build(file, opts, |_| {})
+    }
+
+    /// Build from a Hugging Face folder (`config.json`, safetensors, see [`hf`]): weights as
+    /// stored (f16/bf16 widened to f32), or quantised on load to `quantize` and packed like
+    /// a GGUF file's.
+    ///
+    /// [`hf`]: crate::models::hf
+    pub fn from_folder(dir: &std::path::Path, quantize: Option<WeightFormat>) -> Result<Decoder> {
+        let folder = crate::models::hf::open_decoder(dir, quantize)?;
+        let fc = folder.config;
+        Decoder::build(&folder.file, WeightOptions { pack: true, release_mapped: true }, |cfg| {
+            // Transformers rotates the two halves of each head; Gemma's norms hold w, not 1 + w.
+            cfg.rope_layout = RopeLayout::HalfSplit;
+            cfg.rms_offset = fc.rms_offset;
+            if let Some(s) = fc.attn_scale {
+                cfg.attn_scale = s;
+            }
+        })
+    }
+
+    /// The family's configuration from `file`'s metadata, adjusted by `adjust`, then the
+    /// model declared, loaded and prepared.
+    fn build(file: &ParameterFile, opts: WeightOptions, adjust: impl FnOnce(&mut DecoderConfig)) -> Result<Decoder> {
         let meta = Meta::new(file.metadata())?;
         let family = families::for_arch(meta.arch)?;
-        let cfg = (family.config)(&meta)?;
+        let mut cfg = (family.config)(&meta)?;
+        adjust(&mut cfg);
         let mut model = Decoder::new(cfg, family, !file.contains("output.weight"))?;
         model.load(file)?;
         model.prepare(opts)?;

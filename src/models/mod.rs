@@ -7,6 +7,7 @@ pub mod decoder;
 pub mod families;
 pub mod fetch;
 pub mod generate;
+pub mod hf;
 pub mod kv_cache;
 pub mod layers;
 pub mod sampler;

@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::kernels::quant::WeightFormat;
 use crate::models::generate::{generate, GenerateOptions, Generation};
 use crate::models::{ChatMessage, Decoder, Tokenizer};
 use crate::params::ParameterFile;
-use crate::Result;
+use crate::{Error, Result};
 
 #[derive(Clone)]
 pub struct TextModel {
@@ -20,10 +21,29 @@ pub struct TextModel {
 }
 
 impl TextModel {
-    /// Open a GGUF model file (weights are memory-mapped, not copied).
+    /// Open a GGUF model file (weights are memory-mapped, not copied) or a Hugging Face
+    /// model folder (weights as stored, f16/bf16 widened to f32).
     pub fn load(path: impl AsRef<Path>) -> Result<TextModel> {
+        TextModel::load_with(path, None)
+    }
+
+    /// [`TextModel::load`], a folder's weights quantised on load to `quantize` when given
+    /// (GGUF files keep their own types).
+    pub fn load_with(path: impl AsRef<Path>, quantize: Option<WeightFormat>) -> Result<TextModel> {
         let t0 = Instant::now();
         let path = path.as_ref().to_path_buf();
+        if path.is_dir() {
+            if !crate::models::hf::is_folder(&path) {
+                return Err(Error::invalid(format!(
+                    "{} is a folder without config.json: expected a GGUF file or a Hugging Face model folder",
+                    path.display()
+                )));
+            }
+            let tokenizer = Arc::new(Tokenizer::from_folder(&path)?);
+            let decoder = Decoder::from_folder(&path, quantize)?;
+            crate::context::memory::release_free_heap();
+            return Ok(TextModel { decoder, tokenizer, path, load_time: t0.elapsed() });
+        }
         let file = ParameterFile::open(&path)?;
         // The tokenizer first, its build temporaries returned to the OS before the weights
         // are repacked: the process's peak resident memory is then the model plus the

@@ -159,6 +159,78 @@ impl Tokenizer {
         Ok(Tokenizer { inner, bos_id, eos_id, add_bos, chat_template, stop_ids, special_ids })
     }
 
+    /// Build from a Hugging Face folder: `tokenizer.json` (any model the `tokenizers` crate
+    /// reads), special tokens and the chat template from `tokenizer_config.json` (or
+    /// `chat_template.jinja`), end-of-sequence ids from `generation_config.json` too.
+    pub fn from_folder(dir: &std::path::Path) -> Result<Tokenizer> {
+        use crate::models::hf::read_json_opt;
+        use serde_json::Value;
+        let path = dir.join("tokenizer.json");
+        if !path.is_file() {
+            return Err(Error::invalid(format!("{}: no tokenizer.json", dir.display())));
+        }
+        let inner = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| Error::format(path.display().to_string(), format!("cannot read the tokenizer: {e}")))?;
+        let n = inner.get_vocab_size(true);
+        let mut special_ids = vec![false; n];
+        for (id, t) in inner.get_added_tokens_decoder() {
+            if t.special && (id as usize) < n {
+                special_ids[id as usize] = true;
+            }
+        }
+        let config = read_json_opt(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
+        let generation = read_json_opt(&dir.join("generation_config.json"))?.unwrap_or(Value::Null);
+        // A token given as its text, or as {"content": text}.
+        let token_id = |key: &str| -> Option<u32> {
+            let v = config.get(key)?;
+            let text = v.as_str().or_else(|| v.get("content").and_then(Value::as_str))?;
+            inner.token_to_id(text)
+        };
+        let ids_of = |v: Option<&Value>| -> Vec<u32> {
+            match v {
+                Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|i| i as u32).collect(),
+                Some(x) => x.as_u64().map(|i| i as u32).into_iter().collect(),
+                None => vec![],
+            }
+        };
+        let in_vocab = |i: &u32| (*i as usize) < n;
+        let bos_id = token_id("bos_token").or_else(|| ids_of(generation.get("bos_token_id")).first().copied());
+        let gen_eos = ids_of(generation.get("eos_token_id"));
+        let eos_id = token_id("eos_token").or_else(|| gen_eos.first().copied()).filter(in_vocab);
+        let add_bos = match config.get("add_bos_token").and_then(Value::as_bool) {
+            Some(b) => b,
+            // Else as the tokenizer's own post-processor does it.
+            None => bos_id.is_some_and(|b| {
+                let with = inner.encode_fast("a", true).map(|e| e.get_ids().first() == Some(&b));
+                let without = inner.encode_fast("a", false).map(|e| e.get_ids().first() == Some(&b));
+                matches!((with, without), (Ok(true), Ok(false)))
+            }),
+        };
+        let chat_template = match config.get("chat_template") {
+            Some(Value::String(t)) => Some(t.clone()),
+            // Named templates: the default one.
+            Some(Value::Array(list)) => list
+                .iter()
+                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+                .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+            _ => {
+                let jinja = dir.join("chat_template.jinja");
+                match std::fs::read_to_string(&jinja) {
+                    Ok(t) => Some(t),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(Error::io(format!("{}: cannot read", jinja.display()), e)),
+                }
+            }
+        };
+        let mut stop_ids: Vec<u32> = eos_id.into_iter().chain(gen_eos).filter(in_vocab).collect();
+        for marker in ["<|im_end|>", "<end_of_turn>", "<|end|>", "<|eot_id|>"] {
+            stop_ids.extend(inner.token_to_id(marker).filter(|&i| special_ids.get(i as usize) == Some(&true)));
+        }
+        stop_ids.sort_unstable();
+        stop_ids.dedup();
+        Ok(Tokenizer { inner, bos_id: bos_id.filter(in_vocab), eos_id, add_bos, chat_template, stop_ids, special_ids })
+    }
+
     /// Token ids of `text`. Special-token strings (`<|im_start|>`) become their
     /// special tokens; a BOS is prepended if the model asks for one.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {

@@ -2,7 +2,8 @@
 //! and after attention and MLP, and over each query and key head; GELU-tanh gated MLP;
 //! NEOX RoPE; every sixth layer global (base from the file), the others local (a sliding
 //! window from the file, RoPE base 10000), as in the reference implementations. The GGUF
-//! converter already adds Gemma's +1 to the stored norm weights.
+//! converter already adds Gemma's +1 to the stored norm weights (q/k norms included);
+//! Hugging Face folders store `w` and set `rms_offset` to 1.
 
 use crate::kernels::rope::RopeLayout;
 use crate::models::config::{DecoderConfig, Meta};
@@ -33,8 +34,11 @@ fn config(meta: &Meta<'_>) -> Result<DecoderConfig> {
 fn block(reg: &Registry, cfg: &DecoderConfig, layer: usize, ropes: &mut RopeTables) -> Result<Block> {
     let global = (layer + 1).is_multiple_of(GLOBAL_EVERY);
     let rope = if global { ropes.default_table()? } else { ropes.get(cfg.local_rope_theta)? };
-    let mut attn =
-        Attention::separate(reg, cfg, rope, false).with_qk_norm(reg, cfg.norm_eps, NormKind::Rms { offset: 0.0 });
+    let mut attn = Attention::separate(reg, cfg, rope, false).with_qk_norm(
+        reg,
+        cfg.norm_eps,
+        NormKind::Rms { offset: cfg.rms_offset },
+    );
     attn.window = if global { None } else { cfg.sliding_window };
     let mlp = Mlp::separate(reg, cfg.hidden, cfg.ffn_hidden, Activation::GeluTanh);
     let mut block = Block::new(reg, cfg, attn, mlp);
