@@ -13,9 +13,14 @@ use mllm::task::Task;
 
 #[derive(Args, Clone)]
 pub struct ModelArgs {
-    /// Model file (GGUF) or a known model name; default: smollm2, fetched on first use
+    /// Model: a GGUF file, a Hugging Face folder (config.json, *.safetensors,
+    /// tokenizer.json) or a known model name; default: smollm2, fetched on first use
     #[arg(long, short = 'm')]
     model: Option<String>,
+    /// Quantise a Hugging Face folder's weights on load (f32/f16/bf16 otherwise widened
+    /// to f32): q8_0 keeps the most, q4_k and q4_0 are smaller and faster
+    #[arg(long, value_enum)]
+    quantize: Option<Quantize>,
     /// Compute threads (default: MLLM_NUM_THREADS or all cores)
     #[arg(long, short = 't')]
     threads: Option<usize>,
@@ -23,6 +28,28 @@ pub struct ModelArgs {
     /// reference to ~1e-5 instead of the default 8-bit activations' ~0.2)
     #[arg(long)]
     exact: bool,
+}
+
+/// Formats `--quantize` offers.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum Quantize {
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_k")]
+    Q4K,
+    #[value(name = "q4_0")]
+    Q4_0,
+}
+
+impl Quantize {
+    fn format(self) -> mllm::kernels::quant::WeightFormat {
+        use mllm::kernels::quant::WeightFormat as W;
+        match self {
+            Quantize::Q8_0 => W::Q8_0,
+            Quantize::Q4K => W::Q4_K,
+            Quantize::Q4_0 => W::Q4_0,
+        }
+    }
 }
 
 impl ModelArgs {
@@ -125,7 +152,8 @@ pub struct ChatArgs {
 
 #[derive(Args)]
 pub struct InspectArgs {
-    /// Model file (GGUF or safetensors)
+    /// Model file (GGUF, safetensors or .mllm) or Hugging Face folder; GGUF files with
+    /// tensor types mllm cannot run are described too
     file: PathBuf,
     /// Show every element of long metadata arrays
     #[arg(long)]
@@ -192,7 +220,8 @@ fn resolve_model(arg: &Option<String>) -> Result<PathBuf> {
             } else if let Ok(known) = fetch::known_model(s) {
                 fetch_with_progress(&known)
             } else {
-                bail!("model '{s}' is neither a file nor a known model name (known: smollm2)")
+                let known: Vec<&str> = fetch::KNOWN_MODELS.iter().map(|k| k.alias).collect();
+                bail!("model '{s}' is neither a file, a folder nor a known model name (known: {})", known.join(", "))
             }
         }
     }
@@ -201,7 +230,12 @@ fn resolve_model(arg: &Option<String>) -> Result<PathBuf> {
 pub fn load(args: &ModelArgs) -> Result<TextModel> {
     init_threads(args.threads)?;
     let path = resolve_model(&args.model)?;
-    let mut m = TextModel::load(&path).with_context(|| format!("cannot load model {}", path.display()))?;
+    if args.quantize.is_some() && !path.is_dir() {
+        bail!("--quantize applies to Hugging Face model folders; {} keeps its own types", path.display());
+    }
+    let quantize = args.quantize.map(Quantize::format);
+    let mut m =
+        TextModel::load_with(&path, quantize).with_context(|| format!("cannot load model {}", path.display()))?;
     if args.exact {
         m.decoder = m.decoder.with_precision(mllm::tensor::ops::MatmulPrecision::Exact);
     }
@@ -313,7 +347,16 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     if mllm::params::gguf::is_gguf(&args.file) {
         return inspect_gguf(&args);
     }
-    let file = mllm::ParameterFile::open(&args.file)?;
+    let folder = args.file.is_dir();
+    let file = if folder {
+        let config = args.file.join("config.json");
+        let text = std::fs::read_to_string(&config)
+            .with_context(|| format!("{} is not a model folder", args.file.display()))?;
+        println!("{}:\n{}", config.display(), text.trim_end());
+        mllm::models::hf::open_weights(&args.file)?
+    } else {
+        mllm::ParameterFile::open(&args.file)?
+    };
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}: {} tensors, {} metadata keys", args.file.display(), file.len(), file.metadata().len())?;
     write_metadata(&mut out, file.metadata(), args.full)?;

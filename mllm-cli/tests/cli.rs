@@ -57,7 +57,10 @@ fn invalid_arguments_are_refused_before_any_work() {
     assert_clean_error(&run(&["run", "-p", "x", "--temperature", "-1"]), "temperature");
     assert_clean_error(&run(&["run", "-p", "x", "--top-p", "0"]), "top_p");
     assert_clean_error(&run(&["run", "-p", "x", "--max-tokens", "0"]), "--max-tokens");
-    assert_clean_error(&run(&["run", "-p", "x", "--model", "no-such-model"]), "neither a file nor a known model");
+    assert_clean_error(
+        &run(&["run", "-p", "x", "--model", "no-such-model"]),
+        "neither a file, a folder nor a known model",
+    );
     assert_clean_error(&run(&["pull", "no-such-model"]), "unknown model");
     let out = run(&["run", "--max-tokens", "many"]);
     assert_eq!(out.status.code(), Some(2), "clap usage error");
@@ -222,6 +225,38 @@ fn run_chat_bench_and_inspect_take_every_family() {
         let out = run(&["inspect", m]);
         let arch = if family == "mistral" { "llama" } else { family };
         assert!(text(&out.stdout).contains(&format!("\"{arch}\"")), "{family} inspect: {}", text(&out.stdout));
+    }
+}
+
+/// `--model DIR` runs a Hugging Face folder as stored and quantised on load; `--quantize`
+/// on a GGUF file is refused; `inspect DIR` lists the folder's config and tensors.
+#[test]
+fn hugging_face_folders_run_as_stored_and_quantised() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/families/hf/qwen2");
+    let d = dir.to_str().unwrap();
+    let greedy = |extra: &[&str]| {
+        let mut args = vec!["run", "--model", d, "-p", "Hello", "-n", "6", "--exact"];
+        args.extend_from_slice(extra);
+        let out = run(&args);
+        assert!(out.status.success(), "run {extra:?}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("generated 6 tokens"), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let as_stored = greedy(&[]);
+    let gguf = run(&["run", "--model", &d.replace("hf/qwen2", "qwen2-f32.gguf"), "-p", "Hello", "-n", "6", "--exact"]);
+    assert_eq!(as_stored, text(&gguf.stdout), "the folder and its GGUF conversion continue alike");
+    for q in ["q8_0", "q4_k", "q4_0"] {
+        greedy(&["--quantize", q]);
+    }
+    let out = run(&["run", "--model", &d.replace("hf/qwen2", "qwen2-f32.gguf"), "-p", "x", "--quantize", "q8_0"]);
+    assert_clean_error(&out, "--quantize applies to Hugging Face model folders");
+    let out = run(&["run", "--model", d, "-p", "x", "--quantize", "q3_k"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("q4_k"), "{}", text(&out.stderr));
+    let out = run(&["inspect", d]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    for needle in ["config.json", "\"model_type\": \"qwen2\"", "model.layers.0.self_attn.q_proj.bias", "f32"] {
+        assert!(s.contains(needle), "inspect lacks {needle}: {s}");
     }
 }
 

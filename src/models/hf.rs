@@ -252,7 +252,7 @@ pub fn gguf_name(hf: &str, arch: &str) -> Option<String> {
 
 /// The safetensors files of the folder: `model.safetensors`, or the shards its index names
 /// (every tensor of the index checked to be in its shard).
-fn open_weights(dir: &Path) -> Result<ParameterFile> {
+pub fn open_weights(dir: &Path) -> Result<ParameterFile> {
     let single = dir.join("model.safetensors");
     if single.is_file() {
         return ParameterFile::open(&single);
