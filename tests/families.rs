@@ -279,3 +279,31 @@ fn broken_folders_are_refused_by_name() {
     let e = err(&d);
     assert!(e.contains("config.json") && e.contains("invalid JSON"), "{e}");
 }
+
+/// `score::perplexity` over one window of the fixture's 24 tokens equals the perplexity
+/// computed from transformers' own logits (second half of the window scored).
+#[test]
+fn perplexity_matches_the_reference_logits() {
+    use mllm::models::score;
+    for family in ["llama", "gemma3"] {
+        let fx = fixture(family);
+        let (tokens, want) = (ids(&fx["tokens"]), rows(&fx["logits"]));
+        let ctx = tokens.len();
+        let mut nll = 0.0;
+        for i in ctx / 2..ctx - 1 {
+            nll -= score::log_prob(&want[i], tokens[i + 1]).unwrap();
+        }
+        let reference = (nll / (ctx - 1 - ctx / 2) as f64).exp();
+        let m = TextModel::load(dir().join(format!("{family}-f32.gguf"))).unwrap();
+        let exact = m.decoder.with_precision(MatmulPrecision::Exact);
+        let mut seen = 0;
+        let r = score::perplexity(&exact, &tokens, ctx, None, None, &mut |done, total, _| seen = done * 10 + total)
+            .unwrap();
+        assert_eq!((r.windows, r.scored, seen), (1, ctx - 1 - ctx / 2, 11));
+        assert!((r.ppl / reference - 1.0).abs() < 1e-4, "{family}: {} vs {reference}", r.ppl);
+        let e = score::perplexity(&exact, &tokens, ctx + 1, None, None, &mut |_, _, _| {}).unwrap_err();
+        assert!(e.to_string().contains("fewer than one window"), "{e}");
+        let e = score::perplexity(&exact, &tokens, 1 << 20, None, None, &mut |_, _, _| {}).unwrap_err();
+        assert!(e.to_string().contains("exceeds the model's context"), "{e}");
+    }
+}

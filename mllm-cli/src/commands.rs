@@ -53,6 +53,11 @@ impl Quantize {
 }
 
 impl ModelArgs {
+    /// Whether `--exact` was given.
+    pub fn is_exact(&self) -> bool {
+        self.exact
+    }
+
     /// The `--threads` value, for a command that builds the context itself (serve).
     pub fn threads(&self) -> Option<usize> {
         self.threads

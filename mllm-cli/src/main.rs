@@ -3,6 +3,7 @@
 
 mod bench;
 mod commands;
+mod perplexity;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -15,7 +16,8 @@ use clap::{Parser, Subcommand};
     mllm chat\n  \
     mllm serve --port 8080                          # OpenAI-compatible API on 127.0.0.1\n  \
     mllm inspect ~/.cache/mllm/SmolLM2-135M-Instruct.Q4_1.gguf\n  \
-    mllm bench -p 128,512 -n 128 -t 2\n\n\
+    mllm bench -p 128,512 -n 128 -t 2\n  \
+    mllm perplexity -f /usr/share/common-licenses/GPL-3\n\n\
 Environment: MLLM_NUM_THREADS (threads), MLLM_CACHE (model cache dir), MLLM_TRACE (trace file)")]
 struct Cli {
     #[command(subcommand)]
@@ -36,6 +38,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Measure prompt processing and generation speed (like llama-bench)
     Bench(bench::BenchArgs),
+    /// Perplexity of a text file over windows of --ctx tokens (like llama-perplexity)
+    Perplexity(perplexity::PerplexityArgs),
 }
 
 fn main() {
@@ -47,6 +51,7 @@ fn main() {
         Command::Pull(a) => commands::pull(a),
         Command::Serve(a) => serve::serve(a),
         Command::Bench(a) => bench::bench(a),
+        Command::Perplexity(a) => perplexity::perplexity(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -309,3 +309,32 @@ fn inspect_describes_tensor_types_it_cannot_run() {
     assert_clean_error(&out, "tensor 'b.weight' has unsupported ggml type 10 (Q2_K)");
     let _ = std::fs::remove_file(&path);
 }
+
+/// `perplexity` scores a text file (JSON and text output) and refuses bad arguments.
+#[test]
+fn perplexity_scores_a_file_and_refuses_bad_arguments() {
+    let m = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/families/llama-q8_0.gguf");
+    let m = m.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("text.txt");
+    std::fs::write(&file, "The quick brown fox jumps over the lazy dog. ".repeat(20)).unwrap();
+    let t = file.to_str().unwrap();
+    let out = run(&["perplexity", "-m", m, "-f", t, "--ctx", "32", "--json"]);
+    assert!(out.status.success(), "{}", text_of(&out));
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).expect("one JSON object");
+    let ppl = v["perplexity"].as_f64().unwrap();
+    assert!(ppl.is_finite() && ppl > 1.0, "{v}");
+    assert_eq!(v["ctx"], 32);
+    assert!(v["windows"].as_u64().unwrap() >= 2 && v["tokens_scored"].as_u64().unwrap() >= 30, "{v}");
+    let out = run(&["perplexity", "-m", m, "-f", t, "--ctx", "32", "--chunks", "1"]);
+    assert!(out.status.success() && text(&out.stdout).contains("in 1 windows of 32"), "{}", text_of(&out));
+    assert_clean_error(&run(&["perplexity", "-m", m, "-f", t, "--ctx", "100000"]), "exceeds the model's context");
+    assert_clean_error(&run(&["perplexity", "-m", m, "-f", t, "--ctx", "2"]), "too short");
+    assert_clean_error(&run(&["perplexity", "-m", m, "-f", "/no/such/file"]), "cannot read /no/such/file");
+    std::fs::write(&file, "short").unwrap();
+    assert_clean_error(&run(&["perplexity", "-m", m, "-f", t]), "fewer than one window");
+}
+
+fn text_of(out: &Output) -> String {
+    format!("stdout: {}\nstderr: {}", text(&out.stdout), text(&out.stderr))
+}

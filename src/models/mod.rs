@@ -11,6 +11,7 @@ pub mod hf;
 pub mod kv_cache;
 pub mod layers;
 pub mod sampler;
+pub mod score;
 pub(crate) mod spm;
 pub mod text_model;
 pub mod tokenizer;

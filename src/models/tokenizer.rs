@@ -255,6 +255,11 @@ impl Tokenizer {
         self.special_ids.len()
     }
 
+    /// Whether [`Tokenizer::encode`] starts with a BOS token.
+    pub fn adds_bos(&self) -> bool {
+        self.add_bos && self.bos_id.is_some()
+    }
+
     pub fn bos_id(&self) -> Option<u32> {
         self.bos_id
     }
