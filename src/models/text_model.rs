@@ -9,7 +9,16 @@ use crate::kernels::quant::WeightFormat;
 use crate::models::generate::{generate, GenerateOptions, Generation};
 use crate::models::{ChatMessage, Decoder, Tokenizer};
 use crate::params::ParameterFile;
+use crate::task::{join2, Task};
 use crate::{Error, Result};
+
+/// A load step's own error (a file or format problem), not wrapped in the task's name.
+fn unwrap_task_error(e: Error) -> Error {
+    match e {
+        Error::Task { source, .. } => *source,
+        other => other,
+    }
+}
 
 #[derive(Clone)]
 pub struct TextModel {
@@ -44,16 +53,17 @@ impl TextModel {
             crate::context::memory::release_free_heap();
             return Ok(TextModel { decoder, tokenizer, path, load_time: t0.elapsed() });
         }
-        let file = ParameterFile::open(&path)?;
-        // The tokenizer first, its build temporaries returned to the OS before the weights
-        // are repacked: the process's peak resident memory is then the model plus the
-        // tokenizer, not plus their temporaries too.
-        let tokenizer = Arc::new(Tokenizer::from_gguf_metadata(file.metadata())?);
-        crate::context::memory::release_free_heap();
-        let decoder = Decoder::from_file(&file)?;
+        let file = Arc::new(ParameterFile::open(&path)?);
+        // The tokenizer (a 262k-entry vocabulary takes about a second) and the weights
+        // (checked, repacked) are independent: both are forked and waited on together.
+        let f = file.clone();
+        let tokenizer = Task::lazy("tokenizer", move || Tokenizer::from_gguf_metadata(f.metadata()));
+        let f = file.clone();
+        let decoder = Task::lazy("weights", move || Decoder::from_file(&f));
+        let (tokenizer, decoder) = join2(tokenizer, decoder).map_err(unwrap_task_error)?;
         drop(file);
         crate::context::memory::release_free_heap();
-        Ok(TextModel { decoder, tokenizer, path, load_time: t0.elapsed() })
+        Ok(TextModel { decoder, tokenizer: Arc::new(tokenizer), path, load_time: t0.elapsed() })
     }
 
     /// Token ids for `text`: raw text (special-token strings become special tokens), or
