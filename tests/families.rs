@@ -307,3 +307,26 @@ fn perplexity_matches_the_reference_logits() {
         assert!(e.to_string().contains("exceeds the model's context"), "{e}");
     }
 }
+
+/// The bytes a decode step reads: the prepared weights once, plus keys and values that
+/// grow with the position, except in sliding-window layers.
+#[test]
+fn decode_bytes_count_weights_and_the_attended_cache() {
+    for family in ["llama", "gemma3"] {
+        let m = TextModel::load(dir().join(format!("{family}-q8_0.gguf"))).unwrap().decoder;
+        let cfg = m.config().clone();
+        let row = cfg.kv_dim() * 4 * 2;
+        let at = |p: usize| m.decode_bytes(p, mllm::DType::F32).unwrap();
+        let windows: Vec<Option<usize>> = m.blocks().iter().map(|b| b.attn.window).collect();
+        let growing = windows.iter().filter(|w| w.is_none()).count();
+        assert_eq!(at(101) - at(100), growing * row, "{family}");
+        let w = windows.iter().flatten().min().copied().unwrap_or(usize::MAX);
+        if w < 100 {
+            // below the window every layer's share grows
+            assert_eq!(at(1) - at(0), cfg.n_layers * row, "{family}");
+        }
+        let weights = at(0) - cfg.n_layers * row;
+        assert!(weights > cfg.n_layers * cfg.hidden * cfg.hidden / 2, "{family}: {weights} bytes of weights");
+        assert_eq!(m.decode_bytes(0, mllm::DType::F16).unwrap(), weights + cfg.n_layers * row / 2);
+    }
+}

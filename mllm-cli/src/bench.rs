@@ -41,7 +41,12 @@ pub enum Output {
 struct Row {
     test: String,
     samples: Vec<f64>,
+    /// Decode rows: bytes one step reads on average over the test.
+    step_bytes: Option<usize>,
 }
+
+/// The buffer the bandwidth probe reads: far larger than any CPU cache.
+const PROBE_BYTES: usize = 256 << 20;
 
 fn mean_sd(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
@@ -100,7 +105,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 samples.push(p as f64 / dt);
             }
         }
-        rows.push(Row { test: format!("pp{p}"), samples });
+        rows.push(Row { test: format!("pp{p}"), samples, step_bytes: None });
     }
     for &n in args.gen.iter().filter(|&&n| n > 0) {
         let before = args.gen_after;
@@ -123,14 +128,32 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             }
         }
         let label = if before > 0 { format!("tg{n} @ pp{before}") } else { format!("tg{n}") };
-        rows.push(Row { test: label, samples });
+        let step_bytes = model.decoder.decode_bytes(prompt.len() + n / 2, mllm::DType::F32)?;
+        rows.push(Row { test: label, samples, step_bytes: Some(step_bytes) });
     }
     let report = mllm::MemoryReport::capture();
-    print_results(&args, &model, threads, &rows, ttft, report.total.peak);
+    // Before the probe: its buffer is not the model's memory.
+    let rss = peak_rss().unwrap_or(0);
+    // The memory roof of decode: this machine's read bandwidth on the same threads.
+    let bandwidth =
+        rows.iter().any(|r| r.step_bytes.is_some()).then(|| mllm::context::memory::read_bandwidth(PROBE_BYTES, 5));
+    print_results(&args, &model, threads, &rows, (ttft, rss, report.total.peak), bandwidth);
     Ok(())
 }
 
-fn print_results(args: &BenchArgs, model: &TextModel, threads: usize, rows: &[Row], ttft: f64, engine_peak: usize) {
+/// Share of the memory roof a decode row reached: bytes read per second over the bandwidth.
+fn roof_share(r: &Row, bandwidth: Option<f64>) -> Option<f64> {
+    Some(mean_sd(&r.samples).0 * r.step_bytes? as f64 / bandwidth?)
+}
+
+fn print_results(
+    args: &BenchArgs,
+    model: &TextModel,
+    threads: usize,
+    rows: &[Row],
+    (ttft, rss, engine_peak): (f64, u64, usize),
+    bandwidth: Option<f64>,
+) {
     // A tied output head declares the embedding again: count each name once.
     let mut params = model.decoder.params();
     params.sort_by(|a, b| a.name().cmp(b.name()));
@@ -138,36 +161,49 @@ fn print_results(args: &BenchArgs, model: &TextModel, threads: usize, rows: &[Ro
     let size: usize = params.iter().filter_map(|p| p.get().ok()).map(|t| t.nbytes()).sum();
     let n_params: usize = params.iter().map(|p| p.dims().iter().product::<usize>()).sum();
     let name = model.path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-    let rss = peak_rss().unwrap_or(0);
     let human = mllm::context::memory::human_bytes;
     if args.output == Output::Json {
         let tests: Vec<serde_json::Value> = rows
             .iter()
             .map(|r| {
                 let (m, sd) = mean_sd(&r.samples);
-                serde_json::json!({"test": r.test, "tokens_per_second": m, "sd": sd, "samples": r.samples})
+                serde_json::json!({"test": r.test, "tokens_per_second": m, "sd": sd, "samples": r.samples,
+                    "bytes_per_token": r.step_bytes, "roof_share": roof_share(r, bandwidth)})
             })
             .collect();
         let v = serde_json::json!({
             "engine": "mllm-rs", "model": name, "size_bytes": size, "params": n_params, "threads": threads,
             "load_ms": model.load_time.as_secs_f64() * 1e3, "first_token_ms": ttft * 1e3,
-            "peak_rss_bytes": rss, "engine_peak_bytes": engine_peak, "tests": tests,
+            "peak_rss_bytes": rss, "engine_peak_bytes": engine_peak, "read_bandwidth_bytes_per_s": bandwidth,
+            "tests": tests,
         });
         println!("{v}");
         return;
     }
-    println!("| model | size | params | threads | test | t/s |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    println!("| model | size | params | threads | test | t/s | memory roof |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in rows {
         let (m, sd) = mean_sd(&r.samples);
+        let roof = match (roof_share(r, bandwidth), r.step_bytes) {
+            (Some(share), Some(b)) => format!("{:.0}% ({} / token)", share * 100.0, human(b)),
+            _ => "-".to_string(),
+        };
         println!(
-            "| {name} | {} | {:.2} M | {threads} | {} | {m:.2} ± {sd:.2} |",
+            "| {name} | {} | {:.2} M | {threads} | {} | {m:.2} ± {sd:.2} | {roof} |",
             human(size),
             n_params as f64 / 1e6,
             r.test
         );
     }
     println!();
+    if let Some(bw) = bandwidth {
+        println!(
+            "memory roof: this machine reads {:.1} GB/s on {threads} thread(s) (probe: best of 5 sums of {}); \
+             a decode step's bytes (weights as packed + head + KV) at that rate is 100%",
+            bw / 1e9,
+            human(PROBE_BYTES)
+        );
+    }
     println!(
         "load {:.0} ms | first token {:.1} ms | peak RSS {} | engine peak {} (mapped file ranges, even released, + packed weights + activations + KV) | {} reps",
         model.load_time.as_secs_f64() * 1e3,

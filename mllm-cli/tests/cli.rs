@@ -222,6 +222,7 @@ fn run_chat_bench_and_inspect_take_every_family() {
         assert!(out.status.success(), "{family} chat: {}", text(&out.stderr));
         let out = run(&["bench", "--model", m, "-p", "8", "-n", "2", "-r", "1"]);
         assert!(out.status.success() && text(&out.stdout).contains("pp8"), "{family} bench: {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("memory roof"), "{family} bench: {}", text(&out.stdout));
         let out = run(&["inspect", m]);
         let arch = if family == "mistral" { "llama" } else { family };
         assert!(text(&out.stdout).contains(&format!("\"{arch}\"")), "{family} inspect: {}", text(&out.stdout));

@@ -147,6 +147,25 @@ impl MemoryReport {
     }
 }
 
+/// This machine's read bandwidth in bytes per second, as the context's pool reads: the
+/// best of `passes` sums of a buffer of `bytes` (make it much larger than the caches),
+/// split over the pool's threads. The roof a memory-bound step (decode) can reach.
+pub fn read_bandwidth(bytes: usize, passes: usize) -> f64 {
+    use rayon::prelude::*;
+    let words = vec![1u64; (bytes / 8).max(1 << 16)];
+    let pool = crate::context::context().pool();
+    let mut best = 0f64;
+    for _ in 0..passes.max(1) {
+        let t0 = std::time::Instant::now();
+        let sum: u64 =
+            pool.install(|| words.par_chunks(1 << 15).map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x))).sum());
+        let dt = t0.elapsed().as_secs_f64();
+        std::hint::black_box(sum);
+        best = best.max((words.len() * 8) as f64 / dt);
+    }
+    best
+}
+
 /// Bytes in a human unit: `1.50 MiB`.
 pub fn human_bytes(b: usize) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

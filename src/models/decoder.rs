@@ -206,6 +206,24 @@ impl Decoder {
         self.family
     }
 
+    /// Bytes one single-token decode step reads from memory when `pos` positions are
+    /// cached in `kv` (F32 or F16): every matmul weight as prepared (packed or not), the
+    /// output head, and the keys and values each layer attends to (a sliding-window layer
+    /// only its window). Decode is bound by this traffic: divided into the machine's read
+    /// bandwidth it gives the fastest decode possible.
+    pub fn decode_bytes(&self, pos: usize, kv: DType) -> Result<usize> {
+        let mut bytes = self.output.prepared_weight()?.nbytes();
+        let kv_row = self.cfg.kv_dim() * if kv == DType::F16 { 2 } else { 4 };
+        for b in self.blocks.iter() {
+            for l in [&b.attn.qkv, &b.attn.output, &b.mlp.gate_up, &b.mlp.down] {
+                bytes += l.prepared_weight()?.nbytes();
+            }
+            let seen = b.attn.window.map_or(pos + 1, |w| (pos + 1).min(w));
+            bytes += 2 * seen * kv_row;
+        }
+        Ok(bytes)
+    }
+
     /// The transformer blocks (each an [`nn::Module`] that can be forked).
     pub fn blocks(&self) -> &ModuleList<Block> {
         &self.blocks
