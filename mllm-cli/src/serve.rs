@@ -4,6 +4,7 @@
 //! own forked task); the async side only reads, checks, queues and streams.
 
 mod batcher;
+mod conn;
 mod request;
 mod sequence;
 
@@ -24,9 +25,10 @@ use axum::Router;
 use clap::Args;
 use mllm::models::{FinishReason, GenerateOptions, Generation, TextModel};
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt as _;
+use tower::ServiceExt as _;
 
 use crate::commands::{self, ModelArgs};
 use request::{ApiError, Endpoint, Prompt, Request};
@@ -63,6 +65,34 @@ pub struct ServeArgs {
     /// pool, instead of one batched pass over all active sequences (slower; see BENCHMARKS.md)
     #[arg(long)]
     no_batch: bool,
+    /// Seconds a client has to send a whole request head (from its first byte, or from
+    /// connecting)
+    #[arg(long, default_value = "10", value_parser = seconds, value_name = "SECS")]
+    header_timeout: Duration,
+    /// Seconds a client has to send a request body
+    #[arg(long, default_value = "30", value_parser = seconds, value_name = "SECS")]
+    body_timeout: Duration,
+    /// Seconds a kept-alive connection may sit idle before the server closes it
+    #[arg(long, default_value = "15", value_parser = seconds, value_name = "SECS")]
+    idle_timeout: Duration,
+    /// Connections open at once; more are answered 503 and closed [default: 256, or fewer
+    /// if the open-file limit is lower]
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// On SIGTERM or SIGINT, seconds running answers may go on before they are ended
+    /// (a streamed one with a last chunk whose finish_reason is "abort"); a second signal
+    /// ends them at once
+    #[arg(long, default_value = "10", value_parser = seconds, value_name = "SECS")]
+    shutdown_timeout: Duration,
+}
+
+/// A duration given in seconds (fractions allowed).
+fn seconds(s: &str) -> Result<Duration, String> {
+    let x: f64 = s.trim().parse().map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !x.is_finite() || x < 0.0 || x > 1e6 {
+        return Err(format!("'{s}' must be between 0 and 1000000 seconds"));
+    }
+    Ok(Duration::from_secs_f64(x))
 }
 
 /// New tokens in one batched step at most (a longer prompt runs alone).
@@ -71,8 +101,9 @@ const MAX_BATCH_ROWS: usize = 1024;
 /// The chat endpoint's default answer length is the rest of the context; the legacy
 /// completions endpoint's is 16 tokens, as in the OpenAI API.
 const COMPLETIONS_DEFAULT_MAX_TOKENS: usize = 16;
-/// A client has this long to send its request body.
-const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// A step still running this long after the shutdown deadline is abandoned (its answer
+/// ends without waiting for it).
+const STEP_GRACE: Duration = Duration::from_secs(1);
 /// Of an oversized body, read at most this many bytes (so the client can read the 413).
 const DRAIN_LIMIT: usize = 64 << 20;
 
@@ -83,8 +114,10 @@ struct ServerState {
     created: u64,
     ctx: usize,
     max_body: usize,
+    body_timeout: Duration,
     max_concurrent: usize,
     queue: usize,
+    life: conn::Lifecycle,
     /// Permits for requests admitted (running or waiting): `max_concurrent + queue`.
     admitted: Arc<Semaphore>,
     /// Permits for requests generating: `max_concurrent`.
@@ -106,6 +139,24 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     if args.max_body == 0 {
         bail!("--max-body must be at least 1");
     }
+    for (flag, d) in [
+        ("--header-timeout", args.header_timeout),
+        ("--body-timeout", args.body_timeout),
+        ("--idle-timeout", args.idle_timeout),
+    ] {
+        if d.is_zero() {
+            bail!("{flag} must be above 0 seconds");
+        }
+    }
+    let limits = conn::Limits {
+        header_timeout: args.header_timeout,
+        idle_timeout: args.idle_timeout,
+        max_connections: match args.max_connections {
+            Some(0) => bail!("--max-connections must be at least 1"),
+            Some(n) => n,
+            None => conn::default_max_connections(),
+        },
+    };
     // The pool must not adopt this thread: it will run the async runtime, and a pool
     // worker that blocks there would stall every generation.
     let mut b = mllm::Context::builder().use_current_thread(false);
@@ -123,6 +174,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     let model_id = model.path.file_stem().map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
     let batcher =
         if args.no_batch { None } else { Some(batcher::Batcher::start(model.decoder.clone(), MAX_BATCH_ROWS)?) };
+    let (stopping_tx, stopping) = watch::channel(false);
+    let (expired_tx, expired) = watch::channel(false);
+    let life = conn::Lifecycle { stopping, expired };
     let state = Arc::new(ServerState {
         model,
         batcher,
@@ -130,6 +184,8 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         created: unix_now(),
         ctx,
         max_body: args.max_body,
+        body_timeout: args.body_timeout,
+        life,
         max_concurrent: args.max_concurrent,
         queue: args.queue,
         admitted: Arc::new(Semaphore::new(args.max_concurrent.saturating_add(args.queue).min(Semaphore::MAX_PERMITS))),
@@ -144,45 +200,105 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run(state, args.host, args.port))
+    let shutdown = Shutdown { stopping: stopping_tx, expired: expired_tx, timeout: args.shutdown_timeout };
+    let result = runtime.block_on(run(state, args.host, args.port, limits, shutdown));
+    // Tokenizing tasks are short; the batching thread ends with the process.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
-async fn run(state: Shared, host: String, port: u16) -> Result<()> {
+async fn run(state: Shared, host: String, port: u16, limits: conn::Limits, shutdown: Shutdown) -> Result<()> {
+    // Handlers first: a signal from now on starts a graceful shutdown, not the default death.
+    let signals = Signals::new()?;
     let listener = tokio::net::TcpListener::bind((host.as_str(), port))
         .await
         .with_context(|| format!("cannot listen on {host}:{port}"))?;
     let addr: SocketAddr = listener.local_addr()?;
     eprintln!(
-        "serving {} on http://{addr} (context {} tokens, {} at once, {} more queued, {} compute threads)",
+        "serving {} on http://{addr} (context {} tokens, {} at once, {} more queued, {} compute threads, \
+         at most {} connections)",
         state.model_id,
         state.ctx,
         state.max_concurrent,
         state.queue,
-        mllm::context().threads()
+        mllm::context().threads(),
+        limits.max_connections
     );
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    tokio::spawn(shutdown.run(signals));
+    let app = router(state.clone());
+    let handler = move |req: axum::http::Request<hyper::body::Incoming>| {
+        let app = app.clone();
+        async move {
+            match app.oneshot(req).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            }
+        }
+    };
+    conn::serve(listener, limits, state.life.clone(), handler).await;
     eprintln!("server stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGTERM and SIGINT, as often as they come.
+struct Signals {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+                int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            })
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
+    }
+}
+
+/// The shutdown sequence: the first signal stops accepting, the deadline (or a second
+/// signal) ends the running answers.
+struct Shutdown {
+    stopping: watch::Sender<bool>,
+    expired: watch::Sender<bool>,
+    timeout: Duration,
+}
+
+impl Shutdown {
+    async fn run(self, mut signals: Signals) {
+        let first = signals.next().await;
+        eprintln!(
+            "--- {first}: shutting down; running answers may take up to {:.1} s more (a second signal ends them now)",
+            self.timeout.as_secs_f64()
+        );
+        let _ = self.stopping.send(true);
+        tokio::select! {
+            _ = tokio::time::sleep(self.timeout) => eprintln!("--- shutdown deadline reached: ending running answers"),
+            s = signals.next() => eprintln!("--- {s} again: ending running answers now"),
+        }
+        let _ = self.expired.send(true);
     }
 }
 
@@ -211,10 +327,12 @@ fn unix_now() -> u64 {
 }
 
 async fn health(State(s): State<Shared>) -> Response {
+    // A stopping server says so, so that a load balancer sends no more work its way.
+    let stopping = *s.life.stopping.borrow();
     json_response(
-        StatusCode::OK,
+        if stopping { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK },
         json!({
-            "status": "ok",
+            "status": if stopping { "stopping" } else { "ok" },
             "model": s.model_id,
             "running": s.running.load(Relaxed),
             "waiting": s.waiting.load(Relaxed),
@@ -265,7 +383,7 @@ fn path_of(endpoint: Endpoint) -> &'static str {
 }
 
 /// The body, at most `limit` bytes; a larger one is read on (up to a bound) and refused.
-async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Vec<u8>, ApiError> {
     let mut stream = body.into_data_stream();
     let mut buf = Vec::new();
     let mut total = 0usize;
@@ -281,7 +399,7 @@ async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
         }
         Ok::<(), ApiError>(())
     };
-    tokio::time::timeout(BODY_TIMEOUT, read).await.map_err(|_| {
+    tokio::time::timeout(timeout, read).await.map_err(|_| {
         ApiError::invalid(None, "timed out reading the request body").with_status(StatusCode::REQUEST_TIMEOUT)
     })??;
     if total > limit {
@@ -350,7 +468,7 @@ struct Job {
 
 async fn handle(s: Shared, body: Body, endpoint: Endpoint) -> Result<Response, ApiError> {
     let t0 = Instant::now();
-    let bytes = read_body(body, s.max_body).await?;
+    let bytes = read_body(body, s.max_body, s.body_timeout).await?;
     let req = request::parse(&bytes, endpoint)?;
     drop(bytes);
     let seat = s.admit()?;
@@ -448,10 +566,34 @@ fn server_error(message: String) -> ApiError {
     ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message, kind: "server_error", param: None, code: None }
 }
 
-fn finish_reason(f: FinishReason) -> &'static str {
+/// The finish reason of a finished generation; one cancelled because the shutdown
+/// deadline passed is an "abort" (as vLLM names an aborted request).
+fn finish_reason(f: FinishReason, expired: bool) -> &'static str {
     match f {
         FinishReason::Length => "length",
+        FinishReason::Cancelled if expired => ABORT,
         FinishReason::Stop | FinishReason::Cancelled => "stop",
+    }
+}
+
+const ABORT: &str = "abort";
+
+fn shutting_down() -> ApiError {
+    ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: "the server is shutting down".into(),
+        kind: "server_error",
+        param: None,
+        code: Some("server_shutting_down"),
+    }
+}
+
+impl ServerState {
+    /// Resolves `STEP_GRACE` after the shutdown deadline: a step still running then is
+    /// not waited for.
+    async fn past_grace(&self) {
+        self.life.until_expired().await;
+        tokio::time::sleep(STEP_GRACE).await;
     }
 }
 
@@ -494,16 +636,29 @@ fn log_done(job: &Job, id: &str, g: &Generation, queued: Duration, first: Option
 async fn whole_answer(s: Shared, mut seat: Seat, job: Job, chunks: Chunks, t0: Instant) -> Result<Response, ApiError> {
     // If the client goes away, this future is dropped and generation stops between steps.
     let mut gone = ClientGone { endpoint: job.endpoint, id: chunks.id.clone(), armed: true };
-    seat.take_slot().await;
+    tokio::select! {
+        _ = seat.take_slot() => {}
+        _ = s.life.until_expired() => {
+            gone.armed = false;
+            return Err(shutting_down());
+        }
+    }
     let queued = t0.elapsed();
-    let result =
-        sequence::generate(&s.model, s.batcher.as_ref(), &chunks.id, &job.ids, &job.opts, &mut |_| true, &|| false)
-            .await;
+    let expired = || s.life.is_expired();
+    let mut on_text = |_: &str| true;
+    let result = tokio::select! {
+        r = sequence::generate(&s.model, s.batcher.as_ref(), &chunks.id, &job.ids, &job.opts, &mut on_text, &expired) => r,
+        _ = s.past_grace() => {
+            gone.armed = false;
+            eprintln!("--- {} {}: cut by the shutdown deadline during a step", path_of(job.endpoint), chunks.id);
+            return Err(shutting_down());
+        }
+    };
     gone.armed = false;
     let g = result.map_err(|e| server_error(format!("generation failed: {e}")))?;
     drop(seat);
     log_done(&job, &chunks.id, &g, queued, None, t0);
-    let reason = finish_reason(g.finish);
+    let reason = finish_reason(g.finish, s.life.is_expired());
     let body = match job.endpoint {
         Endpoint::Chat => json!({
             "id": &*chunks.id,
@@ -593,10 +748,16 @@ fn stream_answer(s: Shared, mut seat: Seat, job: Job, chunks: Chunks, t0: Instan
         let _ = tx.send(chunks.choice(Some(""), true, None));
     }
     tokio::spawn(async move {
+        let abort = |why: &str| {
+            eprintln!("--- {} {}: {why}", path_of(job.endpoint), chunks.id);
+            let _ = tx.send(chunks.choice(None, false, Some(ABORT)));
+            let _ = tx.send(Event::default().data("[DONE]"));
+        };
         // A client that leaves while waiting gives its place up.
         tokio::select! {
             _ = seat.take_slot() => {}
             _ = tx.closed() => return,
+            _ = s.life.until_expired() => return abort("ended by the shutdown deadline while waiting"),
         }
         let queued = t0.elapsed();
         let mut first = None;
@@ -606,13 +767,15 @@ fn stream_answer(s: Shared, mut seat: Seat, job: Job, chunks: Chunks, t0: Instan
             first.get_or_insert_with(|| t0.elapsed());
             tx.send(chunks.text(piece)).is_ok()
         };
-        let gone = || tx.is_closed();
-        let result =
-            sequence::generate(&s.model, s.batcher.as_ref(), &chunks.id, &job.ids, &job.opts, &mut on_text, &gone)
-                .await;
+        let stop = || tx.is_closed() || s.life.is_expired();
+        let result = tokio::select! {
+            r = sequence::generate(&s.model, s.batcher.as_ref(), &chunks.id, &job.ids, &job.opts, &mut on_text, &stop) => r,
+            _ = s.past_grace() => return abort("cut by the shutdown deadline during a step"),
+        };
         drop(seat);
+        let expired = s.life.is_expired();
         match result {
-            Ok(g) if g.finish == FinishReason::Cancelled => {
+            Ok(g) if g.finish == FinishReason::Cancelled && !expired => {
                 eprintln!(
                     "--- {} {}: client went away after {} tokens",
                     path_of(job.endpoint),
@@ -621,7 +784,7 @@ fn stream_answer(s: Shared, mut seat: Seat, job: Job, chunks: Chunks, t0: Instan
                 );
             }
             Ok(g) => {
-                let _ = tx.send(chunks.choice(None, false, Some(finish_reason(g.finish))));
+                let _ = tx.send(chunks.choice(None, false, Some(finish_reason(g.finish, expired))));
                 if chunks.include_usage {
                     let _ = tx.send(chunks.event(json!([]), usage(&g)));
                 }

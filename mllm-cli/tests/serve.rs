@@ -85,6 +85,28 @@ impl Server {
     fn health(&self) -> Value {
         get_json(&self.url("/health")).1
     }
+
+    /// `host:port` for raw sockets.
+    fn addr(&self) -> &str {
+        self.base.trim_start_matches("http://")
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().expect("running kill");
+        assert!(ok.success(), "kill {sig} failed");
+    }
+
+    /// Waits up to `limit` for the process to end; its exit status and how long it took.
+    fn wait_exit(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
+        let t0 = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for the server") {
+                return (status, t0.elapsed());
+            }
+            assert!(t0.elapsed() < limit, "the server still runs {limit:?} after the signal");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Server {
@@ -554,4 +576,132 @@ fn a_full_queue_answers_503_and_a_client_leaving_frees_its_slot() {
     // And the server still answers.
     let a = whole_chat(&url, "Say hello.", 2);
     assert!(!a.text.is_empty());
+}
+
+/// Connects to the server and sends `bytes` (maybe an incomplete request).
+fn raw(server: &Server, bytes: &[u8]) -> TcpStream {
+    let mut conn = TcpStream::connect(server.addr()).expect("connecting");
+    conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    conn.write_all(bytes).expect("sending");
+    conn
+}
+
+/// Reads until the server closes the connection (or 20 s pass); what came and when it closed.
+fn read_to_close(conn: &mut TcpStream) -> (String, Duration) {
+    let t0 = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!(
+                "the server did not close the connection within 20 s ({e}); got {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    (String::from_utf8_lossy(&got).into_owned(), t0.elapsed())
+}
+
+/// SIGTERM: a half-open connection does not hold the process, a running stream goes on
+/// until the deadline and then ends with a last chunk (finish_reason "abort") and
+/// [DONE], and the process exits 0 soon after.
+#[test]
+fn sigterm_ends_running_streams_at_the_deadline_and_exits_0() {
+    let _one = one_at_a_time();
+    let mut server = Server::start(&["--ctx", "512", "--shutdown-timeout", "2"]);
+    let _half_open = raw(&server, b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Le");
+    // 400 tokens take far longer than the deadline at today's speed.
+    let mut stream = start_stream(&server.url("/v1/chat/completions"), 400);
+    let t0 = Instant::now();
+    server.signal("-TERM");
+    let events = sse_events(&mut stream);
+    let cut = t0.elapsed();
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{events:?}");
+    // The finish reason, then the usage (asked for by `chat_request`).
+    let last: Value = serde_json::from_str(&events[events.len() - 3]).expect("a JSON chunk");
+    assert_eq!(last["choices"][0]["finish_reason"], "abort", "{last}");
+    let usage: Value = serde_json::from_str(&events[events.len() - 2]).expect("a JSON chunk");
+    assert!(usage["usage"]["completion_tokens"].as_u64().is_some_and(|n| n > 0), "{usage}");
+    assert!(cut >= Duration::from_millis(1500), "the stream was ended after {cut:?}, before the deadline");
+    let (status, _) = server.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+}
+
+/// SIGTERM with an answer in flight and nothing else: the answer completes normally,
+/// new connections are refused, and the process exits without waiting for the deadline.
+#[test]
+fn sigterm_lets_short_answers_finish_and_exits_when_idle() {
+    let _one = one_at_a_time();
+    let mut server = Server::start(&["--ctx", "512", "--shutdown-timeout", "60"]);
+    let _idle = raw(&server, b"");
+    let url = server.url("/v1/completions");
+    let answer = std::thread::spawn(move || whole(&url, &completion_request("Once upon a time", 8, false)));
+    wait_for_health(&server, "the request running", |h| h["running"] == 1);
+    server.signal("-INT");
+    let a = answer.join().expect("the client failed");
+    assert!(a.finish == "length" || a.finish == "stop", "{a:?}");
+    let (status, took) = server.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+    assert!(took < Duration::from_secs(30), "waited {took:?}");
+}
+
+/// A request head sent in part, a silent connection and an idle kept-alive one are all
+/// closed after their timeouts; a body sent too slowly gets 408.
+#[test]
+fn slow_and_idle_connections_are_closed() {
+    let _one = one_at_a_time();
+    let server = Server::start(&["--header-timeout", "1", "--idle-timeout", "1.5", "--body-timeout", "1"]);
+    let mut partial = raw(&server, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ");
+    let mut silent = raw(&server, b"");
+    let (got, took) = read_to_close(&mut partial);
+    assert!(got.is_empty() || !got.contains("200 OK"), "{got}");
+    assert!(took >= Duration::from_millis(500), "closed after {took:?}, before the timeout");
+    let (_, took) = read_to_close(&mut silent);
+    assert!(took < Duration::from_secs(10), "{took:?}");
+
+    // A whole request is answered, then the idle connection is closed.
+    let mut kept = raw(&server, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    let (got, took) = read_to_close(&mut kept);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(took >= Duration::from_secs(1), "the kept-alive connection closed after {took:?}");
+
+    // A body that never comes in full.
+    let head = "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+                Content-Length: 100\r\nConnection: close\r\n\r\n{\"prompt\":";
+    let mut slow = raw(&server, head.as_bytes());
+    let (got, _) = read_to_close(&mut slow);
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    assert!(got.contains("\"error\"") && got.contains("timed out"), "{got}");
+    assert_eq!(server.health()["status"], "ok");
+}
+
+/// Beyond --max-connections, a connection gets 503 at once and is closed; once others
+/// close, new ones are served again.
+#[test]
+fn connections_beyond_the_cap_are_refused_at_once() {
+    let _one = one_at_a_time();
+    let server = Server::start(&["--max-connections", "3"]);
+    // The health check of `start` may still hold its connection for a moment.
+    std::thread::sleep(Duration::from_millis(200));
+    let held: Vec<TcpStream> = (0..3).map(|_| raw(&server, b"")).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = raw(&server, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    let (got, took) = read_to_close(&mut extra);
+    assert!(got.starts_with("HTTP/1.1 503"), "{got}");
+    assert!(got.contains("server_overloaded"), "{got}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    drop(held);
+    let t0 = Instant::now();
+    loop {
+        if let Ok(r) = agent().get(server.url("/health")).call() {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "/health refused after the others closed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
