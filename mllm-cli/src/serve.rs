@@ -5,6 +5,7 @@
 
 mod batcher;
 mod conn;
+mod guard;
 mod request;
 mod sequence;
 
@@ -65,6 +66,18 @@ pub struct ServeArgs {
     /// pool, instead of one batched pass over all active sequences (slower; see BENCHMARKS.md)
     #[arg(long)]
     no_batch: bool,
+    /// API key clients must send as 'Authorization: Bearer KEY' on /v1 routes and
+    /// /metrics (repeatable: any of them is accepted); /health stays open
+    #[arg(long = "api-key", value_name = "KEY", env = "MLLM_API_KEY", hide_env_values = true)]
+    api_keys: Vec<String>,
+    /// A host name clients may use in the Host header besides localhost and the listening
+    /// address (repeatable; '*' allows any, giving up the DNS-rebinding check)
+    #[arg(long = "allowed-host", value_name = "HOST")]
+    allowed_hosts: Vec<String>,
+    /// A browser origin (scheme://host[:port]) that may call the API, with CORS
+    /// (repeatable; '*' allows any); requests from other origins get 403
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    allowed_origins: Vec<String>,
     /// Seconds a client has to send a whole request head (from its first byte, or from
     /// connecting)
     #[arg(long, default_value = "10", value_parser = seconds, value_name = "SECS")]
@@ -148,6 +161,15 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             bail!("{flag} must be above 0 seconds");
         }
     }
+    if args.api_keys.iter().any(|k| k.trim().is_empty()) {
+        bail!("--api-key (or MLLM_API_KEY) must not be empty");
+    }
+    if let Some(o) =
+        args.allowed_origins.iter().find(|o| *o != "*" && !(o.starts_with("http://") || o.starts_with("https://")))
+    {
+        bail!("--allowed-origin '{o}' must be scheme://host[:port], such as http://localhost:3000");
+    }
+    let policy = guard::Policy::new(&args.api_keys, &args.host, &args.allowed_hosts, &args.allowed_origins);
     let limits = conn::Limits {
         header_timeout: args.header_timeout,
         idle_timeout: args.idle_timeout,
@@ -201,13 +223,20 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let shutdown = Shutdown { stopping: stopping_tx, expired: expired_tx, timeout: args.shutdown_timeout };
-    let result = runtime.block_on(run(state, args.host, args.port, limits, shutdown));
+    let result = runtime.block_on(run(state, args.host, args.port, limits, shutdown, policy));
     // Tokenizing tasks are short; the batching thread ends with the process.
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
 }
 
-async fn run(state: Shared, host: String, port: u16, limits: conn::Limits, shutdown: Shutdown) -> Result<()> {
+async fn run(
+    state: Shared,
+    host: String,
+    port: u16,
+    limits: conn::Limits,
+    shutdown: Shutdown,
+    policy: guard::Policy,
+) -> Result<()> {
     // Handlers first: a signal from now on starts a graceful shutdown, not the default death.
     let signals = Signals::new()?;
     let listener = tokio::net::TcpListener::bind((host.as_str(), port))
@@ -226,18 +255,77 @@ async fn run(state: Shared, host: String, port: u16, limits: conn::Limits, shutd
     );
     tokio::spawn(shutdown.run(signals));
     let app = router(state.clone());
+    let policy = Arc::new(policy);
     let handler = move |req: axum::http::Request<hyper::body::Incoming>| {
-        let app = app.clone();
-        async move {
-            match app.oneshot(req).await {
-                Ok(r) => r,
-                Err(never) => match never {},
-            }
-        }
+        let (app, policy) = (app.clone(), policy.clone());
+        async move { guarded(&policy, app, req).await }
     };
     conn::serve(listener, limits, state.life.clone(), handler).await;
     eprintln!("server stopped");
     Ok(())
+}
+
+/// The request through the policy's checks, then the routes; CORS headers for allowed origins.
+async fn guarded(policy: &guard::Policy, app: Router, req: axum::http::Request<hyper::body::Incoming>) -> Response {
+    let verdict = policy.check(req.method(), req.uri().path(), req.headers());
+    let cors_origin = match verdict {
+        guard::Verdict::Refuse(e) => {
+            eprintln!(
+                "{} {} {}: {}",
+                e.status.as_u16(),
+                req.method(),
+                loggable(req.uri().path()),
+                loggable(&e.message)
+            );
+            let unauthorized = e.status == StatusCode::UNAUTHORIZED;
+            let mut r = e.into_response();
+            if unauthorized {
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            return r;
+        }
+        guard::Verdict::Preflight(origin, asked) => {
+            let mut r = StatusCode::NO_CONTENT.into_response();
+            let h = r.headers_mut();
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                asked.unwrap_or_else(|| HeaderValue::from_static("authorization, content-type")),
+            );
+            h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+            h.insert(header::VARY, HeaderValue::from_static("origin"));
+            return r;
+        }
+        guard::Verdict::Pass(p) => p.cors_origin,
+    };
+    let mut r = match app.oneshot(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    if let Some(origin) = cors_origin {
+        r.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        r.headers_mut().append(header::VARY, HeaderValue::from_static("origin"));
+    }
+    r
+}
+
+/// Text from a client made safe for a log line: control characters (newlines above
+/// all, which could forge lines) escaped, and at most 300 characters.
+fn loggable(text: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == 300 {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// SIGTERM and SIGINT, as often as they come.
@@ -371,7 +459,7 @@ async fn completions(State(s): State<Shared>, body: Body) -> Response {
 }
 
 fn log_error(endpoint: Endpoint, e: ApiError) -> Response {
-    eprintln!("{} {}: {}", e.status.as_u16(), path_of(endpoint), e.message);
+    eprintln!("{} {}: {}", e.status.as_u16(), path_of(endpoint), loggable(&e.message));
     e.into_response()
 }
 

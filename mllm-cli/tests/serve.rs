@@ -41,9 +41,14 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&str]) -> Server {
+        Server::start_with_env(extra, &[])
+    }
+
+    fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mllm"))
             .args(["serve", "--model", model(), "--host", "127.0.0.1", "--port", "0", "--threads", "2"])
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -565,7 +570,7 @@ fn a_full_queue_answers_503_and_a_client_leaving_frees_its_slot() {
     let mut conn = TcpStream::connect(server.base.trim_start_matches("http://")).expect("connecting");
     write!(
         conn,
-        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .expect("sending");
@@ -704,4 +709,162 @@ fn connections_beyond_the_cap_are_refused_at_once() {
         assert!(t0.elapsed() < Duration::from_secs(10), "/health refused after the others closed");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// An answer read off a raw socket: status, headers (names in lower case), body.
+struct RawAnswer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl RawAnswer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// The error's code, after checking the OpenAI error shape.
+    fn error_code(&self) -> String {
+        let v = self.json();
+        let err = v["error"].as_object().unwrap_or_else(|| panic!("no error object: {v}"));
+        assert_eq!(err.len(), 4, "message, type, param, code: {v}");
+        assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        assert!(err["type"].is_string(), "{v}");
+        err["code"].as_str().unwrap_or("").to_string()
+    }
+}
+
+/// One request with exactly the given head lines (so Host and the rest are the test's).
+fn raw_request(server: &Server, method: &str, path: &str, head: &[&str], body: &str) -> RawAnswer {
+    let mut text = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    for h in head {
+        text.push_str(h);
+        text.push_str("\r\n");
+    }
+    if !body.is_empty() || method == "POST" {
+        text.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    text.push_str("\r\n");
+    text.push_str(body);
+    let mut conn = raw(server, text.as_bytes());
+    let (got, _) = read_to_close(&mut conn);
+    let (head, body) = got.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no answer head: {got:?}"));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).expect("a status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    RawAnswer { status, headers, body: body.to_string() }
+}
+
+/// --api-key, --allowed-host, --allowed-origin and the JSON content type, seen from clients.
+#[test]
+fn keys_hosts_origins_and_content_types_are_checked() {
+    let _one = one_at_a_time();
+    let server = Server::start(&[
+        "--ctx",
+        "256",
+        "--api-key",
+        "first-key",
+        "--api-key",
+        "second-key",
+        "--allowed-host",
+        "api.example",
+        "--allowed-origin",
+        "http://app.example:3000",
+    ]);
+    let local = "Host: 127.0.0.1";
+    let key = "Authorization: Bearer second-key";
+    let json = "Content-Type: application/json";
+    let body = chat_request("Hi", 2, false).to_string();
+
+    // /health is open; /v1 needs a right key.
+    assert_eq!(raw_request(&server, "GET", "/health", &[local], "").status, 200);
+    for auth in [None, Some("Authorization: Bearer wrong-key"), Some("Authorization: Basic Zmlyc3Qta2V5")] {
+        let head: Vec<&str> = [local].into_iter().chain(auth).collect();
+        let a = raw_request(&server, "GET", "/v1/models", &head, "");
+        assert_eq!(a.status, 401, "{auth:?}: {}", a.body);
+        assert_eq!(a.error_code(), "invalid_api_key");
+        assert_eq!(a.header("www-authenticate"), Some("Bearer"));
+        let a = raw_request(&server, "POST", "/v1/chat/completions", &[&head[..], &[json]].concat(), &body);
+        assert_eq!(a.status, 401, "{}", a.body);
+    }
+    assert_eq!(raw_request(&server, "GET", "/v1/models", &[local, key], "").status, 200);
+    let a =
+        raw_request(&server, "POST", "/v1/chat/completions", &[local, "Authorization: Bearer first-key", json], &body);
+    assert_eq!(a.status, 200, "{}", a.body);
+
+    // Only JSON bodies.
+    for ctype in [None, Some("Content-Type: text/plain"), Some("Content-Type: application/x-www-form-urlencoded")] {
+        let head: Vec<&str> = [local, key].into_iter().chain(ctype).collect();
+        let a = raw_request(&server, "POST", "/v1/chat/completions", &head, &body);
+        assert_eq!(a.status, 415, "{ctype:?}: {}", a.body);
+        assert_eq!(a.error_code(), "unsupported_media_type");
+    }
+
+    // Host names: the listening address, localhost, the allowed one.
+    for (host, status) in [
+        ("Host: localhost:9999", 200),
+        ("Host: LOCALHOST", 200),
+        ("Host: api.example:443", 200),
+        ("Host: evil.example", 403),
+        ("Host: 10.1.2.3:8080", 403),
+    ] {
+        let a = raw_request(&server, "GET", "/health", &[host], "");
+        assert_eq!(a.status, status, "{host}: {}", a.body);
+        if status == 403 {
+            assert_eq!(a.error_code(), "host_not_allowed");
+        }
+    }
+    assert_eq!(raw_request(&server, "GET", "/health", &[], "").status, 400, "no Host");
+
+    // Origins: another one is refused, the allowed one gets CORS and a preflight.
+    let a =
+        raw_request(&server, "POST", "/v1/chat/completions", &[local, key, json, "Origin: http://evil.example"], &body);
+    assert_eq!(a.status, 403, "{}", a.body);
+    assert_eq!(a.error_code(), "origin_not_allowed");
+    let app = "Origin: http://app.example:3000";
+    let a = raw_request(&server, "GET", "/v1/models", &[local, key, app], "");
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("access-control-allow-origin"), Some("http://app.example:3000"));
+    let a = raw_request(
+        &server,
+        "OPTIONS",
+        "/v1/chat/completions",
+        &[
+            local,
+            app,
+            "Access-Control-Request-Method: POST",
+            "Access-Control-Request-Headers: authorization, content-type",
+        ],
+        "",
+    );
+    assert_eq!(a.status, 204, "{}", a.body);
+    assert_eq!(a.header("access-control-allow-origin"), Some("http://app.example:3000"));
+    assert!(a.header("access-control-allow-methods").is_some_and(|m| m.contains("POST")));
+    assert!(a.header("access-control-allow-headers").is_some_and(|h| h.contains("authorization")));
+    let a = raw_request(&server, "OPTIONS", "/v1/chat/completions", &[local, "Origin: http://evil.example"], "");
+    assert_eq!(a.status, 403);
+}
+
+/// MLLM_API_KEY sets a key too, and `--help` does not show it.
+#[test]
+fn the_api_key_can_come_from_the_environment() {
+    let _one = one_at_a_time();
+    let help = Command::new(env!("CARGO_BIN_EXE_mllm"))
+        .args(["serve", "--help"])
+        .env("MLLM_API_KEY", "env-secret")
+        .output()
+        .expect("running mllm");
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(text.contains("--api-key") && !text.contains("env-secret"), "{text}");
+    let server = Server::start_with_env(&[], &[("MLLM_API_KEY", "env-secret")]);
+    assert_eq!(raw_request(&server, "GET", "/v1/models", &["Host: localhost"], "").status, 401);
+    let a = raw_request(&server, "GET", "/v1/models", &["Host: localhost", "Authorization: Bearer env-secret"], "");
+    assert_eq!(a.status, 200, "{}", a.body);
 }
