@@ -66,6 +66,10 @@ pub struct ServeArgs {
     /// pool, instead of one batched pass over all active sequences (slower; see BENCHMARKS.md)
     #[arg(long)]
     no_batch: bool,
+    /// Another name clients may give as "model" (repeatable); the file's stem and, for a
+    /// known model, its short name (such as smollm2) are always accepted
+    #[arg(long = "alias", value_name = "NAME")]
+    aliases: Vec<String>,
     /// API key clients must send as 'Authorization: Bearer KEY' on /v1 routes and
     /// /metrics (repeatable: any of them is accepted); /health stays open
     #[arg(long = "api-key", value_name = "KEY", env = "MLLM_API_KEY", hide_env_values = true)]
@@ -124,6 +128,8 @@ struct ServerState {
     model: TextModel,
     batcher: Option<batcher::Batcher>,
     model_id: String,
+    /// Other names of the served model, accepted in "model" and listed by /v1/models.
+    aliases: Vec<String>,
     created: u64,
     ctx: usize,
     max_body: usize,
@@ -194,6 +200,17 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         None => trained,
     };
     let model_id = model.path.file_stem().map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
+    let file_name = model.path.file_name().map(|f| f.to_string_lossy().into_owned());
+    let known = mllm::models::fetch::KNOWN_MODELS.iter().filter(|k| file_name.as_deref() == Some(k.file_name));
+    let mut aliases: Vec<String> = Vec::new();
+    for name in known.map(|k| k.alias.to_string()).chain(args.aliases.iter().cloned()) {
+        if name.trim().is_empty() {
+            bail!("--alias must not be empty");
+        }
+        if name != model_id && !aliases.contains(&name) {
+            aliases.push(name);
+        }
+    }
     let batcher =
         if args.no_batch { None } else { Some(batcher::Batcher::start(model.decoder.clone(), MAX_BATCH_ROWS)?) };
     let (stopping_tx, stopping) = watch::channel(false);
@@ -203,6 +220,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         model,
         batcher,
         model_id,
+        aliases,
         created: unix_now(),
         ctx,
         max_body: args.max_body,
@@ -422,6 +440,7 @@ async fn health(State(s): State<Shared>) -> Response {
         json!({
             "status": if stopping { "stopping" } else { "ok" },
             "model": s.model_id,
+            "aliases": s.aliases,
             "running": s.running.load(Relaxed),
             "waiting": s.waiting.load(Relaxed),
             "max_concurrent": s.max_concurrent,
@@ -431,22 +450,46 @@ async fn health(State(s): State<Shared>) -> Response {
     )
 }
 
-fn model_object(s: &ServerState) -> Value {
-    json!({"id": s.model_id, "object": "model", "created": s.created, "owned_by": "mllm"})
+/// One entry of /v1/models: the served model under `id` (its own name or an alias).
+fn model_object(s: &ServerState, id: &str) -> Value {
+    json!({"id": id, "object": "model", "created": s.created, "owned_by": "mllm", "root": s.model_id})
+}
+
+impl ServerState {
+    fn serves(&self, name: &str) -> bool {
+        name == self.model_id || self.aliases.iter().any(|a| a == name)
+    }
+
+    fn names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.model_id.as_str()).chain(self.aliases.iter().map(String::as_str))
+    }
+
+    fn model_not_found(&self, name: &str) -> ApiError {
+        let shown: String = name.chars().take(100).collect();
+        let also = if self.aliases.is_empty() {
+            String::new()
+        } else {
+            format!(" (also called '{}')", self.aliases.join("', '"))
+        };
+        ApiError::invalid(
+            Some("model"),
+            format!("the model '{shown}' does not exist; this server has '{}'{also}", self.model_id),
+        )
+        .with_status(StatusCode::NOT_FOUND)
+        .with_code("model_not_found")
+    }
 }
 
 async fn list_models(State(s): State<Shared>) -> Response {
-    json_response(StatusCode::OK, json!({"object": "list", "data": [model_object(&s)]}))
+    let data: Vec<Value> = s.names().map(|n| model_object(&s, n)).collect();
+    json_response(StatusCode::OK, json!({"object": "list", "data": data}))
 }
 
 async fn get_model(State(s): State<Shared>, Path(id): Path<String>) -> Response {
-    if id == s.model_id {
-        json_response(StatusCode::OK, model_object(&s))
+    if s.serves(&id) {
+        json_response(StatusCode::OK, model_object(&s, &id))
     } else {
-        ApiError::invalid(Some("model"), format!("the model '{id}' does not exist; this server has '{}'", s.model_id))
-            .with_status(StatusCode::NOT_FOUND)
-            .with_code("model_not_found")
-            .into_response()
+        s.model_not_found(&id).into_response()
     }
 }
 
@@ -559,6 +602,9 @@ async fn handle(s: Shared, body: Body, endpoint: Endpoint) -> Result<Response, A
     let bytes = read_body(body, s.max_body, s.body_timeout).await?;
     let req = request::parse(&bytes, endpoint)?;
     drop(bytes);
+    if let Some(m) = req.model.as_deref().filter(|m| !s.serves(m)) {
+        return Err(s.model_not_found(m));
+    }
     let seat = s.admit()?;
     let stream = req.stream;
     let job = prepare(&s, req, endpoint).await?;

@@ -868,3 +868,39 @@ fn the_api_key_can_come_from_the_environment() {
     let a = raw_request(&server, "GET", "/v1/models", &["Host: localhost", "Authorization: Bearer env-secret"], "");
     assert_eq!(a.status, 200, "{}", a.body);
 }
+
+/// The `model` field must name the served model or one of its aliases (the file's stem,
+/// the known model's short name, --alias); /v1/models lists them all.
+#[test]
+fn the_model_field_is_checked_and_aliases_are_listed() {
+    let _one = one_at_a_time();
+    let server = Server::start(&["--ctx", "256", "--alias", "tiny"]);
+    let (status, list) = get_json(&server.url("/v1/models"));
+    assert_eq!(status, 200, "{list}");
+    let stem = Path::new(model()).file_stem().unwrap().to_string_lossy().into_owned();
+    let ids: Vec<&str> = list["data"].as_array().expect("data").iter().filter_map(|m| m["id"].as_str()).collect();
+    assert_eq!(ids, [stem.as_str(), "smollm2", "tiny"], "{list}");
+    assert!(list["data"].as_array().unwrap().iter().all(|m| m["root"] == stem.as_str()), "{list}");
+    for id in &ids {
+        let (status, v) = get_json(&server.url(&format!("/v1/models/{id}")));
+        assert_eq!((status, v["id"].as_str()), (200, Some(*id)), "{v}");
+    }
+    for (url, mut body) in [
+        (server.url("/v1/chat/completions"), chat_request("Hi", 2, false)),
+        (server.url("/v1/completions"), completion_request("Hi", 2, false)),
+    ] {
+        body["model"] = json!("gpt-4");
+        let (status, v) = post_json(&url, &body);
+        assert_eq!(status, 404, "{v}");
+        assert_eq!(
+            (v["error"]["code"].as_str(), v["error"]["param"].as_str()),
+            (Some("model_not_found"), Some("model"))
+        );
+        for name in ["tiny", "smollm2", stem.as_str()] {
+            body["model"] = json!(name);
+            let (status, v) = post_json(&url, &body);
+            assert_eq!(status, 200, "{name}: {v}");
+            assert_eq!(v["model"], stem.as_str(), "{v}");
+        }
+    }
+}
