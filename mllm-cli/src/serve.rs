@@ -682,7 +682,10 @@ fn encode(model: &TextModel, prompt: Prompt, param: &str) -> Result<Vec<u32>, Ap
         Prompt::Chat(messages) => {
             model.encode_chat(&messages).map_err(|e| ApiError::invalid(Some(param), e.to_string()))
         }
-        Prompt::Text(text) => model.tokenizer.encode(&text).map_err(|e| ApiError::invalid(Some(param), e.to_string())),
+        // A client's text is text: typed control-token strings do not become control tokens.
+        Prompt::Text(text) => {
+            model.tokenizer.encode_literal(&text).map_err(|e| ApiError::invalid(Some(param), e.to_string()))
+        }
         Prompt::Tokens(ids) => {
             let vocab = model.tokenizer.vocab_size();
             match ids.iter().find(|&&i| i as usize >= vocab) {

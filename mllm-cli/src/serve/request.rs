@@ -70,7 +70,7 @@ pub enum Endpoint {
 pub enum Prompt {
     /// Messages for the chat template.
     Chat(Vec<ChatMessage>),
-    /// Raw text (special-token strings become special tokens).
+    /// Raw text (encoded as text: special-token strings stay text).
     Text(String),
     /// Token ids as given.
     Tokens(Vec<u32>),
