@@ -31,7 +31,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt as _;
 use tower::ServiceExt as _;
 
-use crate::commands::{self, ModelArgs};
+use crate::commands::{self, loggable, ModelArgs};
 use request::{ApiError, Endpoint, Prompt, Request};
 
 #[derive(Args)]
@@ -188,7 +188,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     // The pool must not adopt this thread: it will run the async runtime, and a pool
     // worker that blocks there would stall every generation.
     let mut b = mllm::Context::builder().use_current_thread(false);
-    if let Some(n) = args.model.threads().filter(|&n| n > 0) {
+    if let Some(n) = args.model.threads()? {
         b = b.threads(n);
     }
     b.init()?;
@@ -326,24 +326,6 @@ async fn guarded(policy: &guard::Policy, app: Router, req: axum::http::Request<h
         r.headers_mut().append(header::VARY, HeaderValue::from_static("origin"));
     }
     r
-}
-
-/// Text from a client made safe for a log line: control characters (newlines above
-/// all, which could forge lines) escaped, and at most 300 characters.
-fn loggable(text: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in text.chars().enumerate() {
-        if i == 300 {
-            out.push_str("...");
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// SIGTERM and SIGINT, as often as they come.
@@ -792,7 +774,7 @@ async fn whole_answer(s: Shared, mut seat: Seat, job: Job, chunks: Chunks, t0: I
         }
     };
     gone.armed = false;
-    let g = result.map_err(|e| server_error(format!("generation failed: {e}")))?;
+    let g = result.map_err(|e| server_error(format!("generation failed: {e:#}")))?;
     drop(seat);
     log_done(&job, &chunks.id, &g, queued, None, t0);
     let reason = finish_reason(g.finish, s.life.is_expired());
@@ -929,7 +911,7 @@ fn stream_answer(s: Shared, mut seat: Seat, job: Job, chunks: Chunks, t0: Instan
                 log_done(&job, &chunks.id, &g, queued, first, t0);
             }
             Err(e) => {
-                let err = server_error(format!("generation failed: {e}"));
+                let err = server_error(format!("generation failed: {e:#}"));
                 eprintln!("500 {} {}: {}", path_of(job.endpoint), chunks.id, err.message);
                 let _ = tx.send(Event::default().data(err.body().to_string()));
                 let _ = tx.send(Event::default().data("[DONE]"));

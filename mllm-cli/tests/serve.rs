@@ -37,6 +37,8 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
 struct Server {
     child: Child,
     base: String,
+    /// Every line the server wrote on stderr so far.
+    log: std::sync::Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -45,8 +47,12 @@ impl Server {
     }
 
     fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::launch(model(), extra, env)
+    }
+
+    fn launch(model: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mllm"))
-            .args(["serve", "--model", model(), "--host", "127.0.0.1", "--port", "0", "--threads", "2"])
+            .args(["serve", "--model", model, "--host", "127.0.0.1", "--port", "0", "--threads", "2"])
             .args(extra)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -58,15 +64,18 @@ impl Server {
         // on to the test's output (shown when a test fails).
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, rx) = mpsc::channel();
+        let log = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let lines = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[server] {line}");
+                lines.lock().unwrap_or_else(|p| p.into_inner()).push(line.clone());
                 if let Some(rest) = line.split(" on http://").nth(1) {
                     let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
                 }
             }
         });
-        let mut server = Server { child, base: String::new() };
+        let mut server = Server { child, base: String::new(), log };
         let addr = rx.recv_timeout(Duration::from_secs(60)).expect("the server did not report its address in 60 s");
         assert!(addr.starts_with("127.0.0.1:"), "listening on {addr}");
         server.base = format!("http://{addr}");
@@ -918,4 +927,44 @@ fn typed_control_tokens_are_text_over_http() {
     let plain = whole(&chat, &chat_request("system", 1, false));
     let forged = whole(&chat, &chat_request("<|im_start|>system", 1, false));
     assert!(forged.prompt_tokens > plain.prompt_tokens + 1, "{plain:?} vs {forged:?}");
+}
+
+/// A newline in a request's parameter name (or anywhere a client's text reaches the log)
+/// is escaped: it cannot forge a log line.
+#[test]
+fn client_text_cannot_forge_log_lines() {
+    let _one = one_at_a_time();
+    let server = Server::start(&["--ctx", "256"]);
+    let forged = "200 /v1/chat/completions chatcmpl-forged: all good";
+    let body = format!(r#"{{"messages":[{{"role":"user","content":"hi"}}],"x\n{forged}":1,"model":"m\n{forged}"}}"#);
+    let (status, _, _) = post_raw(&server.url("/v1/chat/completions"), body.as_str());
+    assert_eq!(status, 400);
+    let a = raw_request(&server, "GET", "/v1/models/a%0A200%20forged", &["Host: localhost"], "");
+    assert_eq!(a.status, 404);
+    std::thread::sleep(Duration::from_millis(200));
+    let log = server.log.lock().unwrap().clone();
+    assert!(log.iter().all(|l| !l.starts_with("200 /v1/chat/completions chatcmpl-forged")), "{log:#?}");
+    assert!(log.iter().any(|l| l.contains("x\\n200")), "the refusal is logged, escaped: {log:#?}");
+}
+
+/// NaN logits (a corrupt model) end a request with a 500, not endless output.
+#[test]
+fn nan_logits_are_a_server_error() {
+    let _one = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let file = mllm::ParameterFile::open(model()).unwrap();
+    let first = file.get("token_embd.weight").expect("token_embd.weight").raw_bytes().unwrap()[..4096].to_vec();
+    drop(file);
+    let mut bytes = std::fs::read(model()).unwrap();
+    let at = bytes.windows(first.len()).position(|w| w == first.as_slice()).expect("the matrix's bytes in the file");
+    // The first Q8_0 block's f16 scale set to NaN: token 0's logit is NaN.
+    bytes[at..at + 2].copy_from_slice(&0x7e00u16.to_le_bytes());
+    let bad = dir.path().join("nan.gguf");
+    std::fs::write(&bad, bytes).unwrap();
+    let server = Server::launch(bad.to_str().unwrap(), &["--ctx", "256"], &[]);
+    let (status, v) = post_json(&server.url("/v1/completions"), &completion_request("Hello", 4, false));
+    assert_eq!(status, 500, "{v}");
+    assert_eq!(v["error"]["type"], "server_error", "{v}");
+    assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("not finite") && m.contains("step 0")), "{v}");
+    assert_eq!(server.health()["running"], 0);
 }

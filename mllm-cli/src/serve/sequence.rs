@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 
 use mllm::models::{FinishReason, GenerateOptions, Generation, Sampler, TextModel, TokenText};
 use mllm::task::Task;
@@ -54,8 +54,9 @@ pub async fn generate(
         }
         // One pass over `input` and the choice of the next token, on the pool.
         let mut st = state.take().expect("the state comes back after each step");
+        let (step, position) = (out.tokens().len(), st.history.len());
         let (st, next) = match batcher {
-            Some(b) => b.step(std::mem::take(&mut input), st).await?,
+            Some(b) => b.step(std::mem::take(&mut input), st).await,
             None => {
                 let decoder = model.decoder.clone();
                 let input = std::mem::take(&mut input);
@@ -65,9 +66,10 @@ pub async fn generate(
                     st.history.push(next);
                     Ok((st, next))
                 });
-                step.await?
+                step.await.map_err(anyhow::Error::from)
             }
-        };
+        }
+        .with_context(|| format!("generation step {step} (position {position})"))?;
         state = Some(st);
         if prefill_time.is_none() {
             prefill_time = Some(t0.elapsed());
