@@ -106,7 +106,7 @@ pub struct ServeArgs {
 /// A duration given in seconds (fractions allowed).
 fn seconds(s: &str) -> Result<Duration, String> {
     let x: f64 = s.trim().parse().map_err(|_| format!("'{s}' is not a number of seconds"))?;
-    if !x.is_finite() || x < 0.0 || x > 1e6 {
+    if !(0.0..=1e6).contains(&x) {
         return Err(format!("'{s}' must be between 0 and 1000000 seconds"));
     }
     Ok(Duration::from_secs_f64(x))
