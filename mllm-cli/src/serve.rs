@@ -82,6 +82,10 @@ pub struct ServeArgs {
     /// (repeatable; '*' allows any); requests from other origins get 403
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     allowed_origins: Vec<String>,
+    /// Prefill long prompts in chunks of this many tokens, each one batched step, so that
+    /// other requests' tokens go on between them (0: a whole prompt in one step)
+    #[arg(long, default_value_t = 256, value_name = "TOKENS")]
+    prefill_chunk: usize,
     /// Seconds a client has to send a whole request head (from its first byte, or from
     /// connecting)
     #[arg(long, default_value = "10", value_parser = seconds, value_name = "SECS")]
@@ -134,6 +138,7 @@ struct ServerState {
     ctx: usize,
     max_body: usize,
     body_timeout: Duration,
+    prefill_chunk: usize,
     max_concurrent: usize,
     queue: usize,
     life: conn::Lifecycle,
@@ -225,6 +230,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         ctx,
         max_body: args.max_body,
         body_timeout: args.body_timeout,
+        prefill_chunk: args.prefill_chunk,
         life,
         max_concurrent: args.max_concurrent,
         queue: args.queue,
@@ -766,7 +772,7 @@ async fn whole_answer(s: Shared, mut seat: Seat, job: Job, chunks: Chunks, t0: I
     let expired = || s.life.is_expired();
     let mut on_text = |_: &str| true;
     let result = tokio::select! {
-        r = sequence::generate(&s.model, s.batcher.as_ref(), &chunks.id, &job.ids, &job.opts, &mut on_text, &expired) => r,
+        r = sequence::generate(&s.model, s.batcher.as_ref(), &chunks.id, &job.ids, s.prefill_chunk, &job.opts, &mut on_text, &expired) => r,
         _ = s.past_grace() => {
             gone.armed = false;
             eprintln!("--- {} {}: cut by the shutdown deadline during a step", path_of(job.endpoint), chunks.id);
@@ -888,7 +894,7 @@ fn stream_answer(s: Shared, mut seat: Seat, job: Job, chunks: Chunks, t0: Instan
         };
         let stop = || tx.is_closed() || s.life.is_expired();
         let result = tokio::select! {
-            r = sequence::generate(&s.model, s.batcher.as_ref(), &chunks.id, &job.ids, &job.opts, &mut on_text, &stop) => r,
+            r = sequence::generate(&s.model, s.batcher.as_ref(), &chunks.id, &job.ids, s.prefill_chunk, &job.opts, &mut on_text, &stop) => r,
             _ = s.past_grace() => return abort("cut by the shutdown deadline during a step"),
         };
         drop(seat);

@@ -968,3 +968,52 @@ fn nan_logits_are_a_server_error() {
     assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("not finite") && m.contains("step 0")), "{v}");
     assert_eq!(server.health()["running"], 0);
 }
+
+/// Chunked prefill: a short request sent while a long prompt is being prefilled is
+/// answered before the long one's first token (its steps ride along between the long
+/// prompt's chunks); a client leaving during a long prefill stops it between chunks.
+#[test]
+fn long_prompts_are_prefilled_in_chunks() {
+    let _one = one_at_a_time();
+    let server = Server::start(&["--ctx", "4096", "--max-concurrent", "4", "--prefill-chunk", "128"]);
+    let comp = server.url("/v1/completions");
+    let long_prompt = "the cat sat on the mat and ".repeat(150); // about 1050 tokens
+    let long = {
+        let (comp, body) = (comp.clone(), completion_request(&long_prompt, 1, false));
+        std::thread::spawn(move || {
+            let a = whole(&comp, &body);
+            (a, Instant::now())
+        })
+    };
+    wait_for_health(&server, "the long request running", |h| h["running"] == 1);
+    let short = whole(&comp, &completion_request("Water boils at", 2, false));
+    let short_done = Instant::now();
+    let (long_answer, long_done) = long.join().expect("the long request failed");
+    assert!(long_answer.prompt_tokens > 1000, "{long_answer:?}");
+    assert!(!short.text.is_empty());
+    assert!(short_done < long_done, "the short request waited for the whole long prefill");
+
+    // A streamed long request whose client leaves during its prefill.
+    let body = completion_request(&long_prompt, 4, true).to_string();
+    let mut conn = raw(
+        &server,
+        format!(
+            "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let mut first = [0u8; 12];
+    conn.read_exact(&mut first).expect("the answer's head");
+    assert_eq!(&first, b"HTTP/1.1 200");
+    wait_for_health(&server, "the long stream running", |h| h["running"] == 1);
+    drop(conn);
+    wait_for_health(&server, "the long stream stopped", |h| h["running"] == 0);
+    std::thread::sleep(Duration::from_millis(100));
+    let log = server.log.lock().unwrap().clone();
+    let line = log.iter().find(|l| l.contains("stopped after prefilling")).unwrap_or_else(|| panic!("{log:#?}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "prefilling").unwrap();
+    let (done, total): (usize, usize) = (words[at + 1].parse().unwrap(), words[at + 3].parse().unwrap());
+    assert!(done < total, "{line}");
+}

@@ -3,6 +3,9 @@
 //! sequence) or, without one, is its own `Task` awaited on the engine pool; either way
 //! sequences advance token by token (no request holds a pool thread for its whole answer),
 //! and one whose future is dropped stops at once. Same algorithm and results as `generate`.
+//! A prompt longer than `prefill_chunk` tokens is prefilled in chunks of that many, one
+//! step each (chunked prefill): other sequences advance between them, and a cancelled
+//! request stops between two chunks.
 
 use std::time::Instant;
 
@@ -22,6 +25,7 @@ pub async fn generate(
     batcher: Option<&Batcher>,
     label: &str,
     prompt: &[u32],
+    prefill_chunk: usize,
     opts: &GenerateOptions,
     on_text: &mut (dyn FnMut(&str) -> bool + Send),
     cancelled: &(dyn Fn() -> bool + Sync),
@@ -42,10 +46,43 @@ pub async fn generate(
     });
     let mut out = TokenText::new(&model.tokenizer, opts);
     let mut finish = FinishReason::Length;
-    let mut input = prompt.to_vec();
-
     let _member = batcher.map(Batcher::join);
     let t0 = Instant::now();
+
+    // All but the last chunk of the prompt, without sampling.
+    let chunk = if prefill_chunk == 0 { prompt.len() } else { prefill_chunk };
+    let mut done = 0;
+    while prompt.len() - done > chunk {
+        if cancelled() {
+            eprintln!("--- {label}: stopped after prefilling {done} of {} prompt tokens", prompt.len());
+            return Ok(Generation {
+                text: String::new(),
+                tokens: Vec::new(),
+                prompt_tokens: prompt.len(),
+                finish: FinishReason::Cancelled,
+                prefill_time: t0.elapsed(),
+                decode_time: Default::default(),
+            });
+        }
+        let part = prompt[done..done + chunk].to_vec();
+        let mut st = state.take().expect("the state comes back after each step");
+        let st = match batcher {
+            Some(b) => b.prefill(part, st).await,
+            None => {
+                let decoder = model.decoder.clone();
+                let step = Task::lazy(label.to_string(), move || {
+                    decoder.forward_tokens(&part, &mut st.cache)?;
+                    Ok(st)
+                });
+                step.await.map_err(anyhow::Error::from)
+            }
+        }
+        .with_context(|| format!("prefill of prompt tokens {done}..{}", done + chunk))?;
+        state = Some(st);
+        done += chunk;
+    }
+    let mut input = prompt[done..].to_vec();
+
     let (mut prefill_time, mut t1) = (None, t0);
     while out.tokens().len() < max_tokens {
         if cancelled() {
