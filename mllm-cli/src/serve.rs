@@ -6,6 +6,7 @@
 mod batcher;
 mod conn;
 mod guard;
+mod prefix;
 mod request;
 mod sequence;
 
@@ -86,6 +87,11 @@ pub struct ServeArgs {
     /// other requests' tokens go on between them (0: a whole prompt in one step)
     #[arg(long, default_value_t = 256, value_name = "TOKENS")]
     prefill_chunk: usize,
+    /// Keep the keys and values of finished requests, up to this many token positions in
+    /// all, so that a prompt starting with the same tokens (a system prompt, the next turn
+    /// of a chat) skips that part of its prefill (0: off)
+    #[arg(long, default_value_t = 4096, value_name = "TOKENS")]
+    prefix_cache: usize,
     /// Seconds a client has to send a whole request head (from its first byte, or from
     /// connecting)
     #[arg(long, default_value = "10", value_parser = seconds, value_name = "SECS")]
@@ -139,6 +145,7 @@ struct ServerState {
     max_body: usize,
     body_timeout: Duration,
     prefill_chunk: usize,
+    prefixes: Option<prefix::PrefixCache>,
     max_concurrent: usize,
     queue: usize,
     life: conn::Lifecycle,
@@ -231,6 +238,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         max_body: args.max_body,
         body_timeout: args.body_timeout,
         prefill_chunk: args.prefill_chunk,
+        prefixes: (args.prefix_cache > 0).then(|| prefix::PrefixCache::new(args.prefix_cache)),
         life,
         max_concurrent: args.max_concurrent,
         queue: args.queue,
@@ -772,7 +780,7 @@ async fn whole_answer(s: Shared, mut seat: Seat, job: Job, chunks: Chunks, t0: I
     let expired = || s.life.is_expired();
     let mut on_text = |_: &str| true;
     let result = tokio::select! {
-        r = sequence::generate(&s.model, s.batcher.as_ref(), &chunks.id, &job.ids, s.prefill_chunk, &job.opts, &mut on_text, &expired) => r,
+        r = sequence::generate(&s.model, s.batcher.as_ref(), &chunks.id, &job.ids, s.prefill_chunk, s.prefixes.as_ref(), &job.opts, &mut on_text, &expired) => r,
         _ = s.past_grace() => {
             gone.armed = false;
             eprintln!("--- {} {}: cut by the shutdown deadline during a step", path_of(job.endpoint), chunks.id);
@@ -894,7 +902,7 @@ fn stream_answer(s: Shared, mut seat: Seat, job: Job, chunks: Chunks, t0: Instan
         };
         let stop = || tx.is_closed() || s.life.is_expired();
         let result = tokio::select! {
-            r = sequence::generate(&s.model, s.batcher.as_ref(), &chunks.id, &job.ids, s.prefill_chunk, &job.opts, &mut on_text, &stop) => r,
+            r = sequence::generate(&s.model, s.batcher.as_ref(), &chunks.id, &job.ids, s.prefill_chunk, s.prefixes.as_ref(), &job.opts, &mut on_text, &stop) => r,
             _ = s.past_grace() => return abort("cut by the shutdown deadline during a step"),
         };
         drop(seat);

@@ -975,7 +975,9 @@ fn nan_logits_are_a_server_error() {
 #[test]
 fn long_prompts_are_prefilled_in_chunks() {
     let _one = one_at_a_time();
-    let server = Server::start(&["--ctx", "4096", "--max-concurrent", "4", "--prefill-chunk", "128"]);
+    // No prefix reuse: the second long request must prefill as the first did.
+    let server =
+        Server::start(&["--ctx", "4096", "--max-concurrent", "4", "--prefill-chunk", "128", "--prefix-cache", "0"]);
     let comp = server.url("/v1/completions");
     let long_prompt = "the cat sat on the mat and ".repeat(150); // about 1050 tokens
     let long = {
@@ -1016,4 +1018,48 @@ fn long_prompts_are_prefilled_in_chunks() {
     let at = words.iter().position(|w| *w == "prefilling").unwrap();
     let (done, total): (usize, usize) = (words[at + 1].parse().unwrap(), words[at + 3].parse().unwrap());
     assert!(done < total, "{line}");
+}
+
+/// Prompt-prefix reuse: the same prompt again, and the next turn of a chat, reuse the
+/// kept keys and values of the earlier prompt (the log says how many tokens) and give the
+/// answers a server without reuse gives.
+#[test]
+fn prompt_prefixes_are_reused() {
+    let _one = one_at_a_time();
+    let first =
+        vec![json!({"role": "system", "content": "Be brief."}), json!({"role": "user", "content": "Name a colour."})];
+    let ask = |url: &str, messages: &[Value]| {
+        let body = json!({"messages": messages, "max_tokens": 4, "temperature": 0});
+        whole(url, &body)
+    };
+    let (plain_first, plain_next, next) = {
+        let server = Server::start(&["--ctx", "512", "--prefix-cache", "0"]);
+        let url = server.url("/v1/chat/completions");
+        let a = ask(&url, &first);
+        let mut next = first.clone();
+        next.push(json!({"role": "assistant", "content": a.text}));
+        next.push(json!({"role": "user", "content": "And another one?"}));
+        let b = ask(&url, &next);
+        assert!(!server.log.lock().unwrap().iter().any(|l| l.contains("reusing")));
+        (a, b, next)
+    };
+    let server = Server::start(&["--ctx", "512"]);
+    let url = server.url("/v1/chat/completions");
+    assert_eq!(ask(&url, &first), plain_first);
+    assert_eq!(ask(&url, &first), plain_first, "the same prompt again");
+    assert_eq!(ask(&url, &next), plain_next, "the next turn");
+    std::thread::sleep(Duration::from_millis(100));
+    let log = server.log.lock().unwrap().clone();
+    let reused: Vec<(usize, usize)> = log
+        .iter()
+        .filter_map(|l| {
+            let rest = l.split("reusing the keys and values of ").nth(1)?;
+            let w: Vec<&str> = rest.split_whitespace().collect();
+            Some((w[0].parse().ok()?, w[2].parse().ok()?))
+        })
+        .collect();
+    let n = plain_first.prompt_tokens as usize;
+    assert_eq!(reused.len(), 2, "{log:#?}");
+    assert_eq!(reused[0], (n - 1, n), "all but the last token of the same prompt");
+    assert!(reused[1].0 >= n && reused[1].1 == plain_next.prompt_tokens as usize, "{reused:?}");
 }

@@ -97,6 +97,20 @@ impl KvCache {
         self.len = 0;
     }
 
+    /// Keep only the first `len` positions (a prefix another sequence goes on from) and
+    /// allow up to `capacity` positions from now on; the memory is kept.
+    pub fn reuse(&mut self, len: usize, capacity: usize) -> Result<()> {
+        if len > self.len || capacity < len {
+            return Err(Error::invalid(format!(
+                "kv_cache: cannot keep {len} of {} positions with a capacity of {capacity}",
+                self.len
+            )));
+        }
+        self.len = len;
+        self.capacity = capacity;
+        Ok(())
+    }
+
     /// Make room for `n` more positions, doubling the allocation as needed.
     fn reserve(&mut self, n: usize) -> Result<()> {
         let need = self.len + n;

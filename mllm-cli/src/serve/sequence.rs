@@ -15,6 +15,7 @@ use mllm::models::{FinishReason, GenerateOptions, Generation, Sampler, TextModel
 use mllm::task::Task;
 
 use super::batcher::{Batcher, SeqState as State};
+use super::prefix::PrefixCache;
 
 /// Generate after `prompt`, calling `on_text` with each final piece of text (held back
 /// while it could still become a stop string); `on_text` returning `false`, or
@@ -26,6 +27,7 @@ pub async fn generate(
     label: &str,
     prompt: &[u32],
     prefill_chunk: usize,
+    prefixes: Option<&PrefixCache>,
     opts: &GenerateOptions,
     on_text: &mut (dyn FnMut(&str) -> bool + Send),
     cancelled: &(dyn Fn() -> bool + Sync),
@@ -39,11 +41,22 @@ pub async fn generate(
         bail!("the prompt has {} tokens; the context holds {ctx}, so nothing is left to generate", prompt.len());
     }
     let max_tokens = opts.max_tokens.min(ctx - prompt.len());
-    let mut state = Some(State {
-        cache: model.decoder.new_cache(prompt.len() + max_tokens)?,
-        sampler: Sampler::new(opts.sampling.clone())?,
-        history: prompt.to_vec(),
-    });
+    let capacity = prompt.len() + max_tokens;
+    let (cache, reused) = match prefixes.and_then(|p| p.take(prompt, capacity)) {
+        Some((cache, n)) => {
+            eprintln!("--- {label}: reusing the keys and values of {n} of {} prompt tokens", prompt.len());
+            (cache, n)
+        }
+        None => (model.decoder.new_cache(capacity)?, 0),
+    };
+    // Whatever the sequence has computed is kept for later requests, however it ends.
+    let keep = |state: Option<State>| {
+        if let (Some(p), Some(st)) = (prefixes, state) {
+            let n = st.cache.len();
+            p.put(st.history[..n].to_vec(), st.cache);
+        }
+    };
+    let mut state = Some(State { cache, sampler: Sampler::new(opts.sampling.clone())?, history: prompt.to_vec() });
     let mut out = TokenText::new(&model.tokenizer, opts);
     let mut finish = FinishReason::Length;
     let _member = batcher.map(Batcher::join);
@@ -51,10 +64,11 @@ pub async fn generate(
 
     // All but the last chunk of the prompt, without sampling.
     let chunk = if prefill_chunk == 0 { prompt.len() } else { prefill_chunk };
-    let mut done = 0;
+    let mut done = reused;
     while prompt.len() - done > chunk {
         if cancelled() {
             eprintln!("--- {label}: stopped after prefilling {done} of {} prompt tokens", prompt.len());
+            keep(state);
             return Ok(Generation {
                 text: String::new(),
                 tokens: Vec::new(),
@@ -118,6 +132,7 @@ pub async fn generate(
         }
         input = vec![next];
     }
+    keep(state);
     let (text, tokens) = out.finish(finish, on_text)?;
     Ok(Generation {
         text,
