@@ -102,9 +102,12 @@ def main():
     n = args.max_tokens
 
     models = client.models.list().data
-    check(len(models) == 1, f"one model listed: {models}")
+    # The served model first, then its aliases (each naming the served model as its root).
+    check(len(models) >= 1, f"the model is listed: {models}")
     model = models[0].id
-    check(client.models.retrieve(model).id == model, "models.retrieve finds the listed model")
+    check(all(getattr(m, "root", None) == model for m in models), f"one served model and its aliases: {models}")
+    for m in models:
+        check(client.models.retrieve(m.id).id == m.id, f"models.retrieve finds {m.id}")
 
     # Chat, whole and streamed: greedy, so the same text.
     # A short system prompt: the default one is long and prompt processing is still slow.

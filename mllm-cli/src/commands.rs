@@ -58,9 +58,63 @@ impl ModelArgs {
         self.exact
     }
 
-    /// The `--threads` value, for a command that builds the context itself (serve).
-    pub fn threads(&self) -> Option<usize> {
-        self.threads
+    /// The thread count asked for (`--threads`, else `MLLM_NUM_THREADS`), checked;
+    /// `None`: the engine's default (all cores).
+    pub fn threads(&self) -> Result<Option<usize>> {
+        thread_count(self.threads, std::env::var("MLLM_NUM_THREADS").ok())
+    }
+}
+
+/// More threads than this many per core only spin and wait on each other.
+const THREADS_PER_CORE: usize = 4;
+/// And never more than this many in all.
+const MAX_THREADS: usize = 256;
+
+fn thread_count(flag: Option<usize>, env: Option<String>) -> Result<Option<usize>> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cap = (THREADS_PER_CORE * cores).clamp(THREADS_PER_CORE, MAX_THREADS);
+    let (n, source) = match (flag, env) {
+        (Some(n), _) => (n, "--threads".to_string()),
+        (None, Some(v)) if !v.trim().is_empty() => match v.trim().parse::<usize>() {
+            Ok(n) => (n, format!("MLLM_NUM_THREADS={n}")),
+            Err(_) => bail!("MLLM_NUM_THREADS={:?} is not a number of threads (a whole number from 1 to {cap})", v),
+        },
+        (None, _) => return Ok(None),
+    };
+    if n == 0 {
+        bail!("{source}: the thread count must be at least 1");
+    }
+    if n > cap {
+        bail!("{source} {n}: too many threads for {cores} cores (at most {cap}, {THREADS_PER_CORE} per core)");
+    }
+    Ok(Some(n))
+}
+
+/// Text from a user made safe for one line of stderr: control characters escaped (so a
+/// newline cannot forge a log line), at most 300 characters.
+pub fn loggable(text: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == 300 {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The context a command may use: `--ctx` if given, never beyond the model's.
+fn context_size(model: &TextModel, opts: &GenerateOptions) -> Result<usize> {
+    let trained = model.decoder.config().context_length;
+    match opts.context_limit {
+        Some(c) if c > trained => bail!("--ctx {c} is larger than the model's context of {trained} tokens"),
+        Some(c) => Ok(c),
+        None => Ok(trained),
     }
 }
 
@@ -175,9 +229,6 @@ pub struct PullArgs {
 fn init_threads(threads: Option<usize>) -> Result<()> {
     let mut b = mllm::Context::builder();
     if let Some(n) = threads {
-        if n == 0 {
-            bail!("--threads must be at least 1");
-        }
         b = b.threads(n);
     }
     b.init()?;
@@ -233,7 +284,7 @@ fn resolve_model(arg: &Option<String>) -> Result<PathBuf> {
 }
 
 pub fn load(args: &ModelArgs) -> Result<TextModel> {
-    init_threads(args.threads)?;
+    init_threads(args.threads()?)?;
     let path = resolve_model(&args.model)?;
     if args.quantize.is_some() && !path.is_dir() {
         bail!("--quantize applies to Hugging Face model folders; {} keeps its own types", path.display());
@@ -272,6 +323,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let opts = args.sampling.options()?;
     let prompts = read_prompts(&args)?;
     let model = load(&args.model)?;
+    context_size(&model, &opts)?;
     let encoded: Vec<Vec<u32>> =
         prompts.iter().map(|p| model.encode_prompt(p, args.chat)).collect::<mllm::Result<_>>()?;
     if encoded.len() == 1 {
@@ -297,7 +349,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let results = mllm::wait_many(tasks)?;
     let mut out = std::io::stdout().lock();
     for (i, g) in results.iter().enumerate() {
-        eprintln!("--- [{}] {}", i + 1, prompts[i].lines().next().unwrap_or(""));
+        eprintln!("--- [{}] {}", i + 1, loggable(prompts[i].lines().next().unwrap_or("")));
         let _ = writeln!(out, "{}", g.text);
         let _ = out.flush();
     }
@@ -320,7 +372,9 @@ fn report(model: &TextModel, gens: &[mllm::models::Generation]) {
 pub fn chat(args: ChatArgs) -> Result<()> {
     let opts = args.sampling.options()?;
     let model = load(&args.model)?;
+    let ctx = context_size(&model, &opts)?;
     let mut messages: Vec<ChatMessage> = args.system.iter().map(|s| ChatMessage::new("system", s.clone())).collect();
+    let kept = messages.len(); // the system prompt is never dropped
     let stdin = std::io::stdin();
     let interactive = stdin.is_terminal();
     if interactive {
@@ -338,7 +392,9 @@ pub fn chat(args: ChatArgs) -> Result<()> {
             break;
         }
         messages.push(ChatMessage::new("user", line));
-        let ids = model.encode_chat(&messages)?;
+        let Some(ids) = fit_history(&model, &mut messages, kept, ctx, opts.max_tokens)? else {
+            continue;
+        };
         let mut out = std::io::stdout().lock();
         let g = model
             .generate(&ids, &opts, &mut |piece| out.write_all(piece.as_bytes()).and_then(|_| out.flush()).is_ok())?;
@@ -346,6 +402,48 @@ pub fn chat(args: ChatArgs) -> Result<()> {
         messages.push(ChatMessage::new("assistant", g.text.trim().to_string()));
     }
     Ok(())
+}
+
+/// The prompt ids of the conversation, dropping its oldest turns (after the first `kept`
+/// messages) until it leaves room for `max_tokens` in `ctx`, and saying so on stderr. If
+/// the newest message leaves no room to answer even alone, it is dropped instead (`None`)
+/// and the history kept.
+fn fit_history(
+    model: &TextModel,
+    messages: &mut Vec<ChatMessage>,
+    kept: usize,
+    ctx: usize,
+    max_tokens: usize,
+) -> Result<Option<Vec<u32>>> {
+    let newest = messages.len() - 1;
+    let alone: Vec<ChatMessage> = messages[..kept].iter().chain(&messages[newest..]).cloned().collect();
+    let n = model.encode_chat(&alone)?.len();
+    if n >= ctx {
+        messages.pop();
+        eprintln!(
+            "--- your message comes to {n} tokens with the template, and the context holds {ctx}: \
+             not sent (the conversation goes on without it)"
+        );
+        return Ok(None);
+    }
+    let mut dropped = 0;
+    loop {
+        let ids = model.encode_chat(messages)?;
+        if ids.len() + max_tokens <= ctx || messages.len() == kept + 1 {
+            if dropped > 0 {
+                eprintln!(
+                    "--- dropped the {dropped} oldest messages to fit the context of {ctx} tokens ({} left)",
+                    messages.len()
+                );
+            }
+            return Ok(Some(ids));
+        }
+        // The oldest turn: a user message and the answer after it.
+        let turn = if messages.get(kept + 1).is_some_and(|m| m.role == "assistant") { 2 } else { 1 };
+        let n = turn.min(messages.len() - kept - 1);
+        messages.drain(kept..kept + n);
+        dropped += n;
+    }
 }
 
 pub fn inspect(args: InspectArgs) -> Result<()> {

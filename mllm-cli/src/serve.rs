@@ -4,6 +4,9 @@
 //! own forked task); the async side only reads, checks, queues and streams.
 
 mod batcher;
+mod conn;
+mod guard;
+mod prefix;
 mod request;
 mod sequence;
 
@@ -24,11 +27,12 @@ use axum::Router;
 use clap::Args;
 use mllm::models::{FinishReason, GenerateOptions, Generation, TextModel};
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt as _;
+use tower::ServiceExt as _;
 
-use crate::commands::{self, ModelArgs};
+use crate::commands::{self, loggable, ModelArgs};
 use request::{ApiError, Endpoint, Prompt, Request};
 
 #[derive(Args)]
@@ -63,6 +67,59 @@ pub struct ServeArgs {
     /// pool, instead of one batched pass over all active sequences (slower; see BENCHMARKS.md)
     #[arg(long)]
     no_batch: bool,
+    /// Another name clients may give as "model" (repeatable); the file's stem and, for a
+    /// known model, its short name (such as smollm2) are always accepted
+    #[arg(long = "alias", value_name = "NAME")]
+    aliases: Vec<String>,
+    /// API key clients must send as 'Authorization: Bearer KEY' on /v1 routes and
+    /// /metrics (repeatable: any of them is accepted); /health stays open
+    #[arg(long = "api-key", value_name = "KEY", env = "MLLM_API_KEY", hide_env_values = true)]
+    api_keys: Vec<String>,
+    /// A host name clients may use in the Host header besides localhost and the listening
+    /// address (repeatable; '*' allows any, giving up the DNS-rebinding check)
+    #[arg(long = "allowed-host", value_name = "HOST")]
+    allowed_hosts: Vec<String>,
+    /// A browser origin (scheme://host[:port]) that may call the API, with CORS
+    /// (repeatable; '*' allows any); requests from other origins get 403
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    allowed_origins: Vec<String>,
+    /// Prefill long prompts in chunks of this many tokens, each one batched step, so that
+    /// other requests' tokens go on between them (0: a whole prompt in one step)
+    #[arg(long, default_value_t = 256, value_name = "TOKENS")]
+    prefill_chunk: usize,
+    /// Keep the keys and values of finished requests, up to this many token positions in
+    /// all, so that a prompt starting with the same tokens (a system prompt, the next turn
+    /// of a chat) skips that part of its prefill (0: off)
+    #[arg(long, default_value_t = 4096, value_name = "TOKENS")]
+    prefix_cache: usize,
+    /// Seconds a client has to send a whole request head (from its first byte, or from
+    /// connecting)
+    #[arg(long, default_value = "10", value_parser = seconds, value_name = "SECS")]
+    header_timeout: Duration,
+    /// Seconds a client has to send a request body
+    #[arg(long, default_value = "30", value_parser = seconds, value_name = "SECS")]
+    body_timeout: Duration,
+    /// Seconds a kept-alive connection may sit idle before the server closes it
+    #[arg(long, default_value = "15", value_parser = seconds, value_name = "SECS")]
+    idle_timeout: Duration,
+    /// Connections open at once; more are answered 503 and closed [default: 256, or fewer
+    /// if the open-file limit is lower]
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// On SIGTERM or SIGINT, seconds running answers may go on before they are ended
+    /// (a streamed one with a last chunk whose finish_reason is "abort"); a second signal
+    /// ends them at once
+    #[arg(long, default_value = "10", value_parser = seconds, value_name = "SECS")]
+    shutdown_timeout: Duration,
+}
+
+/// A duration given in seconds (fractions allowed).
+fn seconds(s: &str) -> Result<Duration, String> {
+    let x: f64 = s.trim().parse().map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !(0.0..=1e6).contains(&x) {
+        return Err(format!("'{s}' must be between 0 and 1000000 seconds"));
+    }
+    Ok(Duration::from_secs_f64(x))
 }
 
 /// New tokens in one batched step at most (a longer prompt runs alone).
@@ -71,8 +128,9 @@ const MAX_BATCH_ROWS: usize = 1024;
 /// The chat endpoint's default answer length is the rest of the context; the legacy
 /// completions endpoint's is 16 tokens, as in the OpenAI API.
 const COMPLETIONS_DEFAULT_MAX_TOKENS: usize = 16;
-/// A client has this long to send its request body.
-const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// A step still running this long after the shutdown deadline is abandoned (its answer
+/// ends without waiting for it).
+const STEP_GRACE: Duration = Duration::from_secs(1);
 /// Of an oversized body, read at most this many bytes (so the client can read the 413).
 const DRAIN_LIMIT: usize = 64 << 20;
 
@@ -80,11 +138,17 @@ struct ServerState {
     model: TextModel,
     batcher: Option<batcher::Batcher>,
     model_id: String,
+    /// Other names of the served model, accepted in "model" and listed by /v1/models.
+    aliases: Vec<String>,
     created: u64,
     ctx: usize,
     max_body: usize,
+    body_timeout: Duration,
+    prefill_chunk: usize,
+    prefixes: Option<prefix::PrefixCache>,
     max_concurrent: usize,
     queue: usize,
+    life: conn::Lifecycle,
     /// Permits for requests admitted (running or waiting): `max_concurrent + queue`.
     admitted: Arc<Semaphore>,
     /// Permits for requests generating: `max_concurrent`.
@@ -106,10 +170,37 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     if args.max_body == 0 {
         bail!("--max-body must be at least 1");
     }
+    for (flag, d) in [
+        ("--header-timeout", args.header_timeout),
+        ("--body-timeout", args.body_timeout),
+        ("--idle-timeout", args.idle_timeout),
+    ] {
+        if d.is_zero() {
+            bail!("{flag} must be above 0 seconds");
+        }
+    }
+    if args.api_keys.iter().any(|k| k.trim().is_empty()) {
+        bail!("--api-key (or MLLM_API_KEY) must not be empty");
+    }
+    if let Some(o) =
+        args.allowed_origins.iter().find(|o| *o != "*" && !(o.starts_with("http://") || o.starts_with("https://")))
+    {
+        bail!("--allowed-origin '{o}' must be scheme://host[:port], such as http://localhost:3000");
+    }
+    let policy = guard::Policy::new(&args.api_keys, &args.host, &args.allowed_hosts, &args.allowed_origins);
+    let limits = conn::Limits {
+        header_timeout: args.header_timeout,
+        idle_timeout: args.idle_timeout,
+        max_connections: match args.max_connections {
+            Some(0) => bail!("--max-connections must be at least 1"),
+            Some(n) => n,
+            None => conn::default_max_connections(),
+        },
+    };
     // The pool must not adopt this thread: it will run the async runtime, and a pool
     // worker that blocks there would stall every generation.
     let mut b = mllm::Context::builder().use_current_thread(false);
-    if let Some(n) = args.model.threads().filter(|&n| n > 0) {
+    if let Some(n) = args.model.threads()? {
         b = b.threads(n);
     }
     b.init()?;
@@ -121,15 +212,34 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         None => trained,
     };
     let model_id = model.path.file_stem().map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
+    let file_name = model.path.file_name().map(|f| f.to_string_lossy().into_owned());
+    let known = mllm::models::fetch::KNOWN_MODELS.iter().filter(|k| file_name.as_deref() == Some(k.file_name));
+    let mut aliases: Vec<String> = Vec::new();
+    for name in known.map(|k| k.alias.to_string()).chain(args.aliases.iter().cloned()) {
+        if name.trim().is_empty() {
+            bail!("--alias must not be empty");
+        }
+        if name != model_id && !aliases.contains(&name) {
+            aliases.push(name);
+        }
+    }
     let batcher =
         if args.no_batch { None } else { Some(batcher::Batcher::start(model.decoder.clone(), MAX_BATCH_ROWS)?) };
+    let (stopping_tx, stopping) = watch::channel(false);
+    let (expired_tx, expired) = watch::channel(false);
+    let life = conn::Lifecycle { stopping, expired };
     let state = Arc::new(ServerState {
         model,
         batcher,
         model_id,
+        aliases,
         created: unix_now(),
         ctx,
         max_body: args.max_body,
+        body_timeout: args.body_timeout,
+        prefill_chunk: args.prefill_chunk,
+        prefixes: (args.prefix_cache > 0).then(|| prefix::PrefixCache::new(args.prefix_cache)),
+        life,
         max_concurrent: args.max_concurrent,
         queue: args.queue,
         admitted: Arc::new(Semaphore::new(args.max_concurrent.saturating_add(args.queue).min(Semaphore::MAX_PERMITS))),
@@ -144,45 +254,153 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run(state, args.host, args.port))
+    let shutdown = Shutdown { stopping: stopping_tx, expired: expired_tx, timeout: args.shutdown_timeout };
+    let result = runtime.block_on(run(state, args.host, args.port, limits, shutdown, policy));
+    // Tokenizing tasks are short; the batching thread ends with the process.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
-async fn run(state: Shared, host: String, port: u16) -> Result<()> {
+async fn run(
+    state: Shared,
+    host: String,
+    port: u16,
+    limits: conn::Limits,
+    shutdown: Shutdown,
+    policy: guard::Policy,
+) -> Result<()> {
+    // Handlers first: a signal from now on starts a graceful shutdown, not the default death.
+    let signals = Signals::new()?;
     let listener = tokio::net::TcpListener::bind((host.as_str(), port))
         .await
         .with_context(|| format!("cannot listen on {host}:{port}"))?;
     let addr: SocketAddr = listener.local_addr()?;
     eprintln!(
-        "serving {} on http://{addr} (context {} tokens, {} at once, {} more queued, {} compute threads)",
+        "serving {} on http://{addr} (context {} tokens, {} at once, {} more queued, {} compute threads, \
+         at most {} connections)",
         state.model_id,
         state.ctx,
         state.max_concurrent,
         state.queue,
-        mllm::context().threads()
+        mllm::context().threads(),
+        limits.max_connections
     );
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    tokio::spawn(shutdown.run(signals));
+    let app = router(state.clone());
+    let policy = Arc::new(policy);
+    let handler = move |req: axum::http::Request<hyper::body::Incoming>| {
+        let (app, policy) = (app.clone(), policy.clone());
+        async move { guarded(&policy, app, req).await }
+    };
+    conn::serve(listener, limits, state.life.clone(), handler).await;
     eprintln!("server stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// The request through the policy's checks, then the routes; CORS headers for allowed origins.
+async fn guarded(policy: &guard::Policy, app: Router, req: axum::http::Request<hyper::body::Incoming>) -> Response {
+    let verdict = policy.check(req.method(), req.uri().path(), req.headers());
+    let cors_origin = match verdict {
+        guard::Verdict::Refuse(e) => {
+            eprintln!(
+                "{} {} {}: {}",
+                e.status.as_u16(),
+                req.method(),
+                loggable(req.uri().path()),
+                loggable(&e.message)
+            );
+            let unauthorized = e.status == StatusCode::UNAUTHORIZED;
+            let mut r = e.into_response();
+            if unauthorized {
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Err(_) => std::future::pending().await,
+            return r;
         }
+        guard::Verdict::Preflight(origin, asked) => {
+            let mut r = StatusCode::NO_CONTENT.into_response();
+            let h = r.headers_mut();
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                asked.unwrap_or_else(|| HeaderValue::from_static("authorization, content-type")),
+            );
+            h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+            h.insert(header::VARY, HeaderValue::from_static("origin"));
+            return r;
+        }
+        guard::Verdict::Pass(p) => p.cors_origin,
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+    let mut r = match app.oneshot(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    if let Some(origin) = cors_origin {
+        r.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        r.headers_mut().append(header::VARY, HeaderValue::from_static("origin"));
+    }
+    r
+}
+
+/// SIGTERM and SIGINT, as often as they come.
+struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+                int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
+    }
+}
+
+/// The shutdown sequence: the first signal stops accepting, the deadline (or a second
+/// signal) ends the running answers.
+struct Shutdown {
+    stopping: watch::Sender<bool>,
+    expired: watch::Sender<bool>,
+    timeout: Duration,
+}
+
+impl Shutdown {
+    async fn run(self, mut signals: Signals) {
+        let first = signals.next().await;
+        eprintln!(
+            "--- {first}: shutting down; running answers may take up to {:.1} s more (a second signal ends them now)",
+            self.timeout.as_secs_f64()
+        );
+        let _ = self.stopping.send(true);
+        tokio::select! {
+            _ = tokio::time::sleep(self.timeout) => eprintln!("--- shutdown deadline reached: ending running answers"),
+            s = signals.next() => eprintln!("--- {s} again: ending running answers now"),
+        }
+        let _ = self.expired.send(true);
     }
 }
 
@@ -211,11 +429,14 @@ fn unix_now() -> u64 {
 }
 
 async fn health(State(s): State<Shared>) -> Response {
+    // A stopping server says so, so that a load balancer sends no more work its way.
+    let stopping = *s.life.stopping.borrow();
     json_response(
-        StatusCode::OK,
+        if stopping { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK },
         json!({
-            "status": "ok",
+            "status": if stopping { "stopping" } else { "ok" },
             "model": s.model_id,
+            "aliases": s.aliases,
             "running": s.running.load(Relaxed),
             "waiting": s.waiting.load(Relaxed),
             "max_concurrent": s.max_concurrent,
@@ -225,22 +446,46 @@ async fn health(State(s): State<Shared>) -> Response {
     )
 }
 
-fn model_object(s: &ServerState) -> Value {
-    json!({"id": s.model_id, "object": "model", "created": s.created, "owned_by": "mllm"})
+/// One entry of /v1/models: the served model under `id` (its own name or an alias).
+fn model_object(s: &ServerState, id: &str) -> Value {
+    json!({"id": id, "object": "model", "created": s.created, "owned_by": "mllm", "root": s.model_id})
+}
+
+impl ServerState {
+    fn serves(&self, name: &str) -> bool {
+        name == self.model_id || self.aliases.iter().any(|a| a == name)
+    }
+
+    fn names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.model_id.as_str()).chain(self.aliases.iter().map(String::as_str))
+    }
+
+    fn model_not_found(&self, name: &str) -> ApiError {
+        let shown: String = name.chars().take(100).collect();
+        let also = if self.aliases.is_empty() {
+            String::new()
+        } else {
+            format!(" (also called '{}')", self.aliases.join("', '"))
+        };
+        ApiError::invalid(
+            Some("model"),
+            format!("the model '{shown}' does not exist; this server has '{}'{also}", self.model_id),
+        )
+        .with_status(StatusCode::NOT_FOUND)
+        .with_code("model_not_found")
+    }
 }
 
 async fn list_models(State(s): State<Shared>) -> Response {
-    json_response(StatusCode::OK, json!({"object": "list", "data": [model_object(&s)]}))
+    let data: Vec<Value> = s.names().map(|n| model_object(&s, n)).collect();
+    json_response(StatusCode::OK, json!({"object": "list", "data": data}))
 }
 
 async fn get_model(State(s): State<Shared>, Path(id): Path<String>) -> Response {
-    if id == s.model_id {
-        json_response(StatusCode::OK, model_object(&s))
+    if s.serves(&id) {
+        json_response(StatusCode::OK, model_object(&s, &id))
     } else {
-        ApiError::invalid(Some("model"), format!("the model '{id}' does not exist; this server has '{}'", s.model_id))
-            .with_status(StatusCode::NOT_FOUND)
-            .with_code("model_not_found")
-            .into_response()
+        s.model_not_found(&id).into_response()
     }
 }
 
@@ -253,7 +498,7 @@ async fn completions(State(s): State<Shared>, body: Body) -> Response {
 }
 
 fn log_error(endpoint: Endpoint, e: ApiError) -> Response {
-    eprintln!("{} {}: {}", e.status.as_u16(), path_of(endpoint), e.message);
+    eprintln!("{} {}: {}", e.status.as_u16(), path_of(endpoint), loggable(&e.message));
     e.into_response()
 }
 
@@ -265,7 +510,7 @@ fn path_of(endpoint: Endpoint) -> &'static str {
 }
 
 /// The body, at most `limit` bytes; a larger one is read on (up to a bound) and refused.
-async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Vec<u8>, ApiError> {
     let mut stream = body.into_data_stream();
     let mut buf = Vec::new();
     let mut total = 0usize;
@@ -281,7 +526,7 @@ async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
         }
         Ok::<(), ApiError>(())
     };
-    tokio::time::timeout(BODY_TIMEOUT, read).await.map_err(|_| {
+    tokio::time::timeout(timeout, read).await.map_err(|_| {
         ApiError::invalid(None, "timed out reading the request body").with_status(StatusCode::REQUEST_TIMEOUT)
     })??;
     if total > limit {
@@ -350,9 +595,12 @@ struct Job {
 
 async fn handle(s: Shared, body: Body, endpoint: Endpoint) -> Result<Response, ApiError> {
     let t0 = Instant::now();
-    let bytes = read_body(body, s.max_body).await?;
+    let bytes = read_body(body, s.max_body, s.body_timeout).await?;
     let req = request::parse(&bytes, endpoint)?;
     drop(bytes);
+    if let Some(m) = req.model.as_deref().filter(|m| !s.serves(m)) {
+        return Err(s.model_not_found(m));
+    }
     let seat = s.admit()?;
     let stream = req.stream;
     let job = prepare(&s, req, endpoint).await?;
@@ -430,7 +678,10 @@ fn encode(model: &TextModel, prompt: Prompt, param: &str) -> Result<Vec<u32>, Ap
         Prompt::Chat(messages) => {
             model.encode_chat(&messages).map_err(|e| ApiError::invalid(Some(param), e.to_string()))
         }
-        Prompt::Text(text) => model.tokenizer.encode(&text).map_err(|e| ApiError::invalid(Some(param), e.to_string())),
+        // A client's text is text: typed control-token strings do not become control tokens.
+        Prompt::Text(text) => {
+            model.tokenizer.encode_literal(&text).map_err(|e| ApiError::invalid(Some(param), e.to_string()))
+        }
         Prompt::Tokens(ids) => {
             let vocab = model.tokenizer.vocab_size();
             match ids.iter().find(|&&i| i as usize >= vocab) {
@@ -448,10 +699,34 @@ fn server_error(message: String) -> ApiError {
     ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message, kind: "server_error", param: None, code: None }
 }
 
-fn finish_reason(f: FinishReason) -> &'static str {
+/// The finish reason of a finished generation; one cancelled because the shutdown
+/// deadline passed is an "abort" (as vLLM names an aborted request).
+fn finish_reason(f: FinishReason, expired: bool) -> &'static str {
     match f {
         FinishReason::Length => "length",
+        FinishReason::Cancelled if expired => ABORT,
         FinishReason::Stop | FinishReason::Cancelled => "stop",
+    }
+}
+
+const ABORT: &str = "abort";
+
+fn shutting_down() -> ApiError {
+    ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: "the server is shutting down".into(),
+        kind: "server_error",
+        param: None,
+        code: Some("server_shutting_down"),
+    }
+}
+
+impl ServerState {
+    /// Resolves `STEP_GRACE` after the shutdown deadline: a step still running then is
+    /// not waited for.
+    async fn past_grace(&self) {
+        self.life.until_expired().await;
+        tokio::time::sleep(STEP_GRACE).await;
     }
 }
 
@@ -494,16 +769,29 @@ fn log_done(job: &Job, id: &str, g: &Generation, queued: Duration, first: Option
 async fn whole_answer(s: Shared, mut seat: Seat, job: Job, chunks: Chunks, t0: Instant) -> Result<Response, ApiError> {
     // If the client goes away, this future is dropped and generation stops between steps.
     let mut gone = ClientGone { endpoint: job.endpoint, id: chunks.id.clone(), armed: true };
-    seat.take_slot().await;
+    tokio::select! {
+        _ = seat.take_slot() => {}
+        _ = s.life.until_expired() => {
+            gone.armed = false;
+            return Err(shutting_down());
+        }
+    }
     let queued = t0.elapsed();
-    let result =
-        sequence::generate(&s.model, s.batcher.as_ref(), &chunks.id, &job.ids, &job.opts, &mut |_| true, &|| false)
-            .await;
+    let expired = || s.life.is_expired();
+    let mut on_text = |_: &str| true;
+    let result = tokio::select! {
+        r = sequence::generate(&s.model, s.batcher.as_ref(), &chunks.id, &job.ids, s.prefill_chunk, s.prefixes.as_ref(), &job.opts, &mut on_text, &expired) => r,
+        _ = s.past_grace() => {
+            gone.armed = false;
+            eprintln!("--- {} {}: cut by the shutdown deadline during a step", path_of(job.endpoint), chunks.id);
+            return Err(shutting_down());
+        }
+    };
     gone.armed = false;
-    let g = result.map_err(|e| server_error(format!("generation failed: {e}")))?;
+    let g = result.map_err(|e| server_error(format!("generation failed: {e:#}")))?;
     drop(seat);
     log_done(&job, &chunks.id, &g, queued, None, t0);
-    let reason = finish_reason(g.finish);
+    let reason = finish_reason(g.finish, s.life.is_expired());
     let body = match job.endpoint {
         Endpoint::Chat => json!({
             "id": &*chunks.id,
@@ -593,10 +881,16 @@ fn stream_answer(s: Shared, mut seat: Seat, job: Job, chunks: Chunks, t0: Instan
         let _ = tx.send(chunks.choice(Some(""), true, None));
     }
     tokio::spawn(async move {
+        let abort = |why: &str| {
+            eprintln!("--- {} {}: {why}", path_of(job.endpoint), chunks.id);
+            let _ = tx.send(chunks.choice(None, false, Some(ABORT)));
+            let _ = tx.send(Event::default().data("[DONE]"));
+        };
         // A client that leaves while waiting gives its place up.
         tokio::select! {
             _ = seat.take_slot() => {}
             _ = tx.closed() => return,
+            _ = s.life.until_expired() => return abort("ended by the shutdown deadline while waiting"),
         }
         let queued = t0.elapsed();
         let mut first = None;
@@ -606,13 +900,15 @@ fn stream_answer(s: Shared, mut seat: Seat, job: Job, chunks: Chunks, t0: Instan
             first.get_or_insert_with(|| t0.elapsed());
             tx.send(chunks.text(piece)).is_ok()
         };
-        let gone = || tx.is_closed();
-        let result =
-            sequence::generate(&s.model, s.batcher.as_ref(), &chunks.id, &job.ids, &job.opts, &mut on_text, &gone)
-                .await;
+        let stop = || tx.is_closed() || s.life.is_expired();
+        let result = tokio::select! {
+            r = sequence::generate(&s.model, s.batcher.as_ref(), &chunks.id, &job.ids, s.prefill_chunk, s.prefixes.as_ref(), &job.opts, &mut on_text, &stop) => r,
+            _ = s.past_grace() => return abort("cut by the shutdown deadline during a step"),
+        };
         drop(seat);
+        let expired = s.life.is_expired();
         match result {
-            Ok(g) if g.finish == FinishReason::Cancelled => {
+            Ok(g) if g.finish == FinishReason::Cancelled && !expired => {
                 eprintln!(
                     "--- {} {}: client went away after {} tokens",
                     path_of(job.endpoint),
@@ -621,7 +917,7 @@ fn stream_answer(s: Shared, mut seat: Seat, job: Job, chunks: Chunks, t0: Instan
                 );
             }
             Ok(g) => {
-                let _ = tx.send(chunks.choice(None, false, Some(finish_reason(g.finish))));
+                let _ = tx.send(chunks.choice(None, false, Some(finish_reason(g.finish, expired))));
                 if chunks.include_usage {
                     let _ = tx.send(chunks.event(json!([]), usage(&g)));
                 }
@@ -629,7 +925,7 @@ fn stream_answer(s: Shared, mut seat: Seat, job: Job, chunks: Chunks, t0: Instan
                 log_done(&job, &chunks.id, &g, queued, first, t0);
             }
             Err(e) => {
-                let err = server_error(format!("generation failed: {e}"));
+                let err = server_error(format!("generation failed: {e:#}"));
                 eprintln!("500 {} {}: {}", path_of(job.endpoint), chunks.id, err.message);
                 let _ = tx.send(Event::default().data(err.body().to_string()));
                 let _ = tx.send(Event::default().data("[DONE]"));

@@ -339,3 +339,86 @@ fn perplexity_scores_a_file_and_refuses_bad_arguments() {
 fn text_of(out: &Output) -> String {
     format!("stdout: {}\nstderr: {}", text(&out.stdout), text(&out.stderr))
 }
+
+#[test]
+fn thread_counts_are_checked() {
+    assert_clean_error(&run(&["run", "-p", "x", "--threads", "100000"]), "too many threads");
+    assert_clean_error(&run(&["run", "-p", "x", "--threads", "0"]), "at least 1");
+    for bad in ["abc", "-3", "2.5"] {
+        let out = mllm().args(["run", "-p", "x"]).env("MLLM_NUM_THREADS", bad).output().unwrap();
+        assert_clean_error(&out, "MLLM_NUM_THREADS");
+    }
+    let out = mllm().args(["run", "-p", "x"]).env("MLLM_NUM_THREADS", "100000").output().unwrap();
+    assert_clean_error(&out, "too many threads");
+    let out = mllm().args(["serve", "--port", "0"]).env("MLLM_NUM_THREADS", "abc").output().unwrap();
+    assert_clean_error(&out, "MLLM_NUM_THREADS");
+    // A valid value is used.
+    let out = mllm().args(["run", "-m", model(), "-p", "Hi", "-n", "1"]).env("MLLM_NUM_THREADS", "1").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_context_beyond_the_models_is_refused() {
+    assert_clean_error(
+        &run(&["run", "-m", model(), "-p", "x", "--ctx", "9000"]),
+        "larger than the model's context of 8192",
+    );
+    let out = mllm().args(["chat", "-m", model(), "--ctx", "9000"]).output().unwrap();
+    assert_clean_error(&out, "larger than the model's context");
+}
+
+/// A chat that outgrows its context drops its oldest turns (saying so) and goes on; a
+/// message too long on its own is not sent, and the session goes on.
+#[test]
+fn chat_drops_old_turns_when_the_context_fills() {
+    use std::io::Write;
+    let mut child = mllm()
+        .args(["chat", "-m", model(), "--system", "Be brief.", "--ctx", "160", "-n", "8"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let turn = "Tell me about the sea, the sky, the mountains and the rivers of the north.";
+    let long = "word ".repeat(300);
+    let input = format!("{turn}\n{turn}\n{turn}\n{turn}\n{turn}\n{turn}\n{long}\nWhat is 2+2?\n");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("dropped the") && err.contains("oldest messages"), "{err}");
+    assert!(err.contains("not sent"), "{err}");
+    let answers = text(&out.stdout).lines().filter(|l| !l.trim().is_empty()).count();
+    assert!(answers >= 7, "an answer to each turn but the long one: {}", text(&out.stdout));
+}
+
+/// A model whose output weight for token 0 is NaN: generation stops with an error naming
+/// the step, instead of printing some token forever.
+#[test]
+fn nan_logits_are_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = corrupt_head(dir.path());
+    for extra in [&[][..], &["--exact"][..]] {
+        let out =
+            mllm().args(["run", "-m", bad.to_str().unwrap(), "-p", "Hello", "-n", "8"]).args(extra).output().unwrap();
+        assert_clean_error(&out, "not finite");
+        assert!(text(&out.stderr).contains("generation step 0"), "{}", text(&out.stderr));
+    }
+}
+
+/// A copy of the model in `dir` whose tied output (and embedding) matrix has a NaN
+/// scale in its first Q8_0 block: token 0's logit becomes NaN.
+pub fn corrupt_head(dir: &Path) -> PathBuf {
+    let file = mllm::ParameterFile::open(model()).unwrap();
+    let head = file.get("token_embd.weight").expect("token_embd.weight");
+    assert_eq!(head.dtype().to_string(), "q8_0");
+    let first = head.raw_bytes().unwrap()[..4096].to_vec();
+    drop(file);
+    let mut bytes = std::fs::read(model()).unwrap();
+    let at = bytes.windows(first.len()).position(|w| w == first.as_slice()).expect("the matrix's bytes in the file");
+    // A Q8_0 block starts with its f16 scale; 0x7e00 is a NaN.
+    bytes[at..at + 2].copy_from_slice(&0x7e00u16.to_le_bytes());
+    let path = dir.join("nan.gguf");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}

@@ -102,7 +102,9 @@ pub fn generate(
     let t1 = Instant::now();
     let mut finish = FinishReason::Length;
     while out.tokens().len() < max_tokens {
-        let next = sampler.sample(logits.as_slice::<f32>()?, &history)?;
+        let next = sampler.sample(logits.as_slice::<f32>()?, &history).map_err(|e| {
+            Error::invalid(format!("generation step {} (position {}): {e}", out.tokens().len(), history.len()))
+        })?;
         history.push(next);
         if let Some(end) = out.push(next, on_text)? {
             finish = end;

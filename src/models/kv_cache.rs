@@ -157,6 +157,30 @@ impl KvCache {
         self.layers.iter_mut().for_each(|l| l.first = 0);
     }
 
+    /// Keep only the first `len` positions (a prefix another sequence goes on from) and
+    /// allow up to `capacity` positions from now on; the memory is kept. Refused when a
+    /// sliding-window layer has already dropped rows the next position would see.
+    pub fn reuse(&mut self, len: usize, capacity: usize) -> Result<()> {
+        if len > self.len || capacity < len {
+            return Err(Error::invalid(format!(
+                "kv_cache: cannot keep {len} of {} positions with a capacity of {capacity}",
+                self.len
+            )));
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            let need = l.window.map_or(0, |w| (len + 1).saturating_sub(w));
+            if l.first > need {
+                return Err(Error::invalid(format!(
+                    "kv_cache: layer {i} keeps positions from {} on, position {len} needs {need}",
+                    l.first
+                )));
+            }
+        }
+        self.len = len;
+        self.capacity = capacity;
+        Ok(())
+    }
+
     /// Make room in layer `layer` for `n` more positions: a windowed layer at twice its
     /// window first drops the rows no query can see any more; otherwise the allocation
     /// doubles.
@@ -324,5 +348,25 @@ mod tests {
             assert!(rows[1] <= 2 * w + 12, "the windowed layer grew to {} rows", rows[1]);
         }
         assert!(KvCache::with_windows(&[Some(0)], 8, 1, DType::F32).is_err());
+    }
+
+    #[test]
+    fn reuse_of_a_prefix_is_refused_where_a_window_dropped_its_rows() {
+        let mut c = KvCache::with_windows(&[None, Some(4)], 64, 1, DType::F32).unwrap();
+        for p in 0..40 {
+            for l in 0..2 {
+                c.write(l, &[p as f32], &[0.0]).unwrap();
+            }
+            c.advance(1);
+        }
+        let first = c.layer(1, 40).unwrap().first;
+        assert!(first > 10, "the windowed layer dropped old rows (first {first})");
+        assert!(c.reuse(10, 64).is_err(), "position 10's window is gone");
+        c.reuse(38, 64).unwrap();
+        assert_eq!(c.len(), 38);
+        c.write(1, &[99.0], &[0.0]).unwrap();
+        let KvRows::F32(k, _) = c.layer(1, 39).unwrap().rows else { panic!("f32") };
+        assert_eq!(k.last(), Some(&99.0));
+        assert_eq!(k[k.len() - 2], 37.0);
     }
 }

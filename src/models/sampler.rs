@@ -83,6 +83,14 @@ impl Sampler {
         if logits.is_empty() {
             return Err(Error::invalid("sample: empty logits"));
         }
+        // A corrupt or mis-read model gives NaN (or +inf) logits; sampling on would print
+        // some arbitrary token forever.
+        if let Some(i) = logits.iter().position(|x| x.is_nan() || *x == f32::INFINITY) {
+            return Err(Error::invalid(format!(
+                "the model's logits are not finite (token {i}: {}); the model file may be corrupt",
+                logits[i]
+            )));
+        }
         let p = &self.params;
         let mut logits_owned;
         let mut logits = logits;

@@ -76,10 +76,10 @@ impl TextModel {
         }
     }
 
-    /// Token ids of a conversation, ending where the assistant's answer begins.
+    /// Token ids of a conversation, ending where the assistant's answer begins. Only the
+    /// template makes control tokens: `<|im_start|>` typed in a message is text.
     pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
-        let text = self.tokenizer.apply_chat_template(messages, true)?;
-        self.tokenizer.encode(&text)
+        self.tokenizer.encode_chat(messages, true)
     }
 
     /// Generate after `prompt` ids, streaming text to `on_text` (return `false` to stop).

@@ -1,9 +1,12 @@
 //! Text ↔ token ids for GGUF models: a byte-level BPE built from the file's
 //! `tokenizer.ggml.*` metadata on the `tokenizers` crate, the chat template (Jinja,
 //! on `minijinja`, rendered as HF transformers renders it: [`render_chat_template`]),
-//! and a streaming decoder that only emits whole UTF-8 characters.
+//! and a streaming decoder that only emits whole UTF-8 characters. Only the chat template
+//! (and text the caller trusts, [`Tokenizer::encode`]) may produce control tokens: what a
+//! user typed is encoded as text ([`Tokenizer::encode_chat`], [`Tokenizer::encode_literal`]).
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::BPE;
@@ -43,6 +46,122 @@ pub struct Tokenizer {
     /// Ids that end a turn (EOS and, for ChatML, `<|im_end|>`).
     stop_ids: Vec<u32>,
     special_ids: Vec<bool>,
+    /// The strings the tokenizer turns into special tokens when it meets them in text.
+    specials: SpecialStrings,
+    /// `inner` with those strings encoded as text, built the first time text holds one.
+    literal: OnceLock<tokenizers::Tokenizer>,
+}
+
+/// Finds special-token strings in text, leftmost first and longest at a position (as
+/// the tokenizer's own added-vocabulary matching does).
+#[derive(Clone, Default)]
+struct SpecialStrings {
+    /// (string, id), longest first.
+    tokens: Vec<(String, u32)>,
+    /// Bytes some special string starts with.
+    starts: Vec<bool>,
+}
+
+impl SpecialStrings {
+    fn of(inner: &tokenizers::Tokenizer) -> SpecialStrings {
+        let mut tokens: Vec<(String, u32)> = inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special && !t.content.is_empty())
+            .map(|(id, t)| (t.content, id))
+            .collect();
+        tokens.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+        let mut starts = vec![false; 256];
+        for (t, _) in &tokens {
+            starts[t.as_bytes()[0] as usize] = true;
+        }
+        SpecialStrings { tokens, starts }
+    }
+
+    /// The first special string in `text`: (start, end, id).
+    fn find(&self, text: &str) -> Option<(usize, usize, u32)> {
+        let bytes = text.as_bytes();
+        for (i, &b) in bytes.iter().enumerate() {
+            if !self.starts.get(b as usize).copied().unwrap_or(false) {
+                continue;
+            }
+            if let Some((t, id)) = self.tokens.iter().find(|(t, _)| bytes[i..].starts_with(t.as_bytes())) {
+                return Some((i, i + t.len(), *id));
+            }
+        }
+        None
+    }
+}
+
+/// Message text is passed through the chat template with each special-token string (and
+/// each marker character, should a user type one) replaced by `OPEN index CLOSE`, an index
+/// into a table of the replaced strings; the template's own special tokens are then the only
+/// ones left in its output, and the table puts the user's strings back as text. Characters
+/// of Unicode's last private-use plane, which no template uses.
+const OPEN: char = '\u{10FFFD}';
+const CLOSE: char = '\u{10FFFC}';
+
+/// Replace special strings and marker characters in `text` by table references.
+fn escape_specials(specials: &SpecialStrings, text: &str, table: &mut Vec<String>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut refer = |s: &str, out: &mut String| {
+        out.push(OPEN);
+        out.push_str(&table.len().to_string());
+        out.push(CLOSE);
+        table.push(s.to_string());
+    };
+    let mut rest = text;
+    while !rest.is_empty() {
+        let special = specials.find(rest);
+        let marker = rest.find([OPEN, CLOSE]);
+        match (special, marker) {
+            (Some((s, e, _)), m) if m.is_none_or(|m| s < m) => {
+                out.push_str(&rest[..s]);
+                refer(&rest[s..e], &mut out);
+                rest = &rest[e..];
+            }
+            (_, Some(m)) => {
+                let len = rest[m..].chars().next().map_or(1, char::len_utf8);
+                out.push_str(&rest[..m]);
+                refer(&rest[m..m + len], &mut out);
+                rest = &rest[m + len..];
+            }
+            _ => {
+                out.push_str(rest);
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Put the table's strings back (a marker that is not a well-formed reference stays).
+fn unescape_specials(text: &str, table: &[String]) -> String {
+    if !text.contains(OPEN) {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(OPEN) {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + OPEN.len_utf8()..];
+        let reference = after.split_once(CLOSE).and_then(|(digits, tail)| {
+            let i: usize = digits.parse().ok().filter(|_| digits.bytes().all(|b| b.is_ascii_digit()))?;
+            Some((table.get(i)?, tail))
+        });
+        match reference {
+            Some((s, tail)) => {
+                out.push_str(s);
+                rest = tail;
+            }
+            None => {
+                out.push(OPEN);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn meta<'a>(m: &'a BTreeMap<String, MetaValue>, key: &str) -> Result<&'a MetaValue> {
@@ -156,7 +275,18 @@ impl Tokenizer {
         }
         stop_ids.sort_unstable();
         stop_ids.dedup();
-        Ok(Tokenizer { inner, bos_id, eos_id, add_bos, chat_template, stop_ids, special_ids })
+        let specials = SpecialStrings::of(&inner);
+        Ok(Tokenizer {
+            inner,
+            bos_id,
+            eos_id,
+            add_bos,
+            chat_template,
+            stop_ids,
+            special_ids,
+            specials,
+            literal: OnceLock::new(),
+        })
     }
 
     /// Build from a Hugging Face folder: `tokenizer.json` (any model the `tokenizers` crate
@@ -228,11 +358,23 @@ impl Tokenizer {
         }
         stop_ids.sort_unstable();
         stop_ids.dedup();
-        Ok(Tokenizer { inner, bos_id: bos_id.filter(in_vocab), eos_id, add_bos, chat_template, stop_ids, special_ids })
+        let specials = SpecialStrings::of(&inner);
+        Ok(Tokenizer {
+            inner,
+            bos_id: bos_id.filter(in_vocab),
+            eos_id,
+            add_bos,
+            chat_template,
+            stop_ids,
+            special_ids,
+            specials,
+            literal: OnceLock::new(),
+        })
     }
 
-    /// Token ids of `text`. Special-token strings (`<|im_start|>`) become their
-    /// special tokens; a BOS is prepended if the model asks for one.
+    /// Token ids of `text`, which the caller trusts: special-token strings (`<|im_start|>`)
+    /// become their special tokens; a BOS is prepended if the model asks for one. For text
+    /// from users use [`Tokenizer::encode_literal`] or [`Tokenizer::encode_chat`].
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self.inner.encode_fast(text, false).map_err(|e| Error::invalid(format!("tokenizer: {e}")))?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
@@ -240,6 +382,68 @@ impl Tokenizer {
             ids.extend(self.bos_id);
         }
         ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// Token ids of `text` with special-token strings encoded as ordinary text (what a user
+    /// typed: `<|im_start|>` is then a few plain tokens); a BOS as in [`Tokenizer::encode`].
+    pub fn encode_literal(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        if self.add_bos {
+            ids.extend(self.bos_id);
+        }
+        self.push_literal(text, &mut ids)?;
+        Ok(ids)
+    }
+
+    fn push_literal(&self, text: &str, ids: &mut Vec<u32>) -> Result<()> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        // Text without special strings encodes the same either way; the literal tokenizer
+        // (a second copy of the vocabulary) is built only when some text needs it.
+        let tok = if self.specials.find(text).is_none() {
+            &self.inner
+        } else {
+            self.literal.get_or_init(|| {
+                let mut t = self.inner.clone();
+                t.set_encode_special_tokens(true);
+                t
+            })
+        };
+        let enc = tok.encode_fast(text, false).map_err(|e| Error::invalid(format!("tokenizer: {e}")))?;
+        ids.extend_from_slice(enc.get_ids());
+        Ok(())
+    }
+
+    /// Token ids of `messages` through the chat template (see [`Tokenizer::apply_chat_template`]):
+    /// the template's special tokens are special tokens, while the messages' text is text,
+    /// whatever it contains; a BOS as in [`Tokenizer::encode`]. For text without special
+    /// strings the ids equal `encode(apply_chat_template(..))`.
+    pub fn encode_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<Vec<u32>> {
+        let mut table = Vec::new();
+        let escaped: Vec<ChatMessage> = messages
+            .iter()
+            .map(|m| {
+                ChatMessage::new(
+                    escape_specials(&self.specials, &m.role, &mut table),
+                    escape_specials(&self.specials, &m.content, &mut table),
+                )
+            })
+            .collect();
+        let rendered = self.apply_chat_template(&escaped, add_generation_prompt)?;
+        let mut ids = Vec::new();
+        if self.add_bos {
+            ids.extend(self.bos_id);
+        }
+        let mut rest = rendered.as_str();
+        // Every special string left was written by the template.
+        while let Some((start, end, id)) = self.specials.find(rest) {
+            self.push_literal(&unescape_specials(&rest[..start], &table), &mut ids)?;
+            ids.push(id);
+            rest = &rest[end..];
+        }
+        self.push_literal(&unescape_specials(rest, &table), &mut ids)?;
         Ok(ids)
     }
 

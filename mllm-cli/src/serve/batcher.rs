@@ -3,6 +3,8 @@
 //! engine's pool, so each weight matrix is read once per step for all sequences instead
 //! of once per sequence. Sequences join and leave between steps; a step waits for the
 //! other active sequences at most `GATHER` before it runs with those that are ready.
+//! A long prompt comes as several chunks (see `sequence.rs`), each one step, so other
+//! sequences' tokens ride along with it instead of waiting for the whole prefill.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::mpsc;
@@ -26,7 +28,9 @@ pub struct SeqState {
 struct Job {
     input: Vec<u32>,
     state: SeqState,
-    reply: oneshot::Sender<Result<(SeqState, u32)>>,
+    /// Whether to sample the next token (not after a prompt chunk that is not the last).
+    sample: bool,
+    reply: oneshot::Sender<Result<(SeqState, Option<u32>)>>,
 }
 
 /// Handle to the batching thread (cheap to clone; the thread ends with the last handle).
@@ -67,8 +71,19 @@ impl Batcher {
     /// Run `input` through the sequence's model state in the next batched step and sample
     /// its next token.
     pub async fn step(&self, input: Vec<u32>, state: SeqState) -> Result<(SeqState, u32)> {
+        let (state, next) = self.send(input, state, true).await?;
+        Ok((state, next.ok_or_else(|| anyhow!("the batching thread did not sample"))?))
+    }
+
+    /// Run `input` (a prompt chunk) through the sequence's model state in the next batched
+    /// step, without sampling.
+    pub async fn prefill(&self, input: Vec<u32>, state: SeqState) -> Result<SeqState> {
+        Ok(self.send(input, state, false).await?.0)
+    }
+
+    async fn send(&self, input: Vec<u32>, state: SeqState, sample: bool) -> Result<(SeqState, Option<u32>)> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Job { input, state, reply }).map_err(|_| anyhow!("the batching thread has stopped"))?;
+        self.tx.send(Job { input, state, sample, reply }).map_err(|_| anyhow!("the batching thread has stopped"))?;
         rx.await.map_err(|_| anyhow!("the batching thread dropped a step"))?
     }
 }
@@ -121,10 +136,14 @@ fn step_all(decoder: &Decoder, mut jobs: Vec<Job>) {
         Ok(all) => {
             let vocab = all.len() / jobs.len();
             for (job, row) in jobs.into_iter().zip(all.chunks_exact(vocab)) {
-                let Job { mut state, reply, .. } = job;
+                let Job { mut state, reply, sample, .. } = job;
+                if !sample {
+                    let _ = reply.send(Ok((state, None)));
+                    continue;
+                }
                 let result = state.sampler.sample(row, &state.history).map_err(anyhow::Error::from).map(|next| {
                     state.history.push(next);
-                    (state, next)
+                    (state, Some(next))
                 });
                 let _ = reply.send(result);
             }

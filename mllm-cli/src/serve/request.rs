@@ -70,7 +70,7 @@ pub enum Endpoint {
 pub enum Prompt {
     /// Messages for the chat template.
     Chat(Vec<ChatMessage>),
-    /// Raw text (special-token strings become special tokens).
+    /// Raw text (encoded as text: special-token strings stay text).
     Text(String),
     /// Token ids as given.
     Tokens(Vec<u32>),
@@ -79,6 +79,8 @@ pub enum Prompt {
 /// A checked request.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Request {
+    /// The model asked for (checked against the served names by the caller).
+    pub model: Option<String>,
     pub prompt: Prompt,
     /// Most tokens to generate; `None`: the endpoint's default.
     pub max_tokens: Option<usize>,
@@ -207,11 +209,11 @@ pub fn parse(body: &[u8], endpoint: Endpoint) -> Result<Request, ApiError> {
     let f = Fields(&map);
     refuse_unsupported(&f, endpoint)?;
 
-    if let Some(v) = f.get("model") {
-        if !v.is_string() {
-            return Err(type_error("model", "a string", v));
-        }
-    }
+    let model = match f.get("model") {
+        None => None,
+        Some(Value::String(m)) => Some(m.clone()),
+        Some(v) => return Err(type_error("model", "a string", v)),
+    };
     let prompt = match endpoint {
         Endpoint::Chat => Prompt::Chat(parse_messages(f.get("messages"))?),
         Endpoint::Completions => parse_prompt(f.get("prompt"))?,
@@ -284,7 +286,7 @@ pub fn parse(body: &[u8], endpoint: Endpoint) -> Result<Request, ApiError> {
         }
         Some(v) => return Err(type_error("stream_options", "an object", v)),
     };
-    Ok(Request { prompt, max_tokens, sampling, seeded: seed.is_some(), stop, stream, include_usage })
+    Ok(Request { model, prompt, max_tokens, sampling, seeded: seed.is_some(), stop, stream, include_usage })
 }
 
 /// Known fields this server cannot honour: accepted only at their neutral values.
@@ -469,6 +471,7 @@ mod tests {
             r.prompt,
             Prompt::Chat(vec![ChatMessage::new("system", "be brief"), ChatMessage::new("user", "hi there")])
         );
+        assert_eq!(r.model.as_deref(), Some("m"));
         assert_eq!(r.max_tokens, Some(7));
         assert_eq!(r.sampling.temperature, 0.0);
         assert_eq!(r.sampling.top_p, 0.5);

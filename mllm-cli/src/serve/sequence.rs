@@ -3,15 +3,19 @@
 //! sequence) or, without one, is its own `Task` awaited on the engine pool; either way
 //! sequences advance token by token (no request holds a pool thread for its whole answer),
 //! and one whose future is dropped stops at once. Same algorithm and results as `generate`.
+//! A prompt longer than `prefill_chunk` tokens is prefilled in chunks of that many, one
+//! step each (chunked prefill): other sequences advance between them, and a cancelled
+//! request stops between two chunks.
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 
 use mllm::models::{FinishReason, GenerateOptions, Generation, Sampler, TextModel, TokenText};
 use mllm::task::Task;
 
 use super::batcher::{Batcher, SeqState as State};
+use super::prefix::PrefixCache;
 
 /// Generate after `prompt`, calling `on_text` with each final piece of text (held back
 /// while it could still become a stop string); `on_text` returning `false`, or
@@ -22,6 +26,8 @@ pub async fn generate(
     batcher: Option<&Batcher>,
     label: &str,
     prompt: &[u32],
+    prefill_chunk: usize,
+    prefixes: Option<&PrefixCache>,
     opts: &GenerateOptions,
     on_text: &mut (dyn FnMut(&str) -> bool + Send),
     cancelled: &(dyn Fn() -> bool + Sync),
@@ -35,17 +41,62 @@ pub async fn generate(
         bail!("the prompt has {} tokens; the context holds {ctx}, so nothing is left to generate", prompt.len());
     }
     let max_tokens = opts.max_tokens.min(ctx - prompt.len());
-    let mut state = Some(State {
-        cache: model.decoder.new_cache(prompt.len() + max_tokens)?,
-        sampler: Sampler::new(opts.sampling.clone())?,
-        history: prompt.to_vec(),
-    });
+    let capacity = prompt.len() + max_tokens;
+    let (cache, reused) = match prefixes.and_then(|p| p.take(prompt, capacity)) {
+        Some((cache, n)) => {
+            eprintln!("--- {label}: reusing the keys and values of {n} of {} prompt tokens", prompt.len());
+            (cache, n)
+        }
+        None => (model.decoder.new_cache(capacity)?, 0),
+    };
+    // Whatever the sequence has computed is kept for later requests, however it ends.
+    let keep = |state: Option<State>| {
+        if let (Some(p), Some(st)) = (prefixes, state) {
+            let n = st.cache.len();
+            p.put(st.history[..n].to_vec(), st.cache);
+        }
+    };
+    let mut state = Some(State { cache, sampler: Sampler::new(opts.sampling.clone())?, history: prompt.to_vec() });
     let mut out = TokenText::new(&model.tokenizer, opts);
     let mut finish = FinishReason::Length;
-    let mut input = prompt.to_vec();
-
     let _member = batcher.map(Batcher::join);
     let t0 = Instant::now();
+
+    // All but the last chunk of the prompt, without sampling.
+    let chunk = if prefill_chunk == 0 { prompt.len() } else { prefill_chunk };
+    let mut done = reused;
+    while prompt.len() - done > chunk {
+        if cancelled() {
+            eprintln!("--- {label}: stopped after prefilling {done} of {} prompt tokens", prompt.len());
+            keep(state);
+            return Ok(Generation {
+                text: String::new(),
+                tokens: Vec::new(),
+                prompt_tokens: prompt.len(),
+                finish: FinishReason::Cancelled,
+                prefill_time: t0.elapsed(),
+                decode_time: Default::default(),
+            });
+        }
+        let part = prompt[done..done + chunk].to_vec();
+        let mut st = state.take().expect("the state comes back after each step");
+        let st = match batcher {
+            Some(b) => b.prefill(part, st).await,
+            None => {
+                let decoder = model.decoder.clone();
+                let step = Task::lazy(label.to_string(), move || {
+                    decoder.forward_tokens(&part, &mut st.cache)?;
+                    Ok(st)
+                });
+                step.await.map_err(anyhow::Error::from)
+            }
+        }
+        .with_context(|| format!("prefill of prompt tokens {done}..{}", done + chunk))?;
+        state = Some(st);
+        done += chunk;
+    }
+    let mut input = prompt[done..].to_vec();
+
     let (mut prefill_time, mut t1) = (None, t0);
     while out.tokens().len() < max_tokens {
         if cancelled() {
@@ -54,8 +105,9 @@ pub async fn generate(
         }
         // One pass over `input` and the choice of the next token, on the pool.
         let mut st = state.take().expect("the state comes back after each step");
+        let (step, position) = (out.tokens().len(), st.history.len());
         let (st, next) = match batcher {
-            Some(b) => b.step(std::mem::take(&mut input), st).await?,
+            Some(b) => b.step(std::mem::take(&mut input), st).await,
             None => {
                 let decoder = model.decoder.clone();
                 let input = std::mem::take(&mut input);
@@ -65,9 +117,10 @@ pub async fn generate(
                     st.history.push(next);
                     Ok((st, next))
                 });
-                step.await?
+                step.await.map_err(anyhow::Error::from)
             }
-        };
+        }
+        .with_context(|| format!("generation step {step} (position {position})"))?;
         state = Some(st);
         if prefill_time.is_none() {
             prefill_time = Some(t0.elapsed());
@@ -79,6 +132,7 @@ pub async fn generate(
         }
         input = vec![next];
     }
+    keep(state);
     let (text, tokens) = out.finish(finish, on_text)?;
     Ok(Generation {
         text,
