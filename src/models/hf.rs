@@ -192,7 +192,7 @@ pub fn translate_config(v: &Value) -> Result<(BTreeMap<String, MetaValue>, Folde
         if let Some(layers) = v.get("layer_types").and_then(Value::as_array) {
             // The family wires the pattern every Gemma 3 checkpoint has: five local
             // layers, then a global one.
-            let expected = |i: usize| if (i + 1) % 6 == 0 { "full_attention" } else { "sliding_attention" };
+            let expected = |i: usize| if (i + 1).is_multiple_of(6) { "full_attention" } else { "sliding_attention" };
             if let Some(i) = (0..layers.len()).find(|&i| layers[i].as_str() != Some(expected(i))) {
                 return Err(c.err(format!(
                     "layer_types[{i}] is {}; only the pattern of five sliding-window layers and one \
