@@ -1,6 +1,7 @@
-//! aarch64 panels for Q4_0, Q4_1 and Q8_0 weights × Q8 activations: NEON widening
-//! multiplies, or `sdot` with the dot-product extension. One block at a time per row pair;
-//! exact integer sums per block, tested against dot_q8.rs where it can run.
+//! aarch64 panels for the 32-weight formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) × Q8
+//! activations: NEON widening multiplies, or `sdot` with the dot-product extension. One
+//! block at a time per row; exact integer sums per block, tested against dot_q8.rs (under
+//! qemu-aarch64 by scripts/test-aarch64.sh).
 
 use std::arch::aarch64::*;
 
@@ -48,10 +49,23 @@ unsafe fn dot16<const DOT: bool>(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> 
     }
 }
 
+/// 0x10 in byte `j` (0..16) where bit `j % 8` of byte `first + j / 8` of `qh` is set (`qh`
+/// holds the block's 32 fifth bits in its first four bytes).
+#[inline(always)]
+unsafe fn fifth_bits(qh: uint8x16_t, first: u8) -> uint8x16_t {
+    // SAFETY: only reached from functions compiled with NEON; register operations only.
+    unsafe {
+        let from = vcombine_u8(vdup_n_u8(first), vdup_n_u8(first + 1));
+        let bit = vcreate_u8(0x8040_2010_0804_0201);
+        let set = vtstq_u8(vqtbl1q_u8(qh, from), vcombine_u8(bit, bit));
+        vandq_u8(set, vdupq_n_u8(0x10))
+    }
+}
+
 /// Dot product of one weight row (`nb` blocks at `w`) with one activation row.
 #[inline(always)]
 unsafe fn row_dot<const F: u8, const DOT: bool>(w: *const u8, nb: usize, x: Q8Row<'_>) -> f32 {
-    // `F` is a `WeightFormat` id: Q4_0, Q4_1 or Q8_0.
+    // `F` is a `WeightFormat` id: one of the 32-weight formats.
     let fmt = const { WeightFormat::from_id(F) };
     let (bb, qo) = (fmt.block_bytes(), fmt.qs_offset());
     // SAFETY: the caller guarantees `nb` blocks at `w`; `x` holds `nb` blocks (checked by
@@ -68,16 +82,26 @@ unsafe fn row_dot<const F: u8, const DOT: bool>(w: *const u8, nb: usize, x: Q8Ro
                 let (w0, w1) = (vld1q_s8(p.add(qo).cast()), vld1q_s8(p.add(qo + 16).cast()));
                 dot16::<DOT>(dot16::<DOT>(vdupq_n_s32(0), w0, xl), w1, xh)
             } else {
+                // Weights 0..16 in the low nibbles, 16..32 in the high ones.
                 let q = vld1q_u8(p.add(qo));
-                let mut lo = vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0x0F)));
-                let mut hi = vreinterpretq_s8_u8(vshrq_n_u8::<4>(q));
-                if fmt == WeightFormat::Q4_0 {
-                    lo = vsubq_s8(lo, vdupq_n_s8(8));
-                    hi = vsubq_s8(hi, vdupq_n_s8(8));
+                let mut lo = vandq_u8(q, vdupq_n_u8(0x0F));
+                let mut hi = vshrq_n_u8::<4>(q);
+                if matches!(fmt, WeightFormat::Q5_0 | WeightFormat::Q5_1) {
+                    // Fifth bits: bit `w` of the u32 before the nibbles, as 0x10 in byte `w`.
+                    let qh = vreinterpretq_u8_u32(vdupq_n_u32(p.add(qo - 4).cast::<u32>().read_unaligned()));
+                    lo = vorrq_u8(lo, fifth_bits(qh, 0));
+                    hi = vorrq_u8(hi, fifth_bits(qh, 2));
+                }
+                let off = fmt.quant_offset() as u8;
+                if off != 0 {
+                    // Q4_0, Q5_0: centred quants, still within i8 after the subtraction.
+                    lo = vsubq_u8(lo, vdupq_n_u8(off));
+                    hi = vsubq_u8(hi, vdupq_n_u8(off));
                 } else {
                     let m = f16::from_bits(p.add(2).cast::<u16>().read_unaligned()).to_f32();
                     offset += m * x.sum(b);
                 }
+                let (lo, hi) = (vreinterpretq_s8_u8(lo), vreinterpretq_s8_u8(hi));
                 dot16::<DOT>(dot16::<DOT>(vdupq_n_s32(0), lo, xl), hi, xh)
             };
             acc = vfmaq_f32(acc, vcvtq_f32_s32(dp), vdupq_n_f32(d * x.scale(b)));

@@ -1,8 +1,8 @@
 //! The fast quantised matmul `out[m, n] (+)= x[m, :] · w[n, :]` on GGUF-layout blocks:
 //! activations quantised on the fly (Q8 blocks of 32, or Q8_K for K-quants), dot kernels
 //! on the weight blocks directly, split over output rows on the current rayon pool. SIMD
-//! panels for Q4_0, Q4_1 and Q8_0 (variant chosen once); Q5_0, Q5_1 and the K-quants run
-//! the scalar dots here (the packed kernels of packed.rs cover them all).
+//! panels for Q4_0, Q4_1 and Q8_0 (and Q5_0, Q5_1 on NEON; variant chosen once); the rest
+//! run the scalar dots here (the packed kernels of packed.rs cover them all).
 
 use std::cell::RefCell;
 use std::marker::PhantomData;
@@ -82,18 +82,20 @@ struct Kernels {
     panels: [Option<PanelFn>; WeightFormat::COUNT],
 }
 
-/// The panel table of kernel `$k` (a const-generic panel): `$k` for the formats it has
-/// SIMD code for (Q4_0, Q4_1, Q8_0), the scalar panel for Q5_0 and Q5_1, none for the
-/// K-quants.
+/// The panel table of kernel `$k` (a const-generic panel): `$k` for Q4_0, Q4_1 and Q8_0,
+/// `$q5` (the scalar panel unless given) for Q5_0 and Q5_1, none for the K-quants.
 macro_rules! panels {
-    ($k:ident) => {{
+    ($k:ident) => {
+        panels!($k, scalar_panel)
+    };
+    ($k:ident, $q5:ident) => {{
         use WeightFormat as W;
         W::ALL.map(|f| match f {
             W::Q4_0 => Some($k::<{ W::Q4_0 as u8 }> as PanelFn),
             W::Q4_1 => Some($k::<{ W::Q4_1 as u8 }> as PanelFn),
             W::Q8_0 => Some($k::<{ W::Q8_0 as u8 }> as PanelFn),
-            W::Q5_0 => Some(scalar_panel::<{ W::Q5_0 as u8 }> as PanelFn),
-            W::Q5_1 => Some(scalar_panel::<{ W::Q5_1 as u8 }> as PanelFn),
+            W::Q5_0 => Some($q5::<{ W::Q5_0 as u8 }> as PanelFn),
+            W::Q5_1 => Some($q5::<{ W::Q5_1 as u8 }> as PanelFn),
             W::Q4_K | W::Q5_K | W::Q6_K => None,
         })
     }};
@@ -126,12 +128,12 @@ impl Kernels {
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => {
                 use super::neon::*;
-                k(panels!(panel_neon))
+                k(panels!(panel_neon, panel_neon))
             }
             #[cfg(target_arch = "aarch64")]
             Isa::NeonDot => {
                 use super::neon::*;
-                k(panels!(panel_neon_dot))
+                k(panels!(panel_neon_dot, panel_neon_dot))
             }
             #[allow(unreachable_patterns)]
             _ => None,

@@ -300,6 +300,27 @@ fn bench_panels() {
     }
 }
 
+/// The SIMD tests here and in packed.rs loop over [`Isa::available`], so a detection that
+/// silently finds nothing would let them pass on the scalar reference alone. NEON is part
+/// of every aarch64 Linux CPU; `MLLM_EXPECT_ISAS` (comma separated, as `MLLM_QUANT_ISA`
+/// spells them; set by scripts/test-aarch64.sh for each emulated CPU) names exactly the
+/// SIMD sets this CPU must report.
+#[test]
+fn the_expected_instruction_sets_are_detected_and_chosen() {
+    let isas = Isa::available();
+    assert_eq!(isas[0], Isa::Scalar, "{isas:?}");
+    #[cfg(target_arch = "aarch64")]
+    assert!(isas.contains(&Isa::Neon), "aarch64 without NEON kernels: {isas:?}");
+    if let Ok(expected) = std::env::var("MLLM_EXPECT_ISAS") {
+        let want: Vec<String> = expected.split(',').map(|s| s.trim().to_ascii_lowercase()).collect();
+        let got: Vec<String> = isas[1..].iter().map(|i| format!("{i:?}").to_ascii_lowercase()).collect();
+        assert_eq!(got, want, "MLLM_EXPECT_ISAS");
+    }
+    if std::env::var_os("MLLM_QUANT_ISA").is_none() {
+        assert_eq!(Some(&Isa::best()), isas.last(), "the best variant is the last detected");
+    }
+}
+
 #[test]
 fn parallel_grain_gives_equal_shares() {
     for (n, threads, chunk) in [(576, 2, 60), (192, 2, 24), (1536, 2, 64), (49152, 2, 64), (576, 16, 16), (10, 4, 16)] {
