@@ -4,6 +4,7 @@
 //! own forked task); the async side only reads, checks, queues and streams.
 
 mod batcher;
+mod embeddings;
 mod request;
 mod sequence;
 
@@ -34,6 +35,7 @@ use request::{ApiError, Endpoint, Prompt, Request};
 #[derive(Args)]
 #[command(
     after_help = "Endpoints: POST /v1/chat/completions, POST /v1/completions (both with \"stream\": true for server-sent events), GET /v1/models, GET /health.\n\
+With an embedding model (--model minilm or an encoder folder): POST /v1/embeddings instead (OpenAI's shape: input as a string, strings or token id arrays; encoding_format float or base64).\n\
 Request defaults follow the OpenAI API (temperature 1, top_p 1; chat answers may fill the context, completions stop at 16 tokens); extensions: top_k, min_p, repetition_penalty.\n\
 Example: mllm serve --port 8080 & curl localhost:8080/v1/chat/completions \
 -d '{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":16}'"
@@ -113,6 +115,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         b = b.threads(n);
     }
     b.init()?;
+    if let Some(model) = commands::embedding_model(&args.model)? {
+        return embeddings::serve(args, model);
+    }
     let model = commands::load(&args.model)?;
     let trained = model.decoder.config().context_length;
     let ctx = match args.ctx {
@@ -193,6 +198,7 @@ fn router(state: Shared) -> Router {
         .route("/v1/models/{*id}", get(get_model))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings::not_an_embedding_model))
         .fallback(|| async { ApiError::invalid(None, "no such endpoint").with_status(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async {
             ApiError::invalid(None, "method not allowed on this endpoint").with_status(StatusCode::METHOD_NOT_ALLOWED)

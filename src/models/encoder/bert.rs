@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use serde_json::Value;
 
 use crate::kernels::attention::{attention, AttentionShape};
-use crate::kernels::elementwise::{gelu_one, gelu_tanh_one};
+use crate::kernels::elementwise::{gelu_erf_in_place, gelu_tanh_one};
 use crate::models::layers::{Norm, NormKind};
 use crate::nn::{self, Accepts, Module, ModuleList, Param, Registry};
 use crate::params::ParameterFile;
@@ -402,12 +402,11 @@ impl Bert {
 
 /// The MLP's activation in place, split over the pool.
 fn activate(act: EncoderActivation, x: &mut [f32]) {
-    let f: fn(f32) -> f32 = match act {
-        EncoderActivation::Gelu => gelu_one,
-        EncoderActivation::GeluTanh => gelu_tanh_one,
-        EncoderActivation::Relu => |v| v.max(0.0),
-    };
-    x.par_chunks_mut(4096).for_each(|c| c.iter_mut().for_each(|v| *v = f(*v)));
+    match act {
+        EncoderActivation::Gelu => gelu_erf_in_place(x),
+        EncoderActivation::GeluTanh => x.par_chunks_mut(4096).for_each(|c| c.iter_mut().for_each(|v| *v = gelu_tanh_one(*v))),
+        EncoderActivation::Relu => x.par_chunks_mut(4096).for_each(|c| c.iter_mut().for_each(|v| *v = v.max(0.0))),
+    }
 }
 
 impl Module for Bert {
