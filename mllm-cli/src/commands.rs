@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use mllm::models::fetch::{self, FetchEvent};
 use mllm::models::encoder::is_encoder_folder;
+use mllm::models::fetch::{self, FetchEvent};
 use mllm::models::{ChatMessage, EmbeddingModel, GenerateOptions, SamplingParams, TextModel};
 use mllm::task::Task;
 

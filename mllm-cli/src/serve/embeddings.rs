@@ -139,7 +139,9 @@ fn parse_input(v: Option<&Value>) -> Result<EmbedInput, ApiError> {
                 Value::Array(ids) => {
                     ids.iter().enumerate().map(|(j, t)| token(t, format!("input[{i}][{j}]"))).collect()
                 }
-                other => Err(bad(format!("input[{i}] must be an array of token ids like input[0], got {}", kind(other)))),
+                other => {
+                    Err(bad(format!("input[{i}] must be an array of token ids like input[0], got {}", kind(other))))
+                }
             })
             .collect::<Result<_, _>>()
             .map(EmbedInput::Tokens),
@@ -203,10 +205,12 @@ type Shared = Arc<EmbedState>;
 /// generation endpoints answer that this model cannot generate.
 pub fn serve(args: ServeArgs, model: EmbeddingModel) -> Result<()> {
     if args.ctx.is_some() || args.no_batch {
-        bail!("--ctx and --no-batch apply to text generation models, not to the embedding model {}", model.path.display());
+        bail!(
+            "--ctx and --no-batch apply to text generation models, not to the embedding model {}",
+            model.path.display()
+        );
     }
-    let model_id =
-        model.path.file_name().map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
+    let model_id = model.path.file_name().map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
     let state = Arc::new(EmbedState {
         model,
         model_id,
@@ -309,7 +313,9 @@ async fn handle(s: Shared, body: Body) -> Result<Response, ApiError> {
         EmbedInput::Tokens(seqs) => seqs
             .iter()
             .enumerate()
-            .map(|(i, ids)| s.model.check_ids(ids).map_err(|e| ApiError::invalid(Some("input"), format!("input[{i}]: {e}"))))
+            .map(|(i, ids)| {
+                s.model.check_ids(ids).map_err(|e| ApiError::invalid(Some("input"), format!("input[{i}]: {e}")))
+            })
             .collect::<Result<_, _>>()?,
     };
     let _slot = s.slots.acquire().await.map_err(|_| server_error("the server is shutting down".into()))?;
@@ -386,9 +392,15 @@ mod tests {
 
     #[test]
     fn base64_matches_the_rfc_examples() {
-        for (plain, want) in
-            [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")]
-        {
+        for (plain, want) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
             assert_eq!(base64(plain.as_bytes()), want);
         }
         assert_eq!(encode_vector(&[1.0], true), json!("AACAPw=="));

@@ -404,7 +404,9 @@ impl Bert {
 fn activate(act: EncoderActivation, x: &mut [f32]) {
     match act {
         EncoderActivation::Gelu => gelu_erf_in_place(x),
-        EncoderActivation::GeluTanh => x.par_chunks_mut(4096).for_each(|c| c.iter_mut().for_each(|v| *v = gelu_tanh_one(*v))),
+        EncoderActivation::GeluTanh => {
+            x.par_chunks_mut(4096).for_each(|c| c.iter_mut().for_each(|v| *v = gelu_tanh_one(*v)))
+        }
         EncoderActivation::Relu => x.par_chunks_mut(4096).for_each(|c| c.iter_mut().for_each(|v| *v = v.max(0.0))),
     }
 }
