@@ -226,7 +226,7 @@ fn names_embedding_model(arg: &Option<String>) -> bool {
             if p.exists() {
                 is_encoder_folder(&p)
             } else {
-                fetch::known_model(s).is_ok_and(|m| m.layout == fetch::Layout::ZipFolder)
+                fetch::known_model(s).is_ok_and(|m| m.architecture == "bert")
             }
         }
     }

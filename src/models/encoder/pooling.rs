@@ -80,9 +80,12 @@ impl Pooling {
         hidden * self.modes.len()
     }
 
-    /// Pool `rows` (`[len, hidden]`, every row a real token, `len >= 1`) into a vector.
+    /// Pool `rows` (`[len, hidden]`, every row a real token) into a vector (zeros for no rows).
     pub fn apply(&self, rows: &[f32], hidden: usize) -> Vec<f32> {
         let len = rows.len() / hidden.max(1);
+        if len == 0 {
+            return vec![0.0; self.dim(hidden)];
+        }
         let mut out = Vec::with_capacity(self.dim(hidden));
         for mode in &self.modes {
             match mode {
@@ -164,6 +167,8 @@ mod tests {
         let mut zero = [0.0f32; 3];
         l2_normalize(&mut zero);
         assert_eq!(zero, [0.0; 3], "a zero vector stays zero (no NaN)");
+        assert_eq!(p(vec![PoolingMode::Cls], false).len(), 2);
+        assert_eq!(Pooling { modes: vec![PoolingMode::LastToken], normalize: true }.apply(&[], 2), [0.0, 0.0]);
     }
 
     #[test]
