@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use mllm::models::encoder::is_encoder_folder;
 use mllm::models::fetch::{self, FetchEvent};
-use mllm::models::{ChatMessage, GenerateOptions, SamplingParams, TextModel};
+use mllm::models::{ChatMessage, EmbeddingModel, GenerateOptions, SamplingParams, TextModel};
 use mllm::task::Task;
 
 #[derive(Args, Clone)]
@@ -286,6 +287,12 @@ fn resolve_model(arg: &Option<String>) -> Result<PathBuf> {
 pub fn load(args: &ModelArgs) -> Result<TextModel> {
     init_threads(args.threads()?)?;
     let path = resolve_model(&args.model)?;
+    if is_encoder_folder(&path) {
+        bail!(
+            "{} is an embedding model (an encoder): it cannot generate text; use `mllm embed` or `mllm serve` with it",
+            path.display()
+        );
+    }
     if args.quantize.is_some() && !path.is_dir() {
         bail!("--quantize applies to Hugging Face model folders; {} keeps its own types", path.display());
     }
@@ -296,6 +303,51 @@ pub fn load(args: &ModelArgs) -> Result<TextModel> {
         m.decoder = m.decoder.with_precision(mllm::tensor::ops::MatmulPrecision::Exact);
     }
     Ok(m)
+}
+
+/// Whether `--model` names an embedding model: a known encoder (minilm) or an encoder
+/// folder. Nothing is fetched for other names.
+fn names_embedding_model(arg: &Option<String>) -> bool {
+    match arg {
+        None => false,
+        Some(s) => {
+            let p = PathBuf::from(s);
+            if p.exists() {
+                is_encoder_folder(&p)
+            } else {
+                fetch::known_model(s).is_ok_and(|m| m.architecture == "bert")
+            }
+        }
+    }
+}
+
+/// The embedding model `--model` names (fetched and loaded), or `None` when it names a
+/// text generation model or nothing.
+pub fn embedding_model(args: &ModelArgs) -> Result<Option<EmbeddingModel>> {
+    if !names_embedding_model(&args.model) {
+        return Ok(None);
+    }
+    if args.exact {
+        bail!("--exact applies to quantised text generation models; embedding models run in f32");
+    }
+    load_embedding(&args.model, args.threads).map(Some)
+}
+
+/// The embedding model `model` names (default: minilm, fetched on first use).
+pub fn load_embedding(model: &Option<String>, threads: Option<usize>) -> Result<EmbeddingModel> {
+    init_threads(threads)?;
+    let path = match model {
+        None => fetch_with_progress(&fetch::MINILM_L6_V2)?,
+        some => resolve_model(some)?,
+    };
+    if !is_encoder_folder(&path) {
+        bail!(
+            "{} is not an embedding model: embeddings need an encoder folder (config.json with model_type bert, \
+             model.safetensors, tokenizer.json), such as `--model minilm`",
+            path.display()
+        );
+    }
+    EmbeddingModel::load(&path).with_context(|| format!("cannot load the embedding model {}", path.display()))
 }
 
 fn read_prompts(args: &RunArgs) -> Result<Vec<String>> {

@@ -3,6 +3,7 @@
 
 mod bench;
 mod commands;
+mod embed;
 mod perplexity;
 mod serve;
 
@@ -17,7 +18,9 @@ use clap::{Parser, Subcommand};
     mllm serve --port 8080                          # OpenAI-compatible API on 127.0.0.1\n  \
     mllm inspect ~/.cache/mllm/SmolLM2-135M-Instruct.Q4_1.gguf\n  \
     mllm bench -p 128,512 -n 128 -t 2\n  \
-    mllm perplexity -f /usr/share/common-licenses/GPL-3\n\n\
+    mllm perplexity -f /usr/share/common-licenses/GPL-3\n  \
+    mllm embed \"The cat sat.\" \"A dog ran.\"          # sentence embeddings (minilm), JSON lines\n  \
+    mllm serve --model minilm                       # POST /v1/embeddings\n\n\
 Environment: MLLM_NUM_THREADS (threads), MLLM_CACHE (model cache dir), MLLM_TRACE (trace file)")]
 struct Cli {
     #[command(subcommand)]
@@ -32,10 +35,13 @@ enum Command {
     Chat(commands::ChatArgs),
     /// Print a model file's metadata and tensor table
     Inspect(commands::InspectArgs),
-    /// Fetch a known model into the cache (default: smollm2)
+    /// Fetch a known model into the cache (default: smollm2; also gemma3, minilm)
     Pull(commands::PullArgs),
-    /// Serve the model over an OpenAI-compatible HTTP API (chat, completions, streaming)
+    /// Serve the model over an OpenAI-compatible HTTP API (chat, completions, streaming;
+    /// embeddings with an embedding model)
     Serve(serve::ServeArgs),
+    /// Sentence embeddings of texts as JSON lines (default model: minilm)
+    Embed(embed::EmbedArgs),
     /// Measure prompt processing and generation speed (like llama-bench)
     Bench(bench::BenchArgs),
     /// Perplexity of a text file over windows of --ctx tokens (like llama-perplexity)
@@ -50,6 +56,7 @@ fn main() {
         Command::Inspect(a) => commands::inspect(a),
         Command::Pull(a) => commands::pull(a),
         Command::Serve(a) => serve::serve(a),
+        Command::Embed(a) => embed::embed(a),
         Command::Bench(a) => bench::bench(a),
         Command::Perplexity(a) => perplexity::perplexity(a),
     };

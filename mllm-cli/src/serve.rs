@@ -5,6 +5,7 @@
 
 mod batcher;
 mod conn;
+mod embeddings;
 mod guard;
 mod prefix;
 mod request;
@@ -38,6 +39,7 @@ use request::{ApiError, Endpoint, Prompt, Request};
 #[derive(Args)]
 #[command(
     after_help = "Endpoints: POST /v1/chat/completions, POST /v1/completions (both with \"stream\": true for server-sent events), GET /v1/models, GET /health.\n\
+With an embedding model (--model minilm or an encoder folder): POST /v1/embeddings instead (OpenAI's shape: input as a string, strings or token id arrays; encoding_format float or base64).\n\
 Request defaults follow the OpenAI API (temperature 1, top_p 1; chat answers may fill the context, completions stop at 16 tokens); extensions: top_k, min_p, repetition_penalty.\n\
 Example: mllm serve --port 8080 & curl localhost:8080/v1/chat/completions \
 -d '{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":16}'"
@@ -204,6 +206,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         b = b.threads(n);
     }
     b.init()?;
+    if let Some(model) = commands::embedding_model(&args.model)? {
+        return embeddings::serve(args, model, limits, policy);
+    }
     let model = commands::load(&args.model)?;
     let trained = model.decoder.config().context_length;
     let ctx = match args.ctx {
@@ -225,9 +230,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     }
     let batcher =
         if args.no_batch { None } else { Some(batcher::Batcher::start(model.decoder.clone(), MAX_BATCH_ROWS)?) };
-    let (stopping_tx, stopping) = watch::channel(false);
-    let (expired_tx, expired) = watch::channel(false);
-    let life = conn::Lifecycle { stopping, expired };
+    let (life, shutdown) = lifecycle(args.shutdown_timeout);
     let state = Arc::new(ServerState {
         model,
         batcher,
@@ -248,26 +251,63 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         waiting: AtomicUsize::new(0),
         next_id: AtomicU64::new(0),
     });
+    let (ctx, max_concurrent, queue) = (state.ctx, state.max_concurrent, state.queue);
+    let banner = move |addr: SocketAddr, id: &str, max_connections: usize| {
+        format!(
+            "serving {id} on http://{addr} (context {ctx} tokens, {max_concurrent} at once, {queue} more queued, \
+             {} compute threads, at most {max_connections} connections)",
+            mllm::context().threads(),
+        )
+    };
+    let site = Site { app: router(state.clone()), model_id: state.model_id.clone(), life: state.life.clone() };
+    run_runtime(site, (args.host, args.port), limits, shutdown, policy, banner)
+}
+
+/// What one server serves: its routes, the model's name, and its lifecycle signals.
+struct Site {
+    app: Router,
+    model_id: String,
+    life: conn::Lifecycle,
+}
+
+/// The async runtime around [`run`], shut down briefly after it returns.
+fn run_runtime(
+    site: Site,
+    addr: (String, u16),
+    limits: conn::Limits,
+    shutdown: Shutdown,
+    policy: guard::Policy,
+    banner: impl FnOnce(SocketAddr, &str, usize) -> String,
+) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("mllm-http")
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let shutdown = Shutdown { stopping: stopping_tx, expired: expired_tx, timeout: args.shutdown_timeout };
-    let result = runtime.block_on(run(state, args.host, args.port, limits, shutdown, policy));
+    let result = runtime.block_on(run(site, addr, limits, shutdown, policy, banner));
     // Tokenizing tasks are short; the batching thread ends with the process.
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
 }
 
+/// A lifecycle and its shutdown for a server: `stopping` once a signal comes, `expired`
+/// at the deadline after it.
+fn lifecycle(timeout: Duration) -> (conn::Lifecycle, Shutdown) {
+    let (stopping_tx, stopping) = watch::channel(false);
+    let (expired_tx, expired) = watch::channel(false);
+    (conn::Lifecycle { stopping, expired }, Shutdown { stopping: stopping_tx, expired: expired_tx, timeout })
+}
+
+/// Listen, then serve `site` through the policy's checks with the connection limits
+/// until a signal and its deadline (the same path for every kind of model).
 async fn run(
-    state: Shared,
-    host: String,
-    port: u16,
+    site: Site,
+    (host, port): (String, u16),
     limits: conn::Limits,
     shutdown: Shutdown,
     policy: guard::Policy,
+    banner: impl FnOnce(SocketAddr, &str, usize) -> String,
 ) -> Result<()> {
     // Handlers first: a signal from now on starts a graceful shutdown, not the default death.
     let signals = Signals::new()?;
@@ -275,24 +315,15 @@ async fn run(
         .await
         .with_context(|| format!("cannot listen on {host}:{port}"))?;
     let addr: SocketAddr = listener.local_addr()?;
-    eprintln!(
-        "serving {} on http://{addr} (context {} tokens, {} at once, {} more queued, {} compute threads, \
-         at most {} connections)",
-        state.model_id,
-        state.ctx,
-        state.max_concurrent,
-        state.queue,
-        mllm::context().threads(),
-        limits.max_connections
-    );
+    eprintln!("{}", banner(addr, &site.model_id, limits.max_connections));
     tokio::spawn(shutdown.run(signals));
-    let app = router(state.clone());
+    let Site { app, life, .. } = site;
     let policy = Arc::new(policy);
     let handler = move |req: axum::http::Request<hyper::body::Incoming>| {
         let (app, policy) = (app.clone(), policy.clone());
         async move { guarded(&policy, app, req).await }
     };
-    conn::serve(listener, limits, state.life.clone(), handler).await;
+    conn::serve(listener, limits, life, handler).await;
     eprintln!("server stopped");
     Ok(())
 }
@@ -411,6 +442,7 @@ fn router(state: Shared) -> Router {
         .route("/v1/models/{*id}", get(get_model))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings::not_an_embedding_model))
         .fallback(|| async { ApiError::invalid(None, "no such endpoint").with_status(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async {
             ApiError::invalid(None, "method not allowed on this endpoint").with_status(StatusCode::METHOD_NOT_ALLOWED)

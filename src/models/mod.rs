@@ -1,9 +1,11 @@
 //! Decoder language models of several families on shared layers (models::layers), the
-//! generation loop, samplers, KV caches, tokenizers and model fetching. Nothing below this
+//! generation loop, samplers, KV caches, tokenizers and model fetching; encoders for
+//! sentence embeddings (models::encoder). Nothing below this
 //! layer knows about models.
 
 pub mod config;
 pub mod decoder;
+pub mod encoder;
 pub mod families;
 pub mod fetch;
 pub mod generate;
@@ -19,6 +21,7 @@ pub mod workspace;
 
 pub use config::DecoderConfig;
 pub use decoder::Decoder;
+pub use encoder::{Embedded, EmbeddingModel};
 pub use families::{Family, FAMILIES};
 pub use generate::{generate, FinishReason, GenerateOptions, Generation, TokenText};
 pub use kv_cache::{KvCache, KvLayer, KvRows};

@@ -11,10 +11,10 @@ pub fn log_prob(logits: &[f32], target: u32) -> Result<f64> {
     let t = *logits
         .get(target as usize)
         .ok_or_else(|| Error::invalid(format!("token {target} is outside the {} logits", logits.len())))?;
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if !max.is_finite() {
-        return Err(Error::invalid(format!("the logits are not finite (largest {max})")));
+    if let Some(bad) = logits.iter().position(|x| !x.is_finite()) {
+        return Err(Error::invalid(format!("logit {bad} is not finite ({})", logits[bad])));
     }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = logits.iter().map(|&x| ((x - max) as f64).exp()).sum();
     Ok((t - max) as f64 - sum.ln())
 }

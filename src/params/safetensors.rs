@@ -90,6 +90,14 @@ impl ParameterFile {
     /// [`save_safetensors`](Self::save_safetensors), which replaces a file atomically
     /// and so never changes one that is mapped.
     pub fn open_safetensors(path: impl AsRef<Path>) -> Result<ParameterFile> {
+        ParameterFile::open_safetensors_skipping(path, &|_| false)
+    }
+
+    /// [`open_safetensors`](Self::open_safetensors), leaving out the tensors `skip`
+    /// names: they are checked like the others (a dtype safetensors defines, offsets,
+    /// tiling) but may have a dtype the engine does not compute with (BERT's I64
+    /// `position_ids` buffer) and are not loaded.
+    pub fn open_safetensors_skipping(path: impl AsRef<Path>, skip: &dyn Fn(&str) -> bool) -> Result<ParameterFile> {
         let path = path.as_ref();
         let bad = |msg: String| Error::format(path.display().to_string(), msg);
         let file = File::open(path).map_err(|e| Error::io(format!("{}: cannot open", path.display()), e))?;
@@ -110,19 +118,20 @@ impl ParameterFile {
         if map.len() < 8 {
             return Err(bad(format!("file shrank to {} bytes while being opened", map.len())));
         }
-        let layout = parse(&map).map_err(bad)?;
+        let layout = parse_skipping(&map, skip).map_err(bad)?;
 
         let mut params = ParameterFile::create();
         for (key, value) in layout.metadata {
             params.set_metadata(key, MetaValue::Str(value));
         }
         for t in layout.tensors {
+            let Some(dtype) = t.dtype else { continue };
             let start = layout.data_start + t.start;
-            let aligned = (map.as_ptr() as usize + start).is_multiple_of(t.dtype.block_bytes());
+            let aligned = (map.as_ptr() as usize + start).is_multiple_of(dtype.block_bytes());
             let tensor = if aligned {
-                Tensor::from_mmap(map.clone(), start, t.dtype, &t.dims, Some(&t.name))?
+                Tensor::from_mmap(map.clone(), start, dtype, &t.dims, Some(&t.name))?
             } else {
-                Tensor::from_bytes(&map[start..layout.data_start + t.end], t.dtype, &t.dims, MemType::ParamsNormal)?
+                Tensor::from_bytes(&map[start..layout.data_start + t.end], dtype, &t.dims, MemType::ParamsNormal)?
             };
             params.push(t.name, tensor)?;
         }
@@ -144,7 +153,8 @@ impl ParameterFile {
         }
         for t in layout.tensors {
             let data = &bytes[layout.data_start + t.start..layout.data_start + t.end];
-            params.push(t.name, Tensor::from_bytes(data, t.dtype, &t.dims, MemType::ParamsNormal)?)?;
+            let Some(dtype) = t.dtype else { continue };
+            params.push(t.name, Tensor::from_bytes(data, dtype, &t.dims, MemType::ParamsNormal)?)?;
         }
         Ok(params)
     }
@@ -295,7 +305,8 @@ impl Drop for TempFile {
 #[derive(Debug)]
 struct TensorEntry {
     name: String,
-    dtype: DType,
+    /// `None`: a skipped tensor (checked, not loaded).
+    dtype: Option<DType>,
     dims: Vec<usize>,
     start: usize,
     end: usize,
@@ -313,6 +324,11 @@ struct Layout {
 /// Check the header of the whole file `bytes` (at least 8 bytes). The error message
 /// is completed with the file name by the caller.
 fn parse(bytes: &[u8]) -> std::result::Result<Layout, String> {
+    parse_skipping(bytes, &|_| false)
+}
+
+/// [`parse`], where tensors `skip` names may have any whole-byte dtype safetensors defines.
+fn parse_skipping(bytes: &[u8], skip: &dyn Fn(&str) -> bool) -> std::result::Result<Layout, String> {
     let mut len_bytes = [0u8; 8];
     len_bytes.copy_from_slice(&bytes[..8]);
     let header_len = u64::from_le_bytes(len_bytes);
@@ -336,7 +352,8 @@ fn parse(bytes: &[u8]) -> std::result::Result<Layout, String> {
         if name == METADATA_KEY {
             metadata = check_metadata(entry)?;
         } else {
-            tensors.push(check_tensor(name, entry, data_len)?);
+            let skipped = skip(&name);
+            tensors.push(check_tensor(name, entry, data_len, skipped)?);
         }
     }
     check_tiling(&tensors, data_len)?;
@@ -483,7 +500,19 @@ fn usize_array(name: &str, field: &str, v: &Value) -> std::result::Result<Vec<us
     items.iter().map(|x| x.as_u64().and_then(|n| usize::try_from(n).ok()).ok_or_else(bad)).collect()
 }
 
-fn check_tensor(name: String, entry: Entry, data_len: usize) -> std::result::Result<TensorEntry, String> {
+/// Bytes per element of the whole-byte dtypes safetensors defines that the engine does not
+/// load (for skipped tensors).
+fn other_dtype_bytes(name: &str) -> Option<usize> {
+    Some(match name {
+        "BOOL" | "I8" => 1,
+        "I16" | "U16" => 2,
+        "U32" => 4,
+        "F64" | "I64" | "U64" | "C64" => 8,
+        _ => return None,
+    })
+}
+
+fn check_tensor(name: String, entry: Entry, data_len: usize, skip: bool) -> std::result::Result<TensorEntry, String> {
     let fields = match entry {
         Entry::Object(fields) => fields,
         Entry::Other(kind) => {
@@ -512,15 +541,23 @@ fn check_tensor(name: String, entry: Entry, data_len: usize) -> std::result::Res
             brief(format!("{offsets:?}"))
         ));
     };
-    let Some(dtype) = dtype_from_name(dtype_str) else {
+    let dtype = dtype_from_name(dtype_str);
+    let other = if skip { other_dtype_bytes(dtype_str) } else { None };
+    if dtype.is_none() && other.is_none() {
         let note = if KNOWN_DTYPES.contains(&dtype_str.as_str()) { "" } else { ", not a safetensors dtype" };
         let dtype_str = brief(dtype_str);
         return Err(format!(
             "tensor '{name}': unsupported dtype {dtype_str}{note} (supported: F32, F16, BF16, I32, U8)"
         ));
-    };
-    let need =
-        dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).and_then(|n| dtype.bytes_for(n)).ok_or_else(|| {
+    }
+    let need = dims
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .and_then(|n| match dtype {
+            Some(dtype) => dtype.bytes_for(n),
+            None => n.checked_mul(other.unwrap_or(1)),
+        })
+        .ok_or_else(|| {
             format!("tensor '{name}': size of shape {} x {dtype_str} overflows", brief(format!("{dims:?}")))
         })?;
     if end < start {
@@ -539,7 +576,7 @@ fn check_tensor(name: String, entry: Entry, data_len: usize) -> std::result::Res
             brief(format!("{dims:?}"))
         ));
     }
-    Ok(TensorEntry { name, dtype, dims, start, end })
+    Ok(TensorEntry { name, dtype: if skip { None } else { dtype }, dims, start, end })
 }
 
 /// The tensors' byte ranges must cover the data section exactly once.
@@ -589,6 +626,19 @@ mod tests {
         let h = r#"{"a":{"dtype":"F32","shape":[0],"data_offsets":[0,0]},"b":{"dtype":"U8","shape":[2,0],"data_offsets":[0,0]},"c":{"dtype":"U8","shape":[3],"data_offsets":[0,3]}}"#;
         let layout = parse(&file(h, 3)).unwrap();
         assert_eq!(layout.tensors.len(), 3);
+    }
+
+    #[test]
+    fn skipped_tensors_may_have_other_dtypes_but_are_still_checked() {
+        let h = r#"{"ids":{"dtype":"I64","shape":[1,2],"data_offsets":[0,16]},"w":{"dtype":"F32","shape":[1],"data_offsets":[16,20]}}"#;
+        assert!(parse(&file(h, 20)).unwrap_err().contains("unsupported dtype I64"));
+        let layout = parse_skipping(&file(h, 20), &|n| n == "ids").unwrap();
+        assert_eq!(layout.tensors.iter().map(|t| t.dtype).collect::<Vec<_>>(), [None, Some(DType::F32)]);
+        // A skipped tensor's size must still fit its offsets, and unknown names stay errors.
+        let short = r#"{"ids":{"dtype":"I64","shape":[1,2],"data_offsets":[0,12]},"w":{"dtype":"F32","shape":[2],"data_offsets":[12,20]}}"#;
+        assert!(parse_skipping(&file(short, 20), &|n| n == "ids").unwrap_err().contains("needs 16"));
+        let odd = r#"{"ids":{"dtype":"Q9","shape":[1],"data_offsets":[0,1]}}"#;
+        assert!(parse_skipping(&file(odd, 1), &|_| true).unwrap_err().contains("not a safetensors dtype"));
     }
 
     #[test]
