@@ -4,6 +4,7 @@
 # llama.cpp is built from the llama-cpp-python sdist into the cache dir, never into the repo.
 #
 # Usage: scripts/bench-vs-llamacpp.sh [--threads "1 2"] [--reps N] [--model FILE] [--out DIR] [--no-torch]
+#                                     [--ik-bench PATH]
 # Env:   LLAMA_CPP_PY_VERSION (default 0.3.36)  sdist whose vendor/llama.cpp is built
 #        LLAMA_REPACK=auto|0|1 (default auto)   llama.cpp weight repacking ("extra buffer
 #                                               types"); auto = on unless a smoke test crashes
@@ -14,6 +15,12 @@
 # On a busy machine llama.cpp's OpenMP threads spin-wait at barriers and lose badly when
 # descheduled (its -t 2 drops far below -t 1); OMP_WAIT_POLICY=passive in the environment
 # avoids that (mllm-rs uses rayon and ignores it). The default here is llama.cpp's default.
+#
+# --ik-bench PATH adds ik_llama.cpp (github ikawrakow/ik_llama.cpp) as a fourth engine: the
+# llama-bench binary of a build you made yourself (nothing of it is fetched or built here).
+# Its llama-bench has no -d: its tg is `-gp 128,128` (128 decode steps timed after a
+# 128-token prompt, the same measurement). IK_RTR=auto|0|1 (default auto): its run-time
+# repacking (-rtr), auto = whichever of the two is faster on a short pp128 + tg32 probe.
 #
 # Each repetition block runs, per thread count, mllm-rs then llama.cpp (ours, theirs, ours,
 # theirs, ...), so slow drifts of machine load hit both engines alike. Per block and engine:
@@ -31,6 +38,8 @@ REPS=5
 MODEL=""
 OUT=""
 TORCH=1
+IK_BENCH=""
+IK_RTR="${IK_RTR:-auto}"
 VERSION="${LLAMA_CPP_PY_VERSION:-0.3.36}"
 REPACK="${LLAMA_REPACK:-auto}"
 PROMPT="The capital of France is"
@@ -43,6 +52,7 @@ while [ $# -gt 0 ]; do
     --model) MODEL="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
     --no-torch) TORCH=0; shift ;;
+    --ik-bench) IK_BENCH="$2"; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -52,6 +62,11 @@ for t in $THREADS; do
   [[ "$t" =~ ^[1-9][0-9]*$ ]] || { echo "--threads: '$t' is not a positive integer" >&2; exit 2; }
 done
 case "$REPACK" in auto | 0 | 1) ;; *) echo "LLAMA_REPACK must be auto, 0 or 1" >&2; exit 2 ;; esac
+case "$IK_RTR" in auto | 0 | 1) ;; *) echo "IK_RTR must be auto, 0 or 1" >&2; exit 2 ;; esac
+if [ -n "$IK_BENCH" ] && [ ! -x "$IK_BENCH" ]; then
+  echo "--ik-bench: '$IK_BENCH' is not an executable (build ik_llama.cpp's llama-bench first)" >&2
+  exit 2
+fi
 
 cd "$(dirname "$0")/.."
 REPO="$PWD"
@@ -90,6 +105,18 @@ if [ "$REPACK" = auto ]; then
 fi
 if [ "$REPACK" = 1 ]; then CREPACK=(--repack); else CREPACK=(--no-repack); fi
 
+# ik_llama.cpp's run-time repacking: keep whichever setting is faster on a short probe.
+if [ -n "$IK_BENCH" ] && [ "$IK_RTR" = auto ]; then
+  ik_probe() { # prints pp + tg t/s summed, or 0 when the run fails
+    "$IK_BENCH" -m "$MODEL" -t 1 -p 128 -n 32 -r 1 -rtr "$1" -o json 2>/dev/null |
+      python3 -c 'import json,sys; print(sum(e["avg_ts"] for e in json.load(sys.stdin)))' 2>/dev/null || echo 0
+  }
+  a=$(ik_probe 0)
+  b=$(ik_probe 1)
+  IK_RTR=$(python3 -c "print(1 if $b > $a else 0)")
+  log "ik_llama.cpp probe: -rtr 0 $a, -rtr 1 $b (pp128 + tg32 t/s): using -rtr $IK_RTR"
+fi
+
 # --- runs --------------------------------------------------------------------------------
 OUT="${OUT:-$REPO/target/bench-vs-llamacpp/$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$OUT"
@@ -124,6 +151,15 @@ theirs() {
     -no-cnv --temp 0 "${CREPACK[@]}"
 }
 
+ik() {
+  local t=$1 b=$2
+  "$IK_BENCH" -m "$MODEL" -t "$t" -p 128,512 -n 0 -r 1 -rtr "$IK_RTR" -o json \
+    >"$OUT/ik-pp-t$t-b$b.json" 2>"$OUT/ik-pp-t$t-b$b.err"
+  /usr/bin/time -v -o "$OUT/ik-tg-t$t-b$b.time" \
+    "$IK_BENCH" -m "$MODEL" -t "$t" -p 0 -n 0 -gp 128,128 -r 1 -rtr "$IK_RTR" -o json \
+    >"$OUT/ik-tg-t$t-b$b.json" 2>"$OUT/ik-tg-t$t-b$b.err"
+}
+
 torch_run() {
   local t=$1 b=$2
   "$TPY" "$REPO/scripts/bench_torch.py" --model "$MODEL" --threads "$t" --prompt 128,512 --gen 0 \
@@ -139,6 +175,10 @@ for ((b = 1; b <= REPS; b++)); do
     ours "$t" "$b"
     log "block $b/$REPS, $t thread(s): llama.cpp"
     theirs "$t" "$b"
+    if [ -n "$IK_BENCH" ]; then
+      log "block $b/$REPS, $t thread(s): ik_llama.cpp"
+      ik "$t" "$b"
+    fi
     if [ "$TORCH" = 1 ]; then
       log "block $b/$REPS, $t thread(s): PyTorch"
       torch_run "$t" "$b"
@@ -149,7 +189,9 @@ done
 {
   echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'); CPU: $(lscpu | sed -n 's/^Model name: *//p' | head -1);" \
     "$(nproc) cores; mllm-rs $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?');" \
-    "llama-cpp-python $VERSION sdist; llama.cpp repack=$REPACK; model $(basename "$MODEL");" \
+    "llama-cpp-python $VERSION sdist; llama.cpp repack=$REPACK;" \
+    "${IK_BENCH:+ik_llama.cpp $(git -C "$(dirname "$IK_BENCH")" rev-parse --short HEAD 2>/dev/null || echo '?') -rtr $IK_RTR;}" \
+    "model $(basename "$MODEL");" \
     "load average (1/5/15 min) at start $LOAD_BEFORE, at end $(cut -d' ' -f1-3 /proc/loadavg)"
   echo
   python3 "$REPO/scripts/bench_vs_llamacpp_table.py" "$OUT"

@@ -2,8 +2,10 @@
 """Formats the raw results of scripts/bench-vs-llamacpp.sh as one markdown table.
 
 Reads a results directory (standard library only) and prints to stdout; runs nothing itself.
-File names: {ours,theirs,torch}-{pp,tg}-t{T}-b{B}.json, *-tg-*.time (/usr/bin/time -v), *-ft-*.ms.
-"torch" files (scripts/bench_torch.py) have the shape of `mllm bench -o json`.
+File names: {ours,theirs,ik,torch}-{pp,tg}-t{T}-b{B}.json, *-tg-*.time (/usr/bin/time -v), *-ft-*.ms.
+"torch" files (scripts/bench_torch.py) have the shape of `mllm bench -o json`; "ik" files are
+ik_llama.cpp's llama-bench JSON, whose `-gp P,G` entries (G decode steps timed after a P-token
+prompt) are our "tgG @ ppP".
 """
 
 import json
@@ -13,12 +15,14 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-NAME = re.compile(r"^(ours|theirs|torch)-(pp|tg|ft)-t(\d+)-b(\d+)\.(json|time|ms)$")
+NAME = re.compile(r"^(ours|theirs|ik|torch)-(pp|tg|ft)-t(\d+)-b(\d+)\.(json|time|ms)$")
 
 
-def theirs_label(entry):
+def theirs_label(entry, engine):
     """llama-bench JSON entry -> the label our bench uses for the same measurement."""
     n_prompt, n_gen, depth = entry["n_prompt"], entry["n_gen"], entry.get("n_depth", 0)
+    if engine == "ik" and n_prompt > 0 and n_gen > 0:
+        return f"tg{n_gen} @ pp{n_prompt}"
     if n_prompt > 0 and n_gen == 0 and depth == 0:
         return f"pp{n_prompt}"
     if n_prompt == 0 and n_gen > 0:
@@ -77,15 +81,19 @@ def main():
                 speed[(engine, t["test"], threads)].extend(t["samples"])
         else:
             for entry in json.loads(path.read_text()):
-                speed[(engine, theirs_label(entry), threads)].extend(entry["samples_ts"])
+                speed[(engine, theirs_label(entry, engine), threads)].extend(entry["samples_ts"])
     if not speed:
         sys.exit(f"{root}: no results found")
 
     tests = sorted({k[1] for k in speed}, key=lambda s: (not s.startswith("pp"), len(s), s))
     threads = sorted({k[2] for k in speed})
     torch = any(k[0] == "torch" for k in speed)
+    ik = any(k[0] == "ik" for k in speed)
     head = "| test | threads | mllm-rs | llama.cpp | mllm-rs / llama.cpp |"
     rule = "| --- | ---: | ---: | ---: | ---: |"
+    if ik:
+        head += " ik_llama.cpp | mllm-rs / ik_llama.cpp |"
+        rule += " ---: | ---: |"
     if torch:
         head += " PyTorch f32 | mllm-rs / PyTorch |"
         rule += " ---: | ---: |"
@@ -95,6 +103,9 @@ def main():
         for t in threads:
             a, b = speed.get(("ours", test, t), []), speed.get(("theirs", test, t), [])
             row = f"| {test} (t/s) | {t} | {fmt(a, 2)} | {fmt(b, 2)} | {ratio(a, b)} |"
+            if ik:
+                c = speed.get(("ik", test, t), [])
+                row += f" {fmt(c, 2)} | {ratio(a, c)} |"
             if torch:
                 c = speed.get(("torch", test, t), [])
                 row += f" {fmt(c, 2)} | {ratio(a, c)} |"
@@ -102,7 +113,13 @@ def main():
     pad = " | |" if torch else ""
     for t in threads:
         a, b = rss.get(("ours", t), []), rss.get(("theirs", t), [])
-        print(f"| peak RSS, tg128 @ pp128 process (MiB) | {t} | {fmt(a, 1)} | {fmt(b, 1)} | {ratio(a, b)} |{pad}")
+        row = f"| peak RSS, tg128 @ pp128 process (MiB) | {t} | {fmt(a, 1)} | {fmt(b, 1)} | {ratio(a, b)} |"
+        if ik:
+            c = rss.get(("ik", t), [])
+            row += f" {fmt(c, 1)} | {ratio(a, c)} |"
+        print(row + pad)
+    if ik:
+        pad = " | |" + pad
     for t in threads:
         a, b = first.get(("ours", t), []), first.get(("theirs", t), [])
         print(f"| first token, whole process (ms) | {t} | {fmt(a, 0)} | {fmt(b, 0)} | {ratio(a, b)} |{pad}")

@@ -113,3 +113,32 @@ fn raise_exception_message_reaches_the_caller() {
     let err = render_chat_template(&template, &msgs, true, "<s>", "</s>").unwrap_err().to_string();
     assert!(err.contains("conversation roles must alternate"), "{err}");
 }
+
+/// A template that writes `{{ bos_token }}` itself gets one BOS, not two (the tokenizer's
+/// own add-BOS is skipped then, as transformers does); a template that does not gets the
+/// tokenizer's BOS once. The tokenizer is a family fixture's (BOS `<|im_start|>`) with
+/// add-BOS switched on.
+#[test]
+fn chat_encoding_has_one_bos_whoever_writes_it() {
+    use mllm::models::tokenizer::Tokenizer;
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/families/hf/llama");
+    for (template, what) in [
+        ("{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}", "template writes BOS"),
+        ("{% for m in messages %}{{ m['content'] }}{% endfor %}", "template without BOS"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(src.join("tokenizer.json"), dir.path().join("tokenizer.json")).unwrap();
+        let mut config: Value =
+            serde_json::from_str(&std::fs::read_to_string(src.join("tokenizer_config.json")).unwrap()).unwrap();
+        config["add_bos_token"] = Value::Bool(true);
+        config["chat_template"] = Value::String(template.into());
+        std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
+        let tok = Tokenizer::from_folder(dir.path()).unwrap();
+        let bos = tok.bos_id().expect("the fixture has a BOS");
+        assert!(tok.adds_bos(), "{what}: add_bos_token was set");
+        let ids = tok.encode_chat(&[ChatMessage::new("user", "hello there")], false).unwrap();
+        assert_eq!(ids[0], bos, "{what}: starts with BOS");
+        assert_eq!(ids.iter().filter(|&&i| i == bos).count(), 1, "{what}: exactly one BOS in {ids:?}");
+        assert_eq!(tok.decode(&ids[1..]).unwrap(), "hello there", "{what}");
+    }
+}

@@ -433,7 +433,11 @@ impl Tokenizer {
             .collect();
         let rendered = self.apply_chat_template(&escaped, add_generation_prompt)?;
         let mut ids = Vec::new();
-        if self.add_bos {
+        // Templates that write `{{ bos_token }}` themselves (Llama 3, Gemma) already start
+        // with it: adding another would give the model two (transformers adds none here).
+        let bos_text = self.bos_id.and_then(|i| self.inner.id_to_token(i)).filter(|t| !t.is_empty());
+        let template_wrote_bos = bos_text.is_some_and(|t| rendered.starts_with(t.as_str()));
+        if self.add_bos && !template_wrote_bos {
             ids.extend(self.bos_id);
         }
         let mut rest = rendered.as_str();
