@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use rayon::prelude::*;
 
 use crate::kernels::attention::{causal_attention, AttentionShape};
-use crate::kernels::elementwise::{gelu_tanh_one, swiglu_rows};
+use crate::kernels::elementwise::{geglu_rows, swiglu_rows};
 use crate::kernels::norm::{layer_norm, rms_norm};
 use crate::kernels::rope::{rope_row, RopeLayout, RopeTable};
 use crate::models::config::DecoderConfig;
@@ -162,12 +162,7 @@ impl Mlp {
 fn gated(act: Activation, gate_up: &[f32], f: usize, out: &mut [f32]) {
     match act {
         Activation::Silu => swiglu_rows(gate_up, f, out),
-        Activation::GeluTanh => crate::kernels::rows::for_each_row(out, f, |r, o| {
-            let (g, u) = gate_up[2 * f * r..2 * f * (r + 1)].split_at(f);
-            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                *o = gelu_tanh_one(g) * u;
-            }
-        }),
+        Activation::GeluTanh => geglu_rows(gate_up, f, out),
     }
 }
 
