@@ -69,6 +69,13 @@ def check_usage(usage, max_tokens):
     check(usage.prompt_tokens > 0, f"prompt_tokens > 0: {usage}")
     check(1 <= usage.completion_tokens <= max_tokens, f"1 <= completion_tokens <= {max_tokens}: {usage}")
     check(usage.total_tokens == usage.prompt_tokens + usage.completion_tokens, f"total adds up: {usage}")
+    cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else None
+    check(cached is not None and 0 <= cached < usage.prompt_tokens, f"0 <= cached_tokens < prompt_tokens: {usage}")
+
+
+def counts(usage):
+    """The token counts of a usage (how many prompt tokens came from the cache varies)."""
+    return (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens)
 
 
 def stream_text(stream, chat):
@@ -133,7 +140,10 @@ def main():
     text, finish, usage, chunks = stream_text(stream, chat=True)
     check(text == choice.message.content, f"streamed chat text {text!r} == whole {choice.message.content!r}")
     check(finish == choice.finish_reason, "same finish reason streamed")
-    check(usage is not None and usage.model_dump() == whole.usage.model_dump(), f"same usage streamed: {usage}")
+    check_usage(usage, n)
+    check(counts(usage) == counts(whole.usage), f"same usage streamed: {usage}")
+    # The same prompt again: all but its last token come from the prefix cache.
+    check(usage.prompt_tokens_details.cached_tokens == usage.prompt_tokens - 1, f"prefix reused: {usage}")
     check(chunks >= 3, f"the answer came in pieces ({chunks} chunks)")
 
     # Without include_usage no usage chunk is sent.
@@ -154,7 +164,7 @@ def main():
     text, finish, usage, _ = stream_text(stream, chat=False)
     check(text == comp.choices[0].text, f"streamed completion {text!r} == whole {comp.choices[0].text!r}")
     check(finish == comp.choices[0].finish_reason, "same finish reason streamed")
-    check(usage.model_dump() == comp.usage.model_dump(), "same usage streamed")
+    check(counts(usage) == counts(comp.usage), f"same usage streamed: {usage}")
 
     # A stop string cuts the text before it and ends with finish_reason "stop".
     full = comp.choices[0].text

@@ -225,6 +225,14 @@ pub struct PullArgs {
     /// Known model name
     #[arg(default_value = "smollm2")]
     name: String,
+    /// Hash the cached copy again, every byte, and say whether it still matches (fetches
+    /// nothing)
+    #[arg(long, conflicts_with = "force")]
+    verify: bool,
+    /// Fetch the model again even if it is cached (replacing a damaged copy once the new
+    /// one is verified)
+    #[arg(long)]
+    force: bool,
 }
 
 fn init_threads(threads: Option<usize>) -> Result<()> {
@@ -236,8 +244,23 @@ fn init_threads(threads: Option<usize>) -> Result<()> {
     Ok(())
 }
 
+/// How `fetch_with_progress` treats the cache.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CacheUse {
+    /// Use the cached copy if its stamp holds, fetch it if absent.
+    Ensure,
+    /// Hash the cached copy again; fetch nothing.
+    Verify,
+    /// Fetch again whatever is cached.
+    Refetch,
+}
+
 /// Fetch with a progress bar on stderr.
 fn fetch_with_progress(model: &fetch::KnownModel) -> Result<PathBuf> {
+    fetch_with(model, CacheUse::Ensure)
+}
+
+fn fetch_with(model: &fetch::KnownModel, how: CacheUse) -> Result<PathBuf> {
     let bar = ProgressBar::hidden();
     let mut first = true;
     let mut on_event = |e: FetchEvent| match e {
@@ -264,7 +287,13 @@ fn fetch_with_progress(model: &fetch::KnownModel) -> Result<PathBuf> {
             eprintln!("model ready at {}", p.display());
         }
     };
-    Ok(fetch::ensure(model, &mut on_event)?)
+    let path = match how {
+        CacheUse::Ensure => fetch::ensure(model, &mut on_event),
+        CacheUse::Verify => fetch::verify(model, &mut on_event),
+        CacheUse::Refetch => fetch::refetch(model, &mut on_event),
+    };
+    bar.finish_and_clear();
+    Ok(path?)
 }
 
 fn resolve_model(arg: &Option<String>) -> Result<PathBuf> {
@@ -598,7 +627,15 @@ fn show_meta(v: &mllm::params::MetaValue, full: bool) -> String {
 
 pub fn pull(args: PullArgs) -> Result<()> {
     let known = fetch::known_model(&args.name)?;
-    let path = fetch_with_progress(&known)?;
+    let how = match (args.verify, args.force) {
+        (true, _) => CacheUse::Verify,
+        (_, true) => CacheUse::Refetch,
+        _ => CacheUse::Ensure,
+    };
+    let path = fetch_with(&known, how)?;
+    if how == CacheUse::Verify {
+        eprintln!("{} matches its SHA-256 ({})", path.display(), known.sha256);
+    }
     println!("{}", path.display());
     Ok(())
 }

@@ -7,6 +7,7 @@ mod batcher;
 mod conn;
 mod embeddings;
 mod guard;
+mod metrics;
 mod prefix;
 mod request;
 mod sequence;
@@ -14,7 +15,7 @@ mod sequence;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _, Result};
@@ -34,7 +35,9 @@ use tokio_stream::StreamExt as _;
 use tower::ServiceExt as _;
 
 use crate::commands::{self, loggable, ModelArgs};
+use metrics::Metrics;
 use request::{ApiError, Endpoint, Prompt, Request};
+use sequence::SeqStats;
 
 #[derive(Args)]
 #[command(
@@ -158,6 +161,7 @@ struct ServerState {
     running: AtomicUsize,
     waiting: AtomicUsize,
     next_id: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 type Shared = Arc<ServerState>;
@@ -231,25 +235,32 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     let batcher =
         if args.no_batch { None } else { Some(batcher::Batcher::start(model.decoder.clone(), MAX_BATCH_ROWS)?) };
     let (life, shutdown) = lifecycle(args.shutdown_timeout);
-    let state = Arc::new(ServerState {
-        model,
-        batcher,
-        model_id,
-        aliases,
-        created: unix_now(),
-        ctx,
-        max_body: args.max_body,
-        body_timeout: args.body_timeout,
-        prefill_chunk: args.prefill_chunk,
-        prefixes: (args.prefix_cache > 0).then(|| prefix::PrefixCache::new(args.prefix_cache)),
-        life,
-        max_concurrent: args.max_concurrent,
-        queue: args.queue,
-        admitted: Arc::new(Semaphore::new(args.max_concurrent.saturating_add(args.queue).min(Semaphore::MAX_PERMITS))),
-        slots: Arc::new(Semaphore::new(args.max_concurrent.min(Semaphore::MAX_PERMITS))),
-        running: AtomicUsize::new(0),
-        waiting: AtomicUsize::new(0),
-        next_id: AtomicU64::new(0),
+    let state = Arc::new_cyclic(|weak: &Weak<ServerState>| {
+        let weak = weak.clone();
+        let metrics = Arc::new(Metrics::new(&model_id, Some(Box::new(move || gauges(&weak)))));
+        ServerState {
+            metrics,
+            model,
+            batcher,
+            model_id,
+            aliases,
+            created: unix_now(),
+            ctx,
+            max_body: args.max_body,
+            body_timeout: args.body_timeout,
+            prefill_chunk: args.prefill_chunk,
+            prefixes: (args.prefix_cache > 0).then(|| prefix::PrefixCache::new(args.prefix_cache)),
+            life,
+            max_concurrent: args.max_concurrent,
+            queue: args.queue,
+            admitted: Arc::new(Semaphore::new(
+                args.max_concurrent.saturating_add(args.queue).min(Semaphore::MAX_PERMITS),
+            )),
+            slots: Arc::new(Semaphore::new(args.max_concurrent.min(Semaphore::MAX_PERMITS))),
+            running: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            next_id: AtomicU64::new(0),
+        }
     });
     let (ctx, max_concurrent, queue) = (state.ctx, state.max_concurrent, state.queue);
     let banner = move |addr: SocketAddr, id: &str, max_connections: usize| {
@@ -259,15 +270,50 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             mllm::context().threads(),
         )
     };
-    let site = Site { app: router(state.clone()), model_id: state.model_id.clone(), life: state.life.clone() };
+    let site = Site {
+        app: router(state.clone()),
+        model_id: state.model_id.clone(),
+        life: state.life.clone(),
+        metrics: state.metrics.clone(),
+    };
     run_runtime(site, (args.host, args.port), limits, shutdown, policy, banner)
 }
 
-/// What one server serves: its routes, the model's name, and its lifecycle signals.
+/// The chat server's gauges for /metrics (none once the server is gone).
+fn gauges(state: &Weak<ServerState>) -> Vec<metrics::Gauge> {
+    let Some(s) = state.upgrade() else { return Vec::new() };
+    let kv = mllm::memory_report().mem_type(mllm::MemType::KvCache);
+    vec![
+        metrics::Gauge {
+            name: "mllm_queue_depth",
+            help: "Requests admitted and waiting for a generation slot.",
+            value: s.waiting.load(Relaxed) as f64,
+        },
+        metrics::Gauge {
+            name: "mllm_active_sequences",
+            help: "Requests generating (holding a slot).",
+            value: s.running.load(Relaxed) as f64,
+        },
+        metrics::Gauge {
+            name: "mllm_kv_cache_bytes",
+            help: "Bytes of key/value caches allocated: running sequences and the prefix cache.",
+            value: kv.live as f64,
+        },
+        metrics::Gauge {
+            name: "mllm_kv_cache_peak_bytes",
+            help: "Most bytes of key/value caches allocated at once since the start.",
+            value: kv.peak as f64,
+        },
+    ]
+}
+
+/// What one server serves: its routes, the model's name, its lifecycle signals, and its
+/// metrics (counted and served by the frame around the routes, for every kind of model).
 struct Site {
     app: Router,
     model_id: String,
     life: conn::Lifecycle,
+    metrics: Arc<Metrics>,
 }
 
 /// The async runtime around [`run`], shut down briefly after it returns.
@@ -317,19 +363,30 @@ async fn run(
     let addr: SocketAddr = listener.local_addr()?;
     eprintln!("{}", banner(addr, &site.model_id, limits.max_connections));
     tokio::spawn(shutdown.run(signals));
-    let Site { app, life, .. } = site;
+    let Site { app, life, metrics, .. } = site;
     let policy = Arc::new(policy);
     let handler = move |req: axum::http::Request<hyper::body::Incoming>| {
-        let (app, policy) = (app.clone(), policy.clone());
-        async move { guarded(&policy, app, req).await }
+        let (app, policy, metrics) = (app.clone(), policy.clone(), metrics.clone());
+        async move {
+            let route = metrics::route_label(req.uri().path());
+            let r = guarded(&policy, &metrics, app, req).await;
+            metrics.request(route, r.status().as_u16());
+            r
+        }
     };
     conn::serve(listener, limits, life, handler).await;
     eprintln!("server stopped");
     Ok(())
 }
 
-/// The request through the policy's checks, then the routes; CORS headers for allowed origins.
-async fn guarded(policy: &guard::Policy, app: Router, req: axum::http::Request<hyper::body::Incoming>) -> Response {
+/// The request through the policy's checks, then the routes (`/metrics` answered here);
+/// CORS headers for allowed origins.
+async fn guarded(
+    policy: &guard::Policy,
+    metrics: &Metrics,
+    app: Router,
+    req: axum::http::Request<hyper::body::Incoming>,
+) -> Response {
     let verdict = policy.check(req.method(), req.uri().path(), req.headers());
     let cors_origin = match verdict {
         guard::Verdict::Refuse(e) => {
@@ -362,9 +419,13 @@ async fn guarded(policy: &guard::Policy, app: Router, req: axum::http::Request<h
         }
         guard::Verdict::Pass(p) => p.cors_origin,
     };
-    let mut r = match app.oneshot(req).await {
-        Ok(r) => r,
-        Err(never) => match never {},
+    let mut r = if req.uri().path() == "/metrics" {
+        metrics_response(req.method(), metrics)
+    } else {
+        match app.oneshot(req).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        }
     };
     if let Some(origin) = cors_origin {
         r.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
@@ -433,6 +494,17 @@ impl Shutdown {
         }
         let _ = self.expired.send(true);
     }
+}
+
+fn metrics_response(method: &axum::http::Method, metrics: &Metrics) -> Response {
+    if method != axum::http::Method::GET && method != axum::http::Method::HEAD {
+        return ApiError::invalid(None, "method not allowed on this endpoint")
+            .with_status(StatusCode::METHOD_NOT_ALLOWED)
+            .into_response();
+    }
+    let mut r = (StatusCode::OK, metrics.render()).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    r
 }
 
 fn router(state: Shared) -> Router {
@@ -762,12 +834,32 @@ impl ServerState {
     }
 }
 
-fn usage(g: &Generation) -> Value {
+fn usage(g: &Generation, stats: &SeqStats) -> Value {
     json!({
         "prompt_tokens": g.prompt_tokens,
         "completion_tokens": g.tokens.len(),
         "total_tokens": g.prompt_tokens + g.tokens.len(),
+        "prompt_tokens_details": {"cached_tokens": stats.cached_tokens},
     })
+}
+
+impl ServerState {
+    /// Count a generation's tokens and timings in the metrics (`t0`: the request's arrival);
+    /// `g` is `None` for one that failed or was cut, whose timings still count.
+    fn record(&self, g: Option<&Generation>, stats: &SeqStats, t0: Instant) {
+        let m = &self.metrics;
+        if let Some(g) = g {
+            m.prompt_tokens.add(g.prompt_tokens as u64);
+            m.generated_tokens.add(g.tokens.len() as u64);
+            m.cached_prompt_tokens.add(stats.cached_tokens as u64);
+        }
+        if let Some(first) = stats.first_token {
+            m.time_to_first_token.observe(first.saturating_duration_since(t0));
+        }
+        for &gap in &stats.token_gaps {
+            m.time_per_token.observe(gap);
+        }
+    }
 }
 
 /// Logs a whole-answer request whose client left before the answer was ready.
@@ -811,15 +903,18 @@ async fn whole_answer(s: Shared, mut seat: Seat, job: Job, chunks: Chunks, t0: I
     let queued = t0.elapsed();
     let expired = || s.life.is_expired();
     let mut on_text = |_: &str| true;
+    let mut stats = SeqStats::default();
     let result = tokio::select! {
-        r = sequence::generate(&s.model, s.batcher.as_ref(), &chunks.id, &job.ids, s.prefill_chunk, s.prefixes.as_ref(), &job.opts, &mut on_text, &expired) => r,
+        r = sequence::generate(&s.model, s.batcher.as_ref(), &chunks.id, &job.ids, s.prefill_chunk, s.prefixes.as_ref(), &job.opts, &mut on_text, &expired, &mut stats) => r,
         _ = s.past_grace() => {
             gone.armed = false;
+            s.record(None, &stats, t0);
             eprintln!("--- {} {}: cut by the shutdown deadline during a step", path_of(job.endpoint), chunks.id);
             return Err(shutting_down());
         }
     };
     gone.armed = false;
+    s.record(result.as_ref().ok(), &stats, t0);
     let g = result.map_err(|e| server_error(format!("generation failed: {e:#}")))?;
     drop(seat);
     log_done(&job, &chunks.id, &g, queued, None, t0);
@@ -837,7 +932,7 @@ async fn whole_answer(s: Shared, mut seat: Seat, job: Job, chunks: Chunks, t0: I
                 "logprobs": null,
                 "finish_reason": reason,
             }],
-            "usage": usage(&g),
+            "usage": usage(&g, &stats),
         }),
         Endpoint::Completions => json!({
             "id": &*chunks.id,
@@ -846,7 +941,7 @@ async fn whole_answer(s: Shared, mut seat: Seat, job: Job, chunks: Chunks, t0: I
             "model": &*chunks.model,
             "system_fingerprint": null,
             "choices": [{"index": 0, "text": g.text, "logprobs": null, "finish_reason": reason}],
-            "usage": usage(&g),
+            "usage": usage(&g, &stats),
         }),
     };
     Ok(json_response(StatusCode::OK, body))
@@ -933,11 +1028,16 @@ fn stream_answer(s: Shared, mut seat: Seat, job: Job, chunks: Chunks, t0: Instan
             tx.send(chunks.text(piece)).is_ok()
         };
         let stop = || tx.is_closed() || s.life.is_expired();
+        let mut stats = SeqStats::default();
         let result = tokio::select! {
-            r = sequence::generate(&s.model, s.batcher.as_ref(), &chunks.id, &job.ids, s.prefill_chunk, s.prefixes.as_ref(), &job.opts, &mut on_text, &stop) => r,
-            _ = s.past_grace() => return abort("cut by the shutdown deadline during a step"),
+            r = sequence::generate(&s.model, s.batcher.as_ref(), &chunks.id, &job.ids, s.prefill_chunk, s.prefixes.as_ref(), &job.opts, &mut on_text, &stop, &mut stats) => r,
+            _ = s.past_grace() => {
+                s.record(None, &stats, t0);
+                return abort("cut by the shutdown deadline during a step");
+            }
         };
         drop(seat);
+        s.record(result.as_ref().ok(), &stats, t0);
         let expired = s.life.is_expired();
         match result {
             Ok(g) if g.finish == FinishReason::Cancelled && !expired => {
@@ -951,7 +1051,7 @@ fn stream_answer(s: Shared, mut seat: Seat, job: Job, chunks: Chunks, t0: Instan
             Ok(g) => {
                 let _ = tx.send(chunks.choice(None, false, Some(finish_reason(g.finish, expired))));
                 if chunks.include_usage {
-                    let _ = tx.send(chunks.event(json!([]), usage(&g)));
+                    let _ = tx.send(chunks.event(json!([]), usage(&g, &stats)));
                 }
                 let _ = tx.send(Event::default().data("[DONE]"));
                 log_done(&job, &chunks.id, &g, queued, first, t0);

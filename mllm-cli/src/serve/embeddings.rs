@@ -229,7 +229,8 @@ pub fn serve(args: ServeArgs, model: EmbeddingModel, limits: conn::Limits, polic
             mllm::context().threads()
         )
     };
-    let site = Site { app: router(state.clone()), model_id: state.model_id.clone(), life };
+    let metrics = Arc::new(super::metrics::Metrics::new(&state.model_id, None));
+    let site = Site { app: router(state.clone()), model_id: state.model_id.clone(), life, metrics };
     run_runtime(site, (args.host, args.port), limits, shutdown, policy, banner)
 }
 

@@ -7,7 +7,7 @@
 //! step each (chunked prefill): other sequences advance between them, and a cancelled
 //! request stops between two chunks.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
@@ -16,6 +16,18 @@ use mllm::task::Task;
 
 use super::batcher::{Batcher, SeqState as State};
 use super::prefix::PrefixCache;
+
+/// What a generation did beside its text, filled in as it goes (so that it holds what
+/// happened also when the generation ends early): for usage and metrics.
+#[derive(Debug, Default)]
+pub struct SeqStats {
+    /// Prompt tokens whose keys and values came from the prefix cache (not prefilled).
+    pub cached_tokens: usize,
+    /// When the first token was sampled.
+    pub first_token: Option<Instant>,
+    /// Time between each two consecutive sampled tokens.
+    pub token_gaps: Vec<Duration>,
+}
 
 /// Generate after `prompt`, calling `on_text` with each final piece of text (held back
 /// while it could still become a stop string); `on_text` returning `false`, or
@@ -31,6 +43,7 @@ pub async fn generate(
     opts: &GenerateOptions,
     on_text: &mut (dyn FnMut(&str) -> bool + Send),
     cancelled: &(dyn Fn() -> bool + Sync),
+    stats: &mut SeqStats,
 ) -> Result<Generation> {
     if prompt.is_empty() {
         bail!("the prompt is empty (no tokens)");
@@ -49,6 +62,7 @@ pub async fn generate(
         }
         None => (model.decoder.new_cache(capacity)?, 0),
     };
+    stats.cached_tokens = reused;
     // Whatever the sequence has computed is kept for later requests, however it ends.
     let keep = |state: Option<State>| {
         if let (Some(p), Some(st)) = (prefixes, state) {
@@ -98,6 +112,7 @@ pub async fn generate(
     let mut input = prompt[done..].to_vec();
 
     let (mut prefill_time, mut t1) = (None, t0);
+    let mut last_token = t0;
     while out.tokens().len() < max_tokens {
         if cancelled() {
             finish = FinishReason::Cancelled;
@@ -122,6 +137,12 @@ pub async fn generate(
         }
         .with_context(|| format!("generation step {step} (position {position})"))?;
         state = Some(st);
+        let now = Instant::now();
+        match stats.first_token {
+            None => stats.first_token = Some(now),
+            Some(_) => stats.token_gaps.push(now - last_token),
+        }
+        last_token = now;
         if prefill_time.is_none() {
             prefill_time = Some(t0.elapsed());
             t1 = Instant::now();

@@ -623,6 +623,27 @@ mod tests {
         k.next_multiple_of(fmt.block_len())
     }
 
+    /// A NaN or an infinity in an activation row makes that row's outputs NaN on every
+    /// instruction set (8-bit rounding would otherwise turn it into a finite value).
+    #[test]
+    fn non_finite_activations_are_not_hidden() {
+        let mut r = rand::rngs::StdRng::seed_from_u64(9);
+        for fmt in WeightFormat::ALL {
+            let (n_out, k, m) = (32, k_for(fmt, 96), 3);
+            let w = random_blocks(fmt, n_out, k, &mut r);
+            let p = packed(fmt, &w, n_out, k);
+            let mut x: Vec<f32> = (0..m * k).map(|_| r.random_range(-3.0..3.0)).collect();
+            x[k + 37] = f32::NAN;
+            x[2 * k + 5] = f32::NEG_INFINITY;
+            for isa in Isa::available() {
+                let mut out = vec![0f32; m * n_out];
+                packed_matmul_with(isa, fmt, &p, n_out, k, &x, m, &mut out, false);
+                assert!(out[..n_out].iter().all(|v| v.is_finite()), "{isa:?} {fmt:?}: finite row");
+                assert!(out[n_out..].iter().all(|v| v.is_nan()), "{isa:?} {fmt:?}: {:?}", &out[n_out..]);
+            }
+        }
+    }
+
     #[test]
     fn packed_rows_decode_to_the_original_weights() {
         let mut r = rand::rngs::StdRng::seed_from_u64(1);

@@ -1,6 +1,9 @@
 //! Activation quantisers for the fast matmul: f32 rows → 8-bit blocks of 32 ([`Q8Acts`],
 //! scale and block sum kept, laid out for the SIMD kernels) and of 256 ([`BlockQ8_K`], for
 //! the K-quants). Plain slices only; the dot kernels that read them live beside this file.
+//! A block holding a NaN or an infinity gets a NaN scale: rounding to 8 bits would turn
+//! it into a finite quant (0, or -128 in the AVX-512 conversion) and hide it, while a NaN
+//! scale carries it into every product with the block, up to the logits, where it is seen.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -82,7 +85,7 @@ impl Q8Acts {
     }
 
     /// [`Q8Acts::quantize`]; the SIMD build (same results) only when `simd`.
-    fn quantize_with(&mut self, x: &[f32], rows: usize, k: usize, simd: bool) {
+    pub(super) fn quantize_with(&mut self, x: &[f32], rows: usize, k: usize, simd: bool) {
         assert!(k.is_multiple_of(QK8), "quantize_q8: row length {k} is not a multiple of {QK8}");
         assert_eq!(x.len(), rows * k, "quantize_q8: {} values for {rows} rows of {k}", x.len());
         let nb = k / QK8;
@@ -159,7 +162,21 @@ fn grow<T: Default + Clone>(v: &mut Vec<T>, n: usize) {
     }
 }
 
-/// Quantise 32 values: scale `max|x| / 127`, quants rounded to nearest (ties to even).
+/// 0 if every value is finite, else NaN: `x * 0` is 0 for a finite `x` and NaN for a NaN
+/// or an infinity, and a NaN survives any sum (one multiply-add per value; vectorises).
+#[inline(always)]
+fn non_finite_mark(xs: &[f32]) -> f32 {
+    let mut m = [0f32; 8];
+    for c in xs.chunks_exact(8) {
+        for j in 0..8 {
+            m[j] += c[j] * 0.0;
+        }
+    }
+    m.iter().sum()
+}
+
+/// Quantise 32 values: scale `max|x| / 127`, quants rounded to nearest (ties to even); a
+/// NaN scale if any value is not finite (see the module comment).
 /// Returns the scale and the sum of the quants.
 fn quantize_block(xs: &[f32], qs: &mut [i8]) -> (f32, i32) {
     // Eight running maxima keep the reduction vectorisable.
@@ -169,8 +186,12 @@ fn quantize_block(xs: &[f32], qs: &mut [i8]) -> (f32, i32) {
             m[j] = m[j].max(c[j].abs());
         }
     }
-    let amax = m.iter().fold(0f32, |a, &v| a.max(v));
+    let amax = m.iter().fold(0f32, |a, &v| a.max(v)) + non_finite_mark(xs);
     let d = amax / 127.0;
+    if d.is_nan() {
+        qs.fill(0);
+        return (d, 0);
+    }
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let mut sum = 0i32;
     for (q, &v) in qs.iter_mut().zip(xs) {
@@ -206,12 +227,12 @@ pub fn quantize_q8_k(x: &[f32], out: &mut [BlockQ8_K]) {
     assert!(x.len().is_multiple_of(QK_K), "quantize_q8_k: {} values are not whole 256-value blocks", x.len());
     assert_eq!(out.len(), x.len() / QK_K, "quantize_q8_k: output holds {} blocks", out.len());
     for (xs, b) in x.chunks_exact(QK_K).zip(out) {
-        let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs())) + non_finite_mark(xs);
         let d = amax / 127.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         b.d = d;
         for (q, &v) in b.qs.iter_mut().zip(xs) {
-            *q = round_ties_even(v * id).clamp(-127.0, 127.0) as i8;
+            *q = if d.is_nan() { 0 } else { round_ties_even(v * id).clamp(-127.0, 127.0) as i8 };
         }
         for (s, qs) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
             *s = qs.iter().map(|&q| q as i16).sum();

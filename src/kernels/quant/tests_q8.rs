@@ -83,6 +83,42 @@ fn q8_quantiser_rounds_to_nearest_and_keeps_sums() {
     assert_eq!(a.row(0).qs.len(), k);
 }
 
+/// A NaN or an infinity gives its block a NaN scale and zero quants in both quantiser
+/// builds (the SIMD one would otherwise convert NaN to -128), so it reaches the output of
+/// every kernel on every instruction set instead of vanishing.
+#[test]
+fn non_finite_activations_give_nan_outputs() {
+    let mut rng = StdRng::seed_from_u64(8);
+    let (m, k) = (3, 2 * QK_K);
+    let mut x = randn(&mut rng, m * k, 1.0);
+    x[k + 70] = f32::NAN;
+    x[2 * k + 300] = f32::INFINITY;
+    let mut scalar = Q8Acts::new();
+    scalar.quantize_with(&x, m, k, false);
+    let mut simd = Q8Acts::new();
+    simd.quantize(&x, m, k);
+    for a in [&scalar, &simd] {
+        assert!(a.row(1).scale(70 / QK8).is_nan() && a.row(2).scale(300 / QK8).is_nan());
+        assert!(a.row(1).sum(70 / QK8).is_nan());
+        assert!(a.row(1).qs[64..96].iter().all(|&q| q == 0));
+        assert!(a.row(0).d.iter().all(|d| d.is_finite()));
+    }
+    assert_eq!(scalar.row(1).qs, simd.row(1).qs);
+    let mut blocks = vec![BlockQ8_K { d: 0.0, qs: [0; QK_K], bsums: [0; 16] }; m * k / QK_K];
+    quantize_q8_k(&x, &mut blocks);
+    assert!(blocks[2].d.is_nan() && blocks[5].d.is_nan() && blocks[0].d.is_finite());
+    for isa in Isa::available() {
+        for fmt in WeightFormat::ALL {
+            let n = 5;
+            let w = fmt.quantize(&randn(&mut rng, n * k, 0.3));
+            let mut out = vec![0f32; m * n];
+            quantized_matmul_with(isa, fmt, &w, n, k, &x, m, &mut out, false);
+            assert!(out[..n].iter().all(|v| v.is_finite()), "{isa:?} {fmt:?}: the finite row");
+            assert!(out[n..].iter().all(|v| v.is_nan()), "{isa:?} {fmt:?}: {:?}", &out[n..]);
+        }
+    }
+}
+
 #[test]
 fn q8_k_quantiser_keeps_block_sums() {
     let mut rng = StdRng::seed_from_u64(2);

@@ -410,8 +410,15 @@ pub(super) unsafe fn quantize_q8_avx512(
             let v0 = _mm512_loadu_ps(x.as_ptr().add(b * QK8));
             let v1 = _mm512_loadu_ps(x.as_ptr().add(b * QK8 + 16));
             let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
-            let scale = amax / 127.0;
-            let id = _mm512_set1_ps(if scale != 0.0 { 1.0 / scale } else { 0.0 });
+            // A NaN or an infinity makes the scale NaN (as in the scalar `quantize_block`):
+            // x * 0 is 0 only for finite x.
+            let zero = _mm512_setzero_ps();
+            let finite = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(_mm512_mul_ps(v0, zero), zero)
+                & _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(_mm512_mul_ps(v1, zero), zero);
+            let scale = if finite == 0xffff { amax / 127.0 } else { f32::NAN };
+            // Quants 0 then, as in the scalar build (the conversion would make a NaN -128).
+            let (v0, v1) = if finite == 0xffff { (v0, v1) } else { (zero, zero) };
+            let id = _mm512_set1_ps(if scale != 0.0 && scale.is_finite() { 1.0 / scale } else { 0.0 });
             let q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, id));
             let q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, id));
             _mm_storeu_si128(qs.as_mut_ptr().add(b * QK8).cast(), _mm512_cvtsepi32_epi8(q0));
