@@ -475,3 +475,26 @@ fn shapes_errors_max_tokens_0_token_prompts_and_streaming() {
         assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
 }
+
+#[test]
+fn forked_steps_report_the_same_logprobs_as_batched_ones() {
+    let _one = one_at_a_time();
+    let body = json!({
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a fruit."}],
+        "max_tokens": 6, "temperature": 0, "logprobs": true, "top_logprobs": 2,
+    });
+    let answers: Vec<Vec<(String, f64)>> = [&["--ctx", "256"][..], &["--ctx", "256", "--no-batch"][..]]
+        .iter()
+        .map(|extra| {
+            let server = Server::start(extra);
+            let v = ok(&server.chat(), &body);
+            v["choices"][0]["logprobs"]["content"].as_array().unwrap().iter().map(|e| check_chat_entry(e, 2)).collect()
+        })
+        .collect();
+    assert!(!answers[0].is_empty());
+    assert_eq!(answers[0].len(), answers[1].len(), "{answers:?}");
+    for (a, b) in answers[0].iter().zip(&answers[1]) {
+        // The same function; a batched pass may sum in another order.
+        assert!(a.0 == b.0 && (a.1 - b.1).abs() < 1e-3, "{a:?} vs {b:?}");
+    }
+}
