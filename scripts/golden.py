@@ -6,7 +6,9 @@ implementation: HF transformers on CPU PyTorch, which dequantises the GGUF to f3
     /tmp/golden/bin/python scripts/golden.py ~/.cache/mllm/SmolLM2-135M-Instruct.Q4_1.gguf
 
 Writes: for each prompt, its token ids and 32 greedy steps (chosen id, top-10
-[id, logit] pairs, margin between the first two); and tokenizer cases (text -> ids).
+[id, logit] pairs, margin between the first two, and the log-sum-exp of all the logits,
+so that the log-softmax of a listed token is its logit minus it); and tokenizer cases
+(text -> ids).
 No BOS is added (the GGUF says add_bos_token = false); generation ignores EOS.
 """
 import json
@@ -51,6 +53,7 @@ def main(gguf_path, out_path):
                     "next_id": nxt,
                     "top10": [[int(i), round(float(v), 5)] for i, v in zip(idx, vals)],
                     "margin": round(float(vals[0] - vals[1]), 5),
+                    "logsumexp": round(float(torch.logsumexp(logits.double(), 0)), 5),
                 })
                 cur = torch.cat([cur, torch.tensor([[nxt]])], dim=1)
         return {"kind": kind, "prompt": prompt, "text": text, "prompt_ids": ids, "steps": steps}

@@ -183,6 +183,20 @@ def main():
     ]
     check(sampled[0] == sampled[1], f"same seed, same text: {sampled}")
 
+    # Log-probabilities parse into the client's own types.
+    lp = client.chat.completions.create(
+        model=model, messages=messages, max_tokens=n, temperature=0, logprobs=True, top_logprobs=2
+    )
+    content = lp.choices[0].logprobs.content
+    check(content and "".join(e.token for e in content) == lp.choices[0].message.content, f"chat logprobs: {content}")
+    check(all(len(e.top_logprobs) == 2 and e.logprob <= 0 and bytes(e.bytes).decode() == e.token for e in content),
+          "each chat entry has its bytes and 2 alternatives")
+    echo = client.completions.create(model=model, prompt=prompt, max_tokens=0, echo=True, logprobs=1)
+    legacy = echo.choices[0].logprobs
+    check(echo.choices[0].text == prompt and "".join(legacy.tokens) == prompt, f"echo: {echo}")
+    check(legacy.token_logprobs[0] is None and all(x <= 0 for x in legacy.token_logprobs[1:]), f"echo scores: {legacy}")
+    check(legacy.text_offset[0] == 0 and legacy.top_logprobs[0] is None, f"echo lists: {legacy}")
+
     # Errors come back as the client's exceptions with the OpenAI error body.
     try:
         client.chat.completions.create(model=model, messages=[], max_tokens=n)
@@ -199,6 +213,11 @@ def main():
         check(False, "n=2 is refused")
     except openai.BadRequestError as e:
         check(e.body.get("param") == "n", f"n: {e.body}")
+    try:
+        client.chat.completions.create(model=model, messages=messages, max_tokens=n, logprobs=True, top_logprobs=21)
+        check(False, "top_logprobs=21 is refused")
+    except openai.BadRequestError as e:
+        check(e.body.get("param") == "top_logprobs", f"top_logprobs: {e.body}")
 
     print(f"{checks} passed, 0 failed")
 

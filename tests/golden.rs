@@ -50,6 +50,9 @@ fn tokenizer_matches_reference_ids() {
             m.encode_prompt(g["prompt"].as_str().unwrap(), false).unwrap()
         };
         assert_eq!(got, want, "prompt ids of {}", g["prompt"]);
+        // Token by token, control tokens included, the bytes make up the prompt's text.
+        let bytes: Vec<u8> = want.iter().flat_map(|&id| m.tokenizer.token_bytes(id).unwrap()).collect();
+        assert_eq!(String::from_utf8(bytes).unwrap(), g["text"].as_str().unwrap(), "token bytes");
     }
 }
 
@@ -127,6 +130,10 @@ fn tokenizer_round_trips_arbitrary_utf8() {
         }
         text.push_str(&stream.finish().unwrap());
         assert_eq!(text, s, "case {case}: streaming decode");
+        // Each token's own bytes (the API's logprob `bytes`) add up to the text, even
+        // where a character is split between tokens.
+        let bytes: Vec<u8> = ids.iter().flat_map(|&id| m.tokenizer.token_bytes(id).unwrap()).collect();
+        assert_eq!(bytes, s.as_bytes(), "case {case}: token bytes");
     }
 }
 

@@ -7,6 +7,7 @@ mod batcher;
 mod conn;
 mod embeddings;
 mod guard;
+mod logprobs;
 mod metrics;
 mod prefix;
 mod request;
@@ -35,6 +36,7 @@ use tokio_stream::StreamExt as _;
 use tower::ServiceExt as _;
 
 use crate::commands::{self, loggable, ModelArgs};
+use logprobs::{LegacyLogprobs, TokenLogprob};
 use metrics::Metrics;
 use request::{ApiError, Endpoint, Prompt, Request};
 use sequence::SeqStats;
@@ -44,6 +46,7 @@ use sequence::SeqStats;
     after_help = "Endpoints: POST /v1/chat/completions, POST /v1/completions (both with \"stream\": true for server-sent events), GET /v1/models, GET /health.\n\
 With an embedding model (--model minilm or an encoder folder): POST /v1/embeddings instead (OpenAI's shape: input as a string, strings or token id arrays; encoding_format float or base64).\n\
 Request defaults follow the OpenAI API (temperature 1, top_p 1; chat answers may fill the context, completions stop at 16 tokens); extensions: top_k, min_p, repetition_penalty.\n\
+Log-probabilities (the model's log-softmax over the whole vocabulary, before temperature, top-k/p or penalties): chat \"logprobs\": true with \"top_logprobs\" 0-20; completions \"logprobs\": 0-20, with \"echo\": true scoring the prompt too (\"max_tokens\": 0: the prompt alone).\n\
 Example: mllm serve --port 8080 & curl localhost:8080/v1/chat/completions \
 -d '{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":16}'"
 )]
@@ -695,6 +698,17 @@ struct Job {
     ids: Vec<u32>,
     opts: GenerateOptions,
     include_usage: bool,
+    /// Alternatives per token when log-probabilities are asked for.
+    logprobs: Option<usize>,
+    /// With `echo`: the prompt's text, which the answer starts with.
+    echo: Option<String>,
+}
+
+impl Job {
+    /// Whether the prompt's own tokens are scored (`echo` with `logprobs`).
+    fn scores_prompt(&self) -> bool {
+        self.echo.is_some() && self.logprobs.is_some()
+    }
 }
 
 async fn handle(s: Shared, body: Body, endpoint: Endpoint) -> Result<Response, ApiError> {
@@ -738,16 +752,25 @@ async fn prepare(s: &Shared, req: Request, endpoint: Endpoint) -> Result<Job, Ap
             format!("max_tokens is {m}, but this server's context holds {ctx} tokens (prompt included)"),
         ));
     }
-    let Request { prompt, max_tokens, sampling, stop, include_usage, .. } = req;
+    let Request { prompt, max_tokens, sampling, stop, include_usage, logprobs, echo, .. } = req;
     let model = s.model.clone();
-    let ids = tokio::task::spawn_blocking(move || encode(&model, prompt, param))
-        .await
-        .map_err(|e| server_error(format!("tokenizing the prompt failed: {e}")))??;
+    let (ids, echo) = tokio::task::spawn_blocking(move || {
+        let text = match (&prompt, echo) {
+            (Prompt::Text(t), true) => Some(t.clone()),
+            (Prompt::Tokens(ids), true) => model.tokenizer.decode(ids).ok(),
+            _ => None,
+        };
+        encode(&model, prompt, param).map(|ids| (ids, text))
+    })
+    .await
+    .map_err(|e| server_error(format!("tokenizing the prompt failed: {e}")))??;
     let n = ids.len();
     if n == 0 {
         return Err(ApiError::invalid(Some(param), format!("'{param}' is empty: it makes no tokens")));
     }
-    if n >= ctx {
+    // Only scoring the prompt (echo, max_tokens 0) needs no room for an answer.
+    let no_answer = max_tokens == Some(0);
+    if n > ctx || (n == ctx && !no_answer) {
         return Err(ApiError::invalid(
             Some(param),
             format!("this server's context holds {ctx} tokens, but the {param} come to {n} tokens, leaving no room for an answer"),
@@ -774,7 +797,64 @@ async fn prepare(s: &Shared, req: Request, endpoint: Endpoint) -> Result<Job, Ap
     sampling.validate().map_err(|e| ApiError::invalid(None, e.to_string()))?;
     let opts =
         GenerateOptions { max_tokens, sampling, stop_strings: stop, stop_at_eos: true, context_limit: Some(ctx) };
-    Ok(Job { endpoint, ids, opts, include_usage })
+    Ok(Job { endpoint, ids, opts, include_usage, logprobs, echo })
+}
+
+/// What `run_job` gives its caller besides the generation: the scores of the prompt's
+/// tokens (`echo` with `logprobs`) once they are known, and each piece of the answer's
+/// text with the scores of its tokens.
+struct Outputs<'a> {
+    on_prompt: &'a mut (dyn FnMut(Option<Vec<Option<TokenLogprob>>>) + Send),
+    on_text: &'a mut (dyn FnMut(&str, Vec<TokenLogprob>) -> bool + Send),
+}
+
+/// Runs a job that holds a slot: the prompt's scoring pass when asked for, then the
+/// generation, unless `max_tokens` is 0. `None`: the shutdown deadline cut a step.
+async fn run_job(
+    s: &Shared,
+    job: &Job,
+    label: &str,
+    out: Outputs<'_>,
+    stop: &(dyn Fn() -> bool + Sync),
+    stats: &mut SeqStats,
+) -> Option<anyhow::Result<Generation>> {
+    let capacity = job.ids.len() + job.opts.max_tokens;
+    let mut primed = None;
+    if job.scores_prompt() {
+        let top = job.logprobs.unwrap_or(0);
+        let scored = tokio::select! {
+            r = logprobs::score_prompt(&s.model, label, &job.ids, top, capacity, stop) => r,
+            _ = s.past_grace() => return None,
+        };
+        match scored {
+            Ok(Some((entries, cache))) => {
+                (out.on_prompt)(Some(entries));
+                primed = Some(cache);
+            }
+            Ok(None) => return Some(Ok(nothing_generated(job, FinishReason::Cancelled))),
+            Err(e) => return Some(Err(e)),
+        }
+    } else if job.echo.is_some() {
+        (out.on_prompt)(None);
+    }
+    if job.opts.max_tokens == 0 {
+        return Some(Ok(nothing_generated(job, FinishReason::Length)));
+    }
+    tokio::select! {
+        r = sequence::generate(&s.model, s.batcher.as_ref(), label, &job.ids, s.prefill_chunk, s.prefixes.as_ref(), primed, &job.opts, job.logprobs, out.on_text, stop, stats) => Some(r),
+        _ = s.past_grace() => None,
+    }
+}
+
+fn nothing_generated(job: &Job, finish: FinishReason) -> Generation {
+    Generation {
+        text: String::new(),
+        tokens: Vec::new(),
+        prompt_tokens: job.ids.len(),
+        finish,
+        prefill_time: Duration::ZERO,
+        decode_time: Duration::ZERO,
+    }
 }
 
 fn encode(model: &TextModel, prompt: Prompt, param: &str) -> Result<Vec<u32>, ApiError> {
@@ -797,6 +877,15 @@ fn encode(model: &TextModel, prompt: Prompt, param: &str) -> Result<Vec<u32>, Ap
             }
         }
     }
+}
+
+/// The prompt's tokens for the legacy lists: with their scores when the prompt was scored
+/// (echo with logprobs), none at all otherwise.
+fn prompt_entries<'a>(
+    ids: &'a [u32],
+    scores: Option<&'a [Option<TokenLogprob>]>,
+) -> impl Iterator<Item = (u32, Option<&'a TokenLogprob>)> + 'a {
+    scores.into_iter().flat_map(move |s| ids.iter().copied().zip(s.iter().map(Option::as_ref)))
 }
 
 fn server_error(message: String) -> ApiError {
@@ -902,16 +991,20 @@ async fn whole_answer(s: Shared, mut seat: Seat, job: Job, chunks: Chunks, t0: I
     }
     let queued = t0.elapsed();
     let expired = || s.life.is_expired();
-    let mut on_text = |_: &str| true;
+    let mut prompt_scores = None;
+    let mut scores: Vec<TokenLogprob> = Vec::new();
+    let mut on_prompt = |p: Option<Vec<Option<TokenLogprob>>>| prompt_scores = p;
+    let mut on_text = |_: &str, lp: Vec<TokenLogprob>| {
+        scores.extend(lp);
+        true
+    };
     let mut stats = SeqStats::default();
-    let result = tokio::select! {
-        r = sequence::generate(&s.model, s.batcher.as_ref(), &chunks.id, &job.ids, s.prefill_chunk, s.prefixes.as_ref(), &job.opts, &mut on_text, &expired, &mut stats) => r,
-        _ = s.past_grace() => {
-            gone.armed = false;
-            s.record(None, &stats, t0);
-            eprintln!("--- {} {}: cut by the shutdown deadline during a step", path_of(job.endpoint), chunks.id);
-            return Err(shutting_down());
-        }
+    let out = Outputs { on_prompt: &mut on_prompt, on_text: &mut on_text };
+    let Some(result) = run_job(&s, &job, &chunks.id, out, &expired, &mut stats).await else {
+        gone.armed = false;
+        s.record(None, &stats, t0);
+        eprintln!("--- {} {}: cut by the shutdown deadline during a step", path_of(job.endpoint), chunks.id);
+        return Err(shutting_down());
     };
     gone.armed = false;
     s.record(result.as_ref().ok(), &stats, t0);
@@ -919,6 +1012,18 @@ async fn whole_answer(s: Shared, mut seat: Seat, job: Job, chunks: Chunks, t0: I
     drop(seat);
     log_done(&job, &chunks.id, &g, queued, None, t0);
     let reason = finish_reason(g.finish, s.life.is_expired());
+    let tok = &s.model.tokenizer;
+    let logprobs = match (job.endpoint, job.logprobs) {
+        (_, None) => Value::Null,
+        (Endpoint::Chat, Some(_)) => logprobs::chat_object(tok, &scores),
+        (Endpoint::Completions, Some(_)) => LegacyLogprobs::new(tok).object(
+            prompt_entries(&job.ids, prompt_scores.as_deref()).chain(scores.iter().map(|e| (e.token, Some(e)))),
+        ),
+    };
+    let text = match &job.echo {
+        Some(prompt) => format!("{prompt}{}", g.text),
+        None => g.text.clone(),
+    };
     let body = match job.endpoint {
         Endpoint::Chat => json!({
             "id": &*chunks.id,
@@ -928,8 +1033,8 @@ async fn whole_answer(s: Shared, mut seat: Seat, job: Job, chunks: Chunks, t0: I
             "system_fingerprint": null,
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": g.text},
-                "logprobs": null,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": logprobs,
                 "finish_reason": reason,
             }],
             "usage": usage(&g, &stats),
@@ -940,7 +1045,7 @@ async fn whole_answer(s: Shared, mut seat: Seat, job: Job, chunks: Chunks, t0: I
             "created": chunks.created,
             "model": &*chunks.model,
             "system_fingerprint": null,
-            "choices": [{"index": 0, "text": g.text, "logprobs": null, "finish_reason": reason}],
+            "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": reason}],
             "usage": usage(&g, &stats),
         }),
     };
@@ -978,7 +1083,7 @@ impl Chunks {
         Event::default().data(v.to_string())
     }
 
-    fn choice(&self, text: Option<&str>, role: bool, finish: Option<&str>) -> Event {
+    fn choice(&self, text: Option<&str>, role: bool, finish: Option<&str>, logprobs: Value) -> Event {
         let choice = match self.endpoint {
             Endpoint::Chat => {
                 let mut delta = json!({});
@@ -988,29 +1093,29 @@ impl Chunks {
                 if let Some(t) = text {
                     delta["content"] = json!(t);
                 }
-                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
+                json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish})
             }
             Endpoint::Completions => {
-                json!({"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish})
+                json!({"index": 0, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": finish})
             }
         };
         self.event(json!([choice]), Value::Null)
     }
 
-    fn text(&self, piece: &str) -> Event {
-        self.choice(Some(piece), false, None)
+    fn text(&self, piece: &str, logprobs: Value) -> Event {
+        self.choice(Some(piece), false, None, logprobs)
     }
 }
 
 fn stream_answer(s: Shared, mut seat: Seat, job: Job, chunks: Chunks, t0: Instant) -> Response {
     let (tx, rx) = mpsc::unbounded_channel::<Event>();
     if job.endpoint == Endpoint::Chat {
-        let _ = tx.send(chunks.choice(Some(""), true, None));
+        let _ = tx.send(chunks.choice(Some(""), true, None, Value::Null));
     }
     tokio::spawn(async move {
         let abort = |why: &str| {
             eprintln!("--- {} {}: {why}", path_of(job.endpoint), chunks.id);
-            let _ = tx.send(chunks.choice(None, false, Some(ABORT)));
+            let _ = tx.send(chunks.choice(None, false, Some(ABORT), Value::Null));
             let _ = tx.send(Event::default().data("[DONE]"));
         };
         // A client that leaves while waiting gives its place up.
@@ -1021,20 +1126,35 @@ fn stream_answer(s: Shared, mut seat: Seat, job: Job, chunks: Chunks, t0: Instan
         }
         let queued = t0.elapsed();
         let mut first = None;
+        let tok = &s.model.tokenizer;
+        // The legacy lists' text offsets run on from the echoed prompt's chunk.
+        let legacy = std::sync::Mutex::new(LegacyLogprobs::new(tok));
+        let lp_of =
+            |prompt: &[(u32, Option<&TokenLogprob>)], scores: &[TokenLogprob]| match (job.endpoint, job.logprobs) {
+                (_, None) => Value::Null,
+                (Endpoint::Chat, Some(_)) => logprobs::chat_object(tok, scores),
+                (Endpoint::Completions, Some(_)) => legacy
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .object(prompt.iter().copied().chain(scores.iter().map(|e| (e.token, Some(e))))),
+            };
+        let mut on_prompt = |p: Option<Vec<Option<TokenLogprob>>>| {
+            let entries: Vec<_> = prompt_entries(&job.ids, p.as_deref()).collect();
+            let text = job.echo.as_deref().unwrap_or("");
+            let _ = tx.send(chunks.text(text, lp_of(&entries, &[])));
+        };
         // Sending fails once the client has gone (the receiver is dropped with the
         // response body): that stops generation and frees the KV cache.
-        let mut on_text = |piece: &str| {
+        let mut on_text = |piece: &str, lp: Vec<TokenLogprob>| {
             first.get_or_insert_with(|| t0.elapsed());
-            tx.send(chunks.text(piece)).is_ok()
+            tx.send(chunks.text(piece, lp_of(&[], &lp))).is_ok()
         };
         let stop = || tx.is_closed() || s.life.is_expired();
         let mut stats = SeqStats::default();
-        let result = tokio::select! {
-            r = sequence::generate(&s.model, s.batcher.as_ref(), &chunks.id, &job.ids, s.prefill_chunk, s.prefixes.as_ref(), &job.opts, &mut on_text, &stop, &mut stats) => r,
-            _ = s.past_grace() => {
-                s.record(None, &stats, t0);
-                return abort("cut by the shutdown deadline during a step");
-            }
+        let out = Outputs { on_prompt: &mut on_prompt, on_text: &mut on_text };
+        let Some(result) = run_job(&s, &job, &chunks.id, out, &stop, &mut stats).await else {
+            s.record(None, &stats, t0);
+            return abort("cut by the shutdown deadline during a step");
         };
         drop(seat);
         s.record(result.as_ref().ok(), &stats, t0);
@@ -1049,7 +1169,7 @@ fn stream_answer(s: Shared, mut seat: Seat, job: Job, chunks: Chunks, t0: Instan
                 );
             }
             Ok(g) => {
-                let _ = tx.send(chunks.choice(None, false, Some(finish_reason(g.finish, expired))));
+                let _ = tx.send(chunks.choice(None, false, Some(finish_reason(g.finish, expired)), Value::Null));
                 if chunks.include_usage {
                     let _ = tx.send(chunks.event(json!([]), usage(&g, &stats)));
                 }

@@ -13,7 +13,7 @@ use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::{AddedToken, PreTokenizerWrapper};
+use tokenizers::{AddedToken, DecoderWrapper, PreTokenizerWrapper};
 
 use crate::params::MetaValue;
 use crate::{Error, Result};
@@ -162,6 +162,34 @@ fn unescape_specials(text: &str, table: &[String]) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// `<0xNN>`: a SentencePiece byte-fallback token.
+fn byte_fallback(piece: &str) -> Option<u8> {
+    let hex = piece.strip_prefix("<0x")?.strip_suffix('>')?;
+    (hex.len() == 2).then(|| u8::from_str_radix(hex, 16).ok()).flatten()
+}
+
+/// Whether a decoder maps byte-level BPE characters back to bytes.
+fn is_byte_level(d: Option<&DecoderWrapper>) -> bool {
+    match d {
+        Some(DecoderWrapper::ByteLevel(_)) => true,
+        Some(DecoderWrapper::Sequence(s)) => s.get_decoders().iter().any(|d| is_byte_level(Some(d))),
+        _ => false,
+    }
+}
+
+/// The byte a byte-level BPE character stands for (GPT-2's alphabet): the printable bytes
+/// `!`..=`~`, `¡`..=`¬` and `®`..=`ÿ` are their own characters; the other 68 bytes, in
+/// order, are U+0100 onwards.
+fn byte_of_char(c: char) -> Option<u8> {
+    let printable = |b: u32| (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+    let c = c as u32;
+    if c < 0x100 {
+        return printable(c).then_some(c as u8);
+    }
+    let n = c - 0x100;
+    (0u32..0x100).filter(|&b| !printable(b)).nth(n as usize).map(|b| b as u8)
 }
 
 fn meta<'a>(m: &'a BTreeMap<String, MetaValue>, key: &str) -> Result<&'a MetaValue> {
@@ -461,6 +489,32 @@ impl Tokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.special_ids.len()
+    }
+
+    /// The exact bytes token `id` adds to the text (OpenAI's `bytes` of a log-probability
+    /// entry): a byte-level BPE token's characters mapped back to the bytes they stand for,
+    /// a byte-fallback token `<0xNN>` its byte, SentencePiece's `▁` a space, a control
+    /// token its string. A token may hold only part of a UTF-8 character, which
+    /// [`Tokenizer::decode`] would turn into U+FFFD.
+    pub fn token_bytes(&self, id: u32) -> Result<Vec<u8>> {
+        let piece = self
+            .inner
+            .id_to_token(id)
+            .ok_or_else(|| Error::invalid(format!("tokenizer: token id {id} is outside the vocabulary")))?;
+        if self.is_special(id) {
+            return Ok(piece.into_bytes());
+        }
+        if let Some(b) = byte_fallback(&piece) {
+            return Ok(vec![b]);
+        }
+        if is_byte_level(self.inner.get_decoder()) {
+            // A token spelled outside the byte alphabet (an added token) is its own text.
+            if let Some(bytes) = piece.chars().map(byte_of_char).collect::<Option<Vec<u8>>>() {
+                return Ok(bytes);
+            }
+            return Ok(piece.into_bytes());
+        }
+        Ok(piece.replace('\u{2581}', " ").into_bytes())
     }
 
     /// Whether [`Tokenizer::encode`] starts with a BOS token.
@@ -1006,6 +1060,29 @@ mod tests {
 
     fn render(template: &str) -> String {
         render_chat_template(template, &[ChatMessage::new("user", "hi")], false, "<s>", "</s>").unwrap()
+    }
+
+    #[test]
+    fn token_characters_map_back_to_bytes() {
+        // GPT-2's alphabet: every byte has exactly one character, and back.
+        let mut seen = vec![false; 256];
+        for c in (0u32..0x200).filter_map(char::from_u32) {
+            if let Some(b) = byte_of_char(c) {
+                assert!(!seen[b as usize], "byte {b} twice");
+                seen[b as usize] = true;
+            }
+        }
+        assert!(seen.iter().all(|&s| s));
+        assert_eq!(byte_of_char('A'), Some(b'A'));
+        assert_eq!(byte_of_char('\u{120}'), Some(b' ')); // Ġ
+        assert_eq!(byte_of_char('\u{10a}'), Some(b'\n')); // Ċ
+        assert_eq!(byte_of_char('\u{143}'), Some(0xad));
+        assert_eq!(byte_of_char(' '), None);
+        assert_eq!(byte_of_char('\u{144}'), None);
+        assert_eq!(byte_fallback("<0xE2>"), Some(0xe2));
+        assert_eq!(byte_fallback("<0x1>"), None);
+        assert_eq!(byte_fallback("<0xZZ>"), None);
+        assert_eq!(byte_fallback("0xE2"), None);
     }
 
     #[test]

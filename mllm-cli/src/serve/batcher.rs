@@ -15,6 +15,8 @@ use anyhow::{anyhow, Result};
 use mllm::models::{Decoder, KvCache, Sampler};
 use tokio::sync::oneshot;
 
+use super::logprobs::TokenLogprob;
+
 /// How long a gathered step waits for the other active sequences' steps.
 const GATHER: Duration = Duration::from_millis(3);
 
@@ -23,6 +25,23 @@ pub struct SeqState {
     pub cache: KvCache,
     pub sampler: Sampler,
     pub history: Vec<u32>,
+    /// Score each sampled token, with this many alternatives (`None`: don't).
+    pub logprobs: Option<usize>,
+    /// The last sampled token's score, until the sequence takes it.
+    pub scored: Option<TokenLogprob>,
+}
+
+impl SeqState {
+    /// Sample the next token from `logits` (its row of the step), add it to the history
+    /// and, if asked, score it from the same logits.
+    pub fn sample(&mut self, logits: &[f32]) -> mllm::Result<u32> {
+        let next = self.sampler.sample(logits, &self.history)?;
+        if let Some(top) = self.logprobs {
+            self.scored = Some(TokenLogprob::of(logits, next, top)?);
+        }
+        self.history.push(next);
+        Ok(next)
+    }
 }
 
 struct Job {
@@ -141,10 +160,10 @@ fn step_all(decoder: &Decoder, mut jobs: Vec<Job>) {
                     let _ = reply.send(Ok((state, None)));
                     continue;
                 }
-                let result = state.sampler.sample(row, &state.history).map_err(anyhow::Error::from).map(|next| {
-                    state.history.push(next);
-                    (state, Some(next))
-                });
+                let result = match state.sample(row) {
+                    Ok(next) => Ok((state, Some(next))),
+                    Err(e) => Err(e.into()),
+                };
                 let _ = reply.send(result);
             }
         }

@@ -7,6 +7,8 @@ use axum::response::{IntoResponse, Response};
 use mllm::models::{ChatMessage, SamplingParams};
 use serde_json::{json, Map, Value};
 
+use super::logprobs::MAX_TOP_LOGPROBS;
+
 /// At most this many stop strings, as the OpenAI API allows.
 const MAX_STOP_STRINGS: usize = 4;
 
@@ -91,6 +93,12 @@ pub struct Request {
     pub stream: bool,
     /// Streaming only: send a last chunk with the token counts.
     pub include_usage: bool,
+    /// Return log-probabilities, with this many alternatives per token (chat's
+    /// `logprobs: true` + `top_logprobs`, or the legacy `logprobs: N`).
+    pub logprobs: Option<usize>,
+    /// Legacy completions: the answer starts with the prompt (and, with `logprobs`, the
+    /// prompt's tokens are scored).
+    pub echo: bool,
 }
 
 /// Fields each endpoint understands. Anything else is refused, as the OpenAI API does,
@@ -207,7 +215,7 @@ pub fn parse(body: &[u8], endpoint: Endpoint) -> Result<Request, ApiError> {
             .with_code("unknown_parameter"));
     }
     let f = Fields(&map);
-    refuse_unsupported(&f, endpoint)?;
+    refuse_unsupported(&f)?;
 
     let model = match f.get("model") {
         None => None,
@@ -219,10 +227,17 @@ pub fn parse(body: &[u8], endpoint: Endpoint) -> Result<Request, ApiError> {
         Endpoint::Completions => parse_prompt(f.get("prompt"))?,
     };
 
+    let echo = f.boolean("echo")?.unwrap_or(false);
+    let logprobs = parse_logprobs(&f, endpoint)?;
     let max_key = if f.get("max_completion_tokens").is_some() { "max_completion_tokens" } else { "max_tokens" };
     let max_tokens = match f.integer(max_key)? {
         None => None,
-        Some(n) if n < 1 => return Err(ApiError::invalid(Some(max_key), format!("'{max_key}' must be at least 1"))),
+        // Nothing to generate: only the prompt, echoed (and scored).
+        Some(0) if echo => Some(0),
+        Some(n) if n < 1 => {
+            let also = if endpoint == Endpoint::Completions { " (0 only with echo, to score the prompt)" } else { "" };
+            return Err(ApiError::invalid(Some(max_key), format!("'{max_key}' must be at least 1{also}")));
+        }
         Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
     };
 
@@ -286,11 +301,50 @@ pub fn parse(body: &[u8], endpoint: Endpoint) -> Result<Request, ApiError> {
         }
         Some(v) => return Err(type_error("stream_options", "an object", v)),
     };
-    Ok(Request { model, prompt, max_tokens, sampling, seeded: seed.is_some(), stop, stream, include_usage })
+    Ok(Request {
+        model,
+        prompt,
+        max_tokens,
+        sampling,
+        seeded: seed.is_some(),
+        stop,
+        stream,
+        include_usage,
+        logprobs,
+        echo,
+    })
+}
+
+/// Chat: `logprobs` (a boolean) and `top_logprobs` (0..=20, only with `logprobs: true`, as
+/// OpenAI requires); legacy completions: `logprobs` (0..=20 alternatives; OpenAI's own
+/// legacy endpoint stops at 5).
+fn parse_logprobs(f: &Fields, endpoint: Endpoint) -> Result<Option<usize>, ApiError> {
+    let max = MAX_TOP_LOGPROBS as i64;
+    let in_range = |key: &str, n: i64| {
+        if (0..=max).contains(&n) {
+            Ok(n as usize)
+        } else {
+            Err(ApiError::invalid(Some(key), format!("'{key}' must be between 0 and {max}, not {n}")))
+        }
+    };
+    match endpoint {
+        Endpoint::Chat => {
+            let on = f.boolean("logprobs")?.unwrap_or(false);
+            let top = f.integer("top_logprobs")?.map(|n| in_range("top_logprobs", n)).transpose()?;
+            match (on, top) {
+                (false, Some(_)) => {
+                    Err(ApiError::invalid(Some("top_logprobs"), "'top_logprobs' needs 'logprobs' set to true"))
+                }
+                (false, None) => Ok(None),
+                (true, top) => Ok(Some(top.unwrap_or(0))),
+            }
+        }
+        Endpoint::Completions => f.integer("logprobs")?.map(|n| in_range("logprobs", n)).transpose(),
+    }
 }
 
 /// Known fields this server cannot honour: accepted only at their neutral values.
-fn refuse_unsupported(f: &Fields, endpoint: Endpoint) -> Result<(), ApiError> {
+fn refuse_unsupported(f: &Fields) -> Result<(), ApiError> {
     for key in ["n", "best_of"] {
         if let Some(n) = f.integer(key)? {
             if n != 1 {
@@ -302,15 +356,6 @@ fn refuse_unsupported(f: &Fields, endpoint: Endpoint) -> Result<(), ApiError> {
         if f.number(key)?.is_some_and(|x| x != 0.0) {
             return Err(unsupported(key, "a non-zero penalty (use 'repetition_penalty')"));
         }
-    }
-    match (endpoint, f.get("logprobs")) {
-        (_, None) | (Endpoint::Chat, Some(Value::Bool(false))) => {}
-        (Endpoint::Chat, Some(v)) if !v.is_boolean() => return Err(type_error("logprobs", "a boolean", v)),
-        (Endpoint::Completions, Some(v)) if !v.is_number() => return Err(type_error("logprobs", "an integer", v)),
-        _ => return Err(unsupported("logprobs", "returning log-probabilities")),
-    }
-    if f.integer("top_logprobs")?.is_some_and(|n| n != 0) {
-        return Err(unsupported("top_logprobs", "returning log-probabilities"));
     }
     match f.get("logit_bias") {
         None => {}
@@ -337,9 +382,6 @@ fn refuse_unsupported(f: &Fields, endpoint: Endpoint) -> Result<(), ApiError> {
         Some(Value::Object(o)) if o.get("type").and_then(Value::as_str) == Some("text") => {}
         Some(Value::Object(_)) => return Err(unsupported("response_format", "a response format other than text")),
         Some(v) => return Err(type_error("response_format", "an object", v)),
-    }
-    if f.boolean("echo")? == Some(true) {
-        return Err(unsupported("echo", "echoing the prompt"));
     }
     if let Some(v) = f.get("suffix") {
         if v.as_str().is_none_or(|s| !s.is_empty()) {
@@ -506,6 +548,36 @@ mod tests {
     }
 
     #[test]
+    fn logprobs_echo_and_max_tokens_0() {
+        let chat_lp = |extra: &str| {
+            chat(&format!(r#"{{"messages":[{{"role":"user","content":"x"}}]{extra}}}"#)).map(|r| r.logprobs)
+        };
+        assert_eq!(chat_lp("").unwrap(), None);
+        assert_eq!(chat_lp(r#","logprobs":false"#).unwrap(), None);
+        assert_eq!(chat_lp(r#","logprobs":true"#).unwrap(), Some(0));
+        assert_eq!(chat_lp(r#","logprobs":true,"top_logprobs":20"#).unwrap(), Some(20));
+        assert_eq!(chat_lp(r#","logprobs":true,"top_logprobs":null"#).unwrap(), Some(0));
+        let comp = |extra: &str| parse(format!(r#"{{"prompt":"x"{extra}}}"#).as_bytes(), Endpoint::Completions);
+        let r = comp(r#","logprobs":5,"echo":true,"max_tokens":0"#).unwrap();
+        assert_eq!((r.logprobs, r.echo, r.max_tokens), (Some(5), true, Some(0)));
+        let r = comp(r#","logprobs":0"#).unwrap();
+        assert_eq!((r.logprobs, r.echo, r.max_tokens), (Some(0), false, None));
+        assert_eq!(comp(r#","logprobs":null,"echo":false"#).unwrap().logprobs, None);
+        for (extra, param) in [
+            (r#","logprobs":21"#, "logprobs"),
+            (r#","logprobs":-1"#, "logprobs"),
+            (r#","logprobs":true"#, "logprobs"),
+            (r#","echo":"yes""#, "echo"),
+            (r#","max_tokens":0"#, "max_tokens"),
+            (r#","max_tokens":0,"echo":false"#, "max_tokens"),
+            (r#","max_tokens":-1,"echo":true"#, "max_tokens"),
+            (r#","top_logprobs":2"#, "top_logprobs"),
+        ] {
+            assert_eq!(param_of(comp(extra)), Some(param.to_string()), "{extra}");
+        }
+    }
+
+    #[test]
     fn bad_bodies_name_the_parameter() {
         let msgs = r#""messages":[{"role":"user","content":"x"}]"#;
         let with = |extra: &str| chat(&format!("{{{msgs},{extra}}}"));
@@ -542,7 +614,14 @@ mod tests {
             (r#""stream":"yes""#, "stream"),
             (r#""stream_options":{"bogus":true}"#, "stream_options"),
             (r#""n":2"#, "n"),
-            (r#""logprobs":true"#, "logprobs"),
+            (r#""logprobs":"yes""#, "logprobs"),
+            (r#""logprobs":1"#, "logprobs"),
+            (r#""logprobs":true,"top_logprobs":21"#, "top_logprobs"),
+            (r#""logprobs":true,"top_logprobs":-1"#, "top_logprobs"),
+            (r#""logprobs":true,"top_logprobs":1.5"#, "top_logprobs"),
+            (r#""top_logprobs":2"#, "top_logprobs"),
+            (r#""logprobs":false,"top_logprobs":0"#, "top_logprobs"),
+            (r#""echo":true"#, "echo"),
             (r#""presence_penalty":0.5"#, "presence_penalty"),
             (r#""tools":[{"type":"function"}]"#, "tools"),
             (r#""response_format":{"type":"json_object"}"#, "response_format"),

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
-use mllm::models::{FinishReason, GenerateOptions, Generation, Sampler, TextModel, TokenText};
+use mllm::models::{FinishReason, GenerateOptions, Generation, KvCache, Sampler, TextModel, TokenText};
 use mllm::task::Task;
 
 use super::batcher::{Batcher, SeqState as State};
+use super::logprobs::TokenLogprob;
 use super::prefix::PrefixCache;
 
 /// What a generation did beside its text, filled in as it goes (so that it holds what
@@ -30,8 +31,12 @@ pub struct SeqStats {
 }
 
 /// Generate after `prompt`, calling `on_text` with each final piece of text (held back
-/// while it could still become a stop string); `on_text` returning `false`, or
-/// `cancelled()` turning true between steps, ends generation as `Cancelled`.
+/// while it could still become a stop string) and, with `logprobs` (alternatives per
+/// token), the scores of the tokens taken since the previous piece (the last call may
+/// have no text; an end-of-sequence token is not scored, as its text is not in the
+/// answer); `on_text` returning `false`, or `cancelled()` turning true between steps,
+/// ends generation as `Cancelled`. A `primed` cache already holds the start of the
+/// prompt (the scoring pass of `echo`), with room for the answer.
 #[allow(clippy::too_many_arguments)]
 pub async fn generate(
     model: &TextModel,
@@ -40,8 +45,10 @@ pub async fn generate(
     prompt: &[u32],
     prefill_chunk: usize,
     prefixes: Option<&PrefixCache>,
+    primed: Option<KvCache>,
     opts: &GenerateOptions,
-    on_text: &mut (dyn FnMut(&str) -> bool + Send),
+    logprobs: Option<usize>,
+    on_text: &mut (dyn FnMut(&str, Vec<TokenLogprob>) -> bool + Send),
     cancelled: &(dyn Fn() -> bool + Sync),
     stats: &mut SeqStats,
 ) -> Result<Generation> {
@@ -55,12 +62,17 @@ pub async fn generate(
     }
     let max_tokens = opts.max_tokens.min(ctx - prompt.len());
     let capacity = prompt.len() + max_tokens;
-    let (cache, reused) = match prefixes.and_then(|p| p.take(prompt, capacity)) {
-        Some((cache, n)) => {
-            eprintln!("--- {label}: reusing the keys and values of {n} of {} prompt tokens", prompt.len());
-            (cache, n)
-        }
-        None => (model.decoder.new_cache(capacity)?, 0),
+    let from_prefixes = || prefixes.and_then(|p| p.take(prompt, capacity));
+    let (cache, reused) = match primed.map(|c| (c.len(), c)) {
+        Some((n, cache)) if n < prompt.len() && cache.capacity() >= capacity => (cache, n),
+        Some(_) => bail!("the primed cache does not fit the prompt and answer"),
+        None => match from_prefixes() {
+            Some((cache, n)) => {
+                eprintln!("--- {label}: reusing the keys and values of {n} of {} prompt tokens", prompt.len());
+                (cache, n)
+            }
+            None => (model.decoder.new_cache(capacity)?, 0),
+        },
     };
     stats.cached_tokens = reused;
     // Whatever the sequence has computed is kept for later requests, however it ends.
@@ -70,7 +82,15 @@ pub async fn generate(
             p.put(st.history[..n].to_vec(), st.cache);
         }
     };
-    let mut state = Some(State { cache, sampler: Sampler::new(opts.sampling.clone())?, history: prompt.to_vec() });
+    let mut state = Some(State {
+        cache,
+        sampler: Sampler::new(opts.sampling.clone())?,
+        history: prompt.to_vec(),
+        logprobs,
+        scored: None,
+    });
+    // Scores of tokens whose text has not gone to `on_text` yet.
+    let mut pending: Vec<TokenLogprob> = Vec::new();
     let mut out = TokenText::new(&model.tokenizer, opts);
     let mut finish = FinishReason::Length;
     let _member = batcher.map(Batcher::join);
@@ -128,14 +148,19 @@ pub async fn generate(
                 let input = std::mem::take(&mut input);
                 let step = Task::lazy(label.to_string(), move || {
                     let logits = decoder.forward_tokens(&input, &mut st.cache)?;
-                    let next = st.sampler.sample(logits.as_slice::<f32>()?, &st.history)?;
-                    st.history.push(next);
+                    let next = st.sample(logits.as_slice::<f32>()?)?;
                     Ok((st, next))
                 });
                 step.await.map_err(anyhow::Error::from)
             }
         }
         .with_context(|| format!("generation step {step} (position {position})"))?;
+        let mut st = st;
+        if let Some(scored) = st.scored.take() {
+            if !(opts.stop_at_eos && model.tokenizer.stop_ids().contains(&next)) {
+                pending.push(scored);
+            }
+        }
         state = Some(st);
         let now = Instant::now();
         match stats.first_token {
@@ -147,14 +172,19 @@ pub async fn generate(
             prefill_time = Some(t0.elapsed());
             t1 = Instant::now();
         }
-        if let Some(end) = out.push(next, on_text)? {
+        let mut emit = |piece: &str| on_text(piece, std::mem::take(&mut pending));
+        if let Some(end) = out.push(next, &mut emit)? {
             finish = end;
             break;
         }
         input = vec![next];
     }
     keep(state);
-    let (text, tokens) = out.finish(finish, on_text)?;
+    let mut emit = |piece: &str| on_text(piece, std::mem::take(&mut pending));
+    let (text, tokens) = out.finish(finish, &mut emit)?;
+    if finish != FinishReason::Cancelled && !pending.is_empty() {
+        on_text("", pending);
+    }
     Ok(Generation {
         text,
         tokens,
