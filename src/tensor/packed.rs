@@ -7,7 +7,7 @@
 //! packed in its own.
 //! Knows shapes and dtypes; the layout itself belongs to `kernels::quant`.
 
-use crate::kernels::quant::{self, Isa, WeightFormat, PACK_ROWS};
+use crate::kernels::quant::{self, ActQuant, Isa, WeightFormat, PACK_ROWS};
 use crate::tensor::{DType, MemType, Tensor};
 use crate::{Error, Result};
 
@@ -146,9 +146,9 @@ impl PackedLinear {
         self.segments.iter().map(|s| s.data.nbytes()).sum()
     }
 
-    /// `out[m, n_out] (+)= x[m, k] · W^T` on plain slices (the model's hot path).
+    /// `out[m, n_out] (+)= x[m, k] · W^T` on plain slices, 8-bit activations.
     pub fn matmul_into(&self, x: &[f32], m: usize, out: &mut [f32], accumulate: bool) -> Result<()> {
-        self.matmul_cols(x, m, out, self.n_out, 0, accumulate)
+        self.matmul_cols(x, m, out, self.n_out, 0, accumulate, ActQuant::Q8)
     }
 
     /// Checks that `x` is `m` rows of `k` and `out` `m` rows of `ldo` with room for this
@@ -170,7 +170,8 @@ impl PackedLinear {
     }
 
     /// [`PackedLinear::matmul_into`] writing columns `col0..col0 + n_out` of `out`, which
-    /// is `[m, ldo]`.
+    /// is `[m, ldo]`, with activations quantised as `quant` says.
+    #[allow(clippy::too_many_arguments)]
     pub fn matmul_cols(
         &self,
         x: &[f32],
@@ -179,6 +180,7 @@ impl PackedLinear {
         ldo: usize,
         col0: usize,
         accumulate: bool,
+        quant: ActQuant,
     ) -> Result<()> {
         self.check_cols(x, m, out, ldo, col0)?;
         let parts = self
@@ -188,7 +190,7 @@ impl PackedLinear {
                 Ok(quant::PackedPart { fmt: s.fmt, w: s.data.as_slice::<u8>()?, rows: s.rows, col0: col0 + s.col0 })
             })
             .collect::<Result<Vec<_>>>()?;
-        quant::packed_matmul_parts(Isa::best(), &parts, self.k, x, m, out, ldo, accumulate);
+        quant::packed_matmul_parts(Isa::best(), &parts, self.k, x, m, out, ldo, accumulate, quant);
         Ok(())
     }
 
