@@ -1,10 +1,10 @@
 //! [`PackedLinear`]: one or more block-quantised weight matrices (any dtype with a
 //! [`WeightFormat`]: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) stacked along the
 //! output dimension and repacked once into the kernels' 16-row interleaved layout, then
-//! multiplied with 8-bit activations. Stacking lets one call compute e.g. q, k and v
-//! together; parts in different formats (as in "_M" files, where v may be Q6_K and q Q4_K,
-//! or Q5_0 where rows are not whole 256-weight blocks) become segments of the stack, each
-//! packed in its own.
+//! multiplied with activations quantised to one or two 8-bit terms. Stacking lets one call
+//! compute e.g. q, k and v together; parts in different formats (as in "_M" files, where v
+//! may be Q6_K and q Q4_K, or Q5_0 where rows are not whole 256-weight blocks) become
+//! segments of the stack, each packed in its own.
 //! Knows shapes and dtypes; the layout itself belongs to `kernels::quant`.
 
 use crate::kernels::quant::{self, ActQuant, Isa, WeightFormat, PACK_ROWS};
