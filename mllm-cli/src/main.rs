@@ -4,6 +4,7 @@
 mod bench;
 mod commands;
 mod embed;
+mod fidelity;
 mod perplexity;
 mod serve;
 
@@ -46,6 +47,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Perplexity of a text file over windows of --ctx tokens (like llama-perplexity)
     Perplexity(perplexity::PerplexityArgs),
+    /// How far a matmul precision's log-probabilities lie from --exact's or a reference file's
+    Fidelity(fidelity::FidelityArgs),
 }
 
 fn main() {
@@ -59,6 +62,7 @@ fn main() {
         Command::Embed(a) => embed::embed(a),
         Command::Bench(a) => bench::bench(a),
         Command::Perplexity(a) => perplexity::perplexity(a),
+        Command::Fidelity(a) => fidelity::fidelity(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -60,7 +60,7 @@ pub fn perplexity(args: PerplexityArgs) -> Result<()> {
         let v = serde_json::json!({
             "perplexity": r.ppl, "stderr": r.stderr, "nll": r.nll, "tokens_scored": r.scored,
             "windows": r.windows, "ctx": args.ctx, "text_tokens": tokens.len(),
-            "precision": if args.model.is_exact() { "exact" } else { "fast" }, "seconds": secs,
+            "precision": args.model.precision_name(), "seconds": secs,
         });
         writeln!(out, "{v}")?;
     } else {

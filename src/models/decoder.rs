@@ -184,7 +184,7 @@ impl Decoder {
     }
 
     /// The same model computing its matmuls (every layer and the output head) at
-    /// `precision`; the default is [`MatmulPrecision::Fast`].
+    /// `precision`; the default is [`MatmulPrecision::Precise`].
     pub fn with_precision(mut self, precision: MatmulPrecision) -> Self {
         self.precision = precision;
         let blocks: Vec<Block> = self.blocks.iter().map(|b| b.clone().with_precision(precision)).collect();

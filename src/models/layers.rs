@@ -392,13 +392,13 @@ impl Block {
         x: &mut [f32],
         bufs: (&mut [f32], &mut Vec<f32>),
     ) -> Result<()> {
-        let t = x.len() / self.hidden;
+        let (t, p) = (x.len() / self.hidden, self.precision);
         match post_norm {
-            None => w.matmul_into(input, t, x, true, self.precision),
+            None => w.matmul_into(input, t, x, true, p),
             Some(norm) => {
                 let (y, normed) = bufs;
                 normed.resize(x.len(), 0.0);
-                w.matmul_into(input, t, y, false, self.precision)?;
+                w.matmul_into(input, t, y, false, p)?;
                 norm.apply(y, normed)?;
                 x.iter_mut().zip(normed.iter()).for_each(|(a, b)| *a += b);
                 Ok(())

@@ -179,9 +179,161 @@ pub fn perplexity(
     Ok(stats.result().expect("at least one window"))
 }
 
+/// How far a model's next-token distributions lie from a reference's on the same tokens
+/// (two precisions of one model, or ours against another implementation): the
+/// log-probability of the token that actually follows, every logit, and the top token.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Fidelity {
+    /// Positions compared (each with the token that follows it).
+    pub positions: usize,
+    /// Mean and largest |Δ log p(next token)| (nats).
+    pub mean_dlogprob: f64,
+    pub max_dlogprob: f64,
+    /// Mean and largest |Δ logit| over every compared logit (the full vocabulary, or the
+    /// entries a reference file lists).
+    pub mean_dlogit: f64,
+    pub max_dlogit: f64,
+    /// Positions whose top token is the reference's.
+    pub top1_same: usize,
+    /// Positions where the reference's top token leads its runner-up by at least the
+    /// margin given to [`FidelityStats::new`], and how many of those changed top token.
+    pub clear: usize,
+    pub clear_flips: usize,
+    /// The smallest reference margin among positions whose top token changed (if any).
+    pub min_flipped_margin: Option<f64>,
+}
+
+/// Accumulates a [`Fidelity`] position by position.
+#[derive(Clone, Debug, Default)]
+pub struct FidelityStats {
+    clear_margin: f64,
+    f: Fidelity,
+    dlogprob_sum: f64,
+    dlogit_sum: f64,
+    dlogit_n: usize,
+}
+
+/// The two largest entries' indices and values of `logits` (at least two entries).
+fn top2(logits: &[f32]) -> ((usize, f32), f32) {
+    let (mut best, mut second) = ((0usize, f32::NEG_INFINITY), f32::NEG_INFINITY);
+    for (i, &v) in logits.iter().enumerate() {
+        if v > best.1 {
+            second = best.1;
+            best = (i, v);
+        } else if v > second {
+            second = v;
+        }
+    }
+    (best, second)
+}
+
+impl FidelityStats {
+    /// `clear_margin`: a reference top token leading by this many logits is "clear".
+    pub fn new(clear_margin: f64) -> FidelityStats {
+        FidelityStats { clear_margin, ..Default::default() }
+    }
+
+    /// One position: the reference's and the model's full logits, and the token that
+    /// follows.
+    pub fn push(&mut self, reference: &[f32], ours: &[f32], next: u32) -> Result<()> {
+        if reference.len() != ours.len() || reference.len() < 2 {
+            return Err(Error::invalid(format!(
+                "fidelity: {} reference logits against {} (need two or more, the same count)",
+                reference.len(),
+                ours.len()
+            )));
+        }
+        let (ra, ro) = (log_prob(reference, next)?, log_prob(ours, next)?);
+        for (a, b) in reference.iter().zip(ours) {
+            let d = (a - b).abs() as f64;
+            self.dlogit_sum += d;
+            self.f.max_dlogit = self.f.max_dlogit.max(d);
+        }
+        self.dlogit_n += reference.len();
+        let ((rtop, rv), rsecond) = top2(reference);
+        let ((otop, _), _) = top2(ours);
+        self.push_summary(ra, ro, rtop, (rv - rsecond) as f64, otop);
+        Ok(())
+    }
+
+    /// One position known only by summary figures (a reference file): both
+    /// log-probabilities of the next token, the reference's top token and its margin, ours.
+    pub fn push_summary(&mut self, ref_logprob: f64, our_logprob: f64, ref_top: usize, margin: f64, our_top: usize) {
+        let d = (ref_logprob - our_logprob).abs();
+        self.dlogprob_sum += d;
+        self.f.max_dlogprob = self.f.max_dlogprob.max(d);
+        self.f.positions += 1;
+        if ref_top == our_top {
+            self.f.top1_same += 1;
+        } else {
+            let m = self.f.min_flipped_margin.map_or(margin, |x| x.min(margin));
+            self.f.min_flipped_margin = Some(m);
+        }
+        if margin >= self.clear_margin {
+            self.f.clear += 1;
+            self.f.clear_flips += (ref_top != our_top) as usize;
+        }
+    }
+
+    /// Adds |Δ logit| of compared entries known apart from [`FidelityStats::push`].
+    pub fn push_dlogits(&mut self, diffs: impl IntoIterator<Item = f64>) {
+        for d in diffs {
+            self.dlogit_sum += d;
+            self.dlogit_n += 1;
+            self.f.max_dlogit = self.f.max_dlogit.max(d);
+        }
+    }
+
+    pub fn result(&self) -> Fidelity {
+        let mut f = self.f.clone();
+        f.mean_dlogprob = self.dlogprob_sum / f.positions.max(1) as f64;
+        f.mean_dlogit = self.dlogit_sum / self.dlogit_n.max(1) as f64;
+        f
+    }
+}
+
+/// [`Fidelity`] of `model` against `reference` (typically the same weights at another
+/// [`MatmulPrecision`](crate::tensor::ops::MatmulPrecision)) over every position of each
+/// token sequence in `texts`, each run as one prompt from an empty cache.
+pub fn fidelity(reference: &Decoder, model: &Decoder, texts: &[Vec<u32>], clear_margin: f64) -> Result<Fidelity> {
+    let vocab = model.config().vocab_size;
+    if reference.config().vocab_size != vocab {
+        return Err(Error::invalid("fidelity: the two models have different vocabularies"));
+    }
+    let mut stats = FidelityStats::new(clear_margin);
+    for ids in texts.iter().filter(|t| t.len() >= 2) {
+        let mut logits = Vec::with_capacity(2);
+        for m in [reference, model] {
+            let mut cache = m.new_cache(ids.len())?;
+            logits.push(m.forward_all_logits(ids, &mut cache)?.to_vec::<f32>()?);
+        }
+        for (i, &next) in ids.iter().enumerate().skip(1) {
+            let at = (i - 1) * vocab..i * vocab;
+            stats.push(&logits[0][at.clone()], &logits[1][at], next)?;
+        }
+    }
+    Ok(stats.result())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fidelity_counts_logprobs_logits_and_flips() {
+        let mut s = FidelityStats::new(0.5);
+        // Same distribution shifted: log-probabilities equal, logits all 1 apart.
+        s.push(&[1.0, 2.0, 3.0], &[2.0, 3.0, 4.0], 2).unwrap();
+        // Top token flips where the reference leads by 0.1 (not clear).
+        s.push(&[0.0, 0.1, -5.0], &[0.1, 0.0, -5.0], 0).unwrap();
+        let f = s.result();
+        assert_eq!((f.positions, f.top1_same, f.clear, f.clear_flips), (2, 1, 1, 0));
+        assert!((f.max_dlogit - 1.0).abs() < 1e-6 && (f.mean_dlogit - (3.0 + 0.2) / 6.0).abs() < 1e-6, "{f:?}");
+        let d = (log_prob(&[0.0, 0.1, -5.0], 0).unwrap() - log_prob(&[0.1, 0.0, -5.0], 0).unwrap()).abs();
+        assert!((f.max_dlogprob - d).abs() < 1e-9 && (f.mean_dlogprob - d / 2.0).abs() < 1e-9, "{f:?}");
+        assert!((f.min_flipped_margin.unwrap() - 0.1).abs() < 1e-6);
+        assert!(s.push(&[1.0], &[1.0], 0).is_err());
+    }
 
     #[test]
     fn log_prob_is_log_softmax() {

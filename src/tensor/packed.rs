@@ -1,13 +1,13 @@
 //! [`PackedLinear`]: one or more block-quantised weight matrices (any dtype with a
 //! [`WeightFormat`]: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) stacked along the
 //! output dimension and repacked once into the kernels' 16-row interleaved layout, then
-//! multiplied with 8-bit activations. Stacking lets one call compute e.g. q, k and v
-//! together; parts in different formats (as in "_M" files, where v may be Q6_K and q Q4_K,
-//! or Q5_0 where rows are not whole 256-weight blocks) become segments of the stack, each
-//! packed in its own.
+//! multiplied with activations quantised to one or two 8-bit terms. Stacking lets one call
+//! compute e.g. q, k and v together; parts in different formats (as in "_M" files, where v
+//! may be Q6_K and q Q4_K, or Q5_0 where rows are not whole 256-weight blocks) become
+//! segments of the stack, each packed in its own.
 //! Knows shapes and dtypes; the layout itself belongs to `kernels::quant`.
 
-use crate::kernels::quant::{self, Isa, WeightFormat, PACK_ROWS};
+use crate::kernels::quant::{self, ActQuant, Isa, WeightFormat, PACK_ROWS};
 use crate::tensor::{DType, MemType, Tensor};
 use crate::{Error, Result};
 
@@ -146,9 +146,9 @@ impl PackedLinear {
         self.segments.iter().map(|s| s.data.nbytes()).sum()
     }
 
-    /// `out[m, n_out] (+)= x[m, k] · W^T` on plain slices (the model's hot path).
+    /// `out[m, n_out] (+)= x[m, k] · W^T` on plain slices, 8-bit activations.
     pub fn matmul_into(&self, x: &[f32], m: usize, out: &mut [f32], accumulate: bool) -> Result<()> {
-        self.matmul_cols(x, m, out, self.n_out, 0, accumulate)
+        self.matmul_cols(x, m, out, self.n_out, 0, accumulate, ActQuant::Q8)
     }
 
     /// Checks that `x` is `m` rows of `k` and `out` `m` rows of `ldo` with room for this
@@ -170,7 +170,8 @@ impl PackedLinear {
     }
 
     /// [`PackedLinear::matmul_into`] writing columns `col0..col0 + n_out` of `out`, which
-    /// is `[m, ldo]`.
+    /// is `[m, ldo]`, with activations quantised as `quant` says.
+    #[allow(clippy::too_many_arguments)]
     pub fn matmul_cols(
         &self,
         x: &[f32],
@@ -179,6 +180,7 @@ impl PackedLinear {
         ldo: usize,
         col0: usize,
         accumulate: bool,
+        quant: ActQuant,
     ) -> Result<()> {
         self.check_cols(x, m, out, ldo, col0)?;
         let parts = self
@@ -188,7 +190,7 @@ impl PackedLinear {
                 Ok(quant::PackedPart { fmt: s.fmt, w: s.data.as_slice::<u8>()?, rows: s.rows, col0: col0 + s.col0 })
             })
             .collect::<Result<Vec<_>>>()?;
-        quant::packed_matmul_parts(Isa::best(), &parts, self.k, x, m, out, ldo, accumulate);
+        quant::packed_matmul_parts(Isa::best(), &parts, self.k, x, m, out, ldo, accumulate, quant);
         Ok(())
     }
 

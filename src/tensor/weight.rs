@@ -6,6 +6,7 @@
 //! so a model never falls back as a whole. Model code calls [`Weight::matmul_into`] only.
 
 use crate::kernels::matmul::{matmul_f32, MatRef};
+use crate::kernels::quant::ActQuant;
 use crate::kernels::rows::store_cols;
 use crate::tensor::ops::MatmulPrecision;
 use crate::tensor::{DType, PackedLinear, Tensor};
@@ -152,8 +153,9 @@ impl Weight {
     }
 
     /// `out[m, n_out] (+)= x[m, k] · Wᵀ` on plain slices: the model's hot path.
-    /// [`MatmulPrecision::Fast`] quantises the activations to 8 bits for quantised
-    /// matrices; `Exact` keeps them in f32 against the decoded weights.
+    /// For quantised matrices [`MatmulPrecision::Precise`] quantises the activations to
+    /// two 8-bit terms, `Fast` to one, and `Exact` keeps them in f32 against the decoded
+    /// weights. Matrices the packed layout refuses (rare shapes) run `Precise` as `Exact`.
     pub fn matmul_into(
         &self,
         x: &[f32],
@@ -174,13 +176,17 @@ impl Weight {
                 ),
             ));
         }
-        let (ldo, fast) = (self.n_out, precision == MatmulPrecision::Fast);
+        let ldo = self.n_out;
         for s in &self.segments {
             match &s.storage {
-                Storage::Packed(p) if fast => p.matmul_cols(x, m, out, ldo, s.col0, accumulate)?,
-                Storage::Packed(p) => p.matmul_exact_cols(x, m, out, ldo, s.col0, accumulate)?,
+                Storage::Packed(p) => match precision {
+                    MatmulPrecision::Fast => p.matmul_cols(x, m, out, ldo, s.col0, accumulate, ActQuant::Q8)?,
+                    MatmulPrecision::Precise => p.matmul_cols(x, m, out, ldo, s.col0, accumulate, ActQuant::TwoTerm)?,
+                    MatmulPrecision::Exact => p.matmul_exact_cols(x, m, out, ldo, s.col0, accumulate)?,
+                },
                 Storage::Blocks(w) => {
                     let mut tmp = vec![0f32; m * s.rows];
+                    let precision = if precision == MatmulPrecision::Fast { precision } else { MatmulPrecision::Exact };
                     crate::tensor::ops::qlinear::quantized_matmul_t(x, m, w, &mut tmp, false, precision)?;
                     store_cols(&tmp, s.rows, out, ldo, s.col0, accumulate);
                 }
@@ -261,15 +267,20 @@ mod tests {
         let m = 3;
         let x: Vec<f32> = (0..m * k).map(|_| r.random_range(-2.0..2.0)).collect();
         let rows: Vec<f32> = [&a, &odd, &f].iter().flat_map(|t| t.to_f32_vec().unwrap()).collect();
-        for precision in [MatmulPrecision::Exact, MatmulPrecision::Fast] {
+        for precision in [MatmulPrecision::Exact, MatmulPrecision::Precise, MatmulPrecision::Fast] {
             let mut out = vec![1.0f32; m * 45];
             w.matmul_into(&x, m, &mut out, true, precision).unwrap();
             for i in 0..m {
                 for j in 0..45 {
                     let want: f32 = 1.0 + (0..k).map(|c| x[i * k + c] * rows[j * k + c]).sum::<f32>();
                     let mag: f32 = (0..k).map(|c| (x[i * k + c] * rows[j * k + c]).abs()).sum();
-                    // 8-bit activations: about 1/254 of each block's largest value per product.
-                    let tol = if precision == MatmulPrecision::Exact { 1e-4 } else { 0.01 * mag + 1e-4 };
+                    // 8-bit activations: about 1/254 of each block's largest value per product;
+                    // two terms: 1/508 of that.
+                    let tol = match precision {
+                        MatmulPrecision::Exact => 1e-4,
+                        MatmulPrecision::Precise => 1e-4 * mag + 1e-4,
+                        MatmulPrecision::Fast => 0.01 * mag + 1e-4,
+                    };
                     assert!(
                         (out[i * 45 + j] - want).abs() <= tol,
                         "{precision:?} [{i},{j}]: {} vs {want}",

@@ -42,7 +42,7 @@ pub use dot_q8::{
 pub use format::WeightFormat;
 pub use packed::{
     dequantize_packed_row, pack_rows, packed_len, packed_matmul, packed_matmul_cols, packed_matmul_parts,
-    packed_matmul_with, PackedPart, PACK_ROWS,
+    packed_matmul_with, ActQuant, PackedPart, PACK_ROWS,
 };
 pub use q8::{quantize_q8_k, BlockQ8_K, Q8Acts, Q8Row, Q8_LANES, QK8};
 pub use qmatmul::{quantized_matmul, quantized_matmul_with, Isa};

@@ -467,7 +467,7 @@ pub fn packed_matmul_cols(
     accumulate: bool,
 ) {
     let part = PackedPart { fmt, w, rows: n_out, col0 };
-    packed_matmul_parts(isa, &[part], k, x, m, out, ldo, accumulate)
+    packed_matmul_parts(isa, &[part], k, x, m, out, ldo, accumulate, ActQuant::Q8)
 }
 
 /// One matrix of a stack: `rows` packed rows in `fmt`, writing output columns
@@ -480,8 +480,22 @@ pub struct PackedPart<'a> {
     pub col0: usize,
 }
 
+/// How [`packed_matmul_parts`] quantises its activations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ActQuant {
+    /// One 8-bit term per value in blocks of 32, scale max|x|/127 (llama.cpp's Q8 path): a
+    /// rounding error of up to 1/254 of each block's largest value.
+    #[default]
+    Q8,
+    /// Two 8-bit terms, the second quantising what the first leaves out
+    /// ([`Q8Acts::quantize_two_term`]): 1/254² of the block's largest value, twice the
+    /// integer work, the weights still read once.
+    TwoTerm,
+}
+
 /// A stack of packed matrices (possibly in different formats) times `x` `[m, k]` into
-/// `out` `[m, ldo]`, each part into its own columns; the activations are quantised once.
+/// `out` `[m, ldo]`, each part into its own columns; the activations are quantised once,
+/// as `quant` says.
 #[allow(clippy::too_many_arguments)]
 pub fn packed_matmul_parts(
     isa: Isa,
@@ -492,6 +506,7 @@ pub fn packed_matmul_parts(
     out: &mut [f32],
     ldo: usize,
     accumulate: bool,
+    quant: ActQuant,
 ) {
     assert_eq!(x.len(), m * k, "packed_matmul: input is not {m} x {k}");
     assert_eq!(out.len(), m * ldo, "packed_matmul: output is not {m} x {ldo}");
@@ -504,21 +519,25 @@ pub fn packed_matmul_parts(
     }
     let out_ptr = SharedOut::new(out);
     with_thread_buf(&ACTS, |acts| {
-        acts.quantize(x, m, k);
+        match quant {
+            ActQuant::Q8 => acts.quantize(x, m, k),
+            ActQuant::TwoTerm => acts.quantize_two_term(x, m, k),
+        }
         for p in parts {
-            run_part(isa, p, k, acts, m, out_ptr, ldo, accumulate);
+            run_part(isa, p, k, acts, quant == ActQuant::TwoTerm, out_ptr, ldo, accumulate);
         }
     });
 }
 
 /// One part of [`packed_matmul_parts`], its groups of rows split over the current pool.
+/// With `pairs`, activation rows `2i` and `2i + 1` are two terms of output row `i`.
 #[allow(clippy::too_many_arguments)]
 fn run_part(
     isa: Isa,
     part: &PackedPart<'_>,
     k: usize,
     acts: &Q8Acts,
-    m: usize,
+    pairs: bool,
     out_ptr: SharedOut,
     ldo: usize,
     accumulate: bool,
@@ -528,41 +547,54 @@ fn run_part(
     let lay = GroupLayout::new(fmt, k);
     let groups = n_out / PACK_ROWS;
     let threads = rayon::current_num_threads();
-    let parallel = threads > 1 && m * n_out * k >= PAR_MIN_WORK;
+    let act_rows = acts.rows();
+    let parallel = threads > 1 && act_rows * n_out * k >= PAR_MIN_WORK;
+    // Output row `r`'s 16 columns of group `g`.
+    let out_row = |r: usize, g: usize| {
+        // SAFETY: row `r` is below the output's row count, columns `col0 + 16g..col0 + 16g
+        // + 16` lie inside `out` (`g < groups`, `col0 + n_out <= ldo`); tasks own disjoint
+        // group ranges and each row's slice is made once per kernel call.
+        unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(r * ldo + col0 + g * PACK_ROWS), PACK_ROWS) }
+    };
     let run = |g0: usize, g1: usize| {
         // The rows' views, made once per task (not per group and tile: 80 bytes each).
         let small: [Q8Row<'_>; ROW_TILE];
         let big: Vec<Q8Row<'_>>;
-        let rows: &[Q8Row<'_>] = if m <= ROW_TILE {
-            small = std::array::from_fn(|i| acts.row(i.min(m - 1)));
-            &small[..m]
+        let rows: &[Q8Row<'_>] = if act_rows <= ROW_TILE {
+            small = std::array::from_fn(|i| acts.row(i.min(act_rows - 1)));
+            &small[..act_rows]
         } else {
-            big = (0..m).map(|r| acts.row(r)).collect();
+            big = (0..act_rows).map(|r| acts.row(r)).collect();
             &big
         };
         for g in g0..g1 {
             let grp = &w[g * lay.bytes..(g + 1) * lay.bytes];
             let mut r0 = 0;
-            while r0 < m {
-                let n = ROW_TILE.min(m - r0);
-                let mut outs: [&mut [f32]; ROW_TILE] = std::array::from_fn(|i| {
-                    if i >= n {
-                        return &mut [][..];
+            while r0 < act_rows {
+                let n = ROW_TILE.min(act_rows - r0);
+                if pairs {
+                    // Both terms into a scratch tile, then their sum into the output row.
+                    let mut tmp = [[0f32; PACK_ROWS]; ROW_TILE];
+                    let mut terms = tmp.iter_mut();
+                    let mut outs: [&mut [f32]; ROW_TILE] =
+                        std::array::from_fn(|_| terms.next().map_or(&mut [][..], |t| &mut t[..]));
+                    let mut call = GroupCall { grp, lay, x: &rows[r0..r0 + n], out: &mut outs[..n], accumulate: false };
+                    // SAFETY: the table only holds kernels this CPU supports; the group holds
+                    // `lay.bytes` bytes and every activation row `k` values.
+                    unsafe { kernel(&mut call) };
+                    for i in 0..n / 2 {
+                        let o = out_row(r0 / 2 + i, g);
+                        for ((o, a), b) in o.iter_mut().zip(&tmp[2 * i]).zip(&tmp[2 * i + 1]) {
+                            *o = if accumulate { *o + (a + b) } else { a + b };
+                        }
                     }
-                    // SAFETY: row `r0 + i < m`, columns `col0 + 16g..col0 + 16g + 16` lie
-                    // inside `out` (`g < groups`, `col0 + n_out <= ldo`); tasks own disjoint
-                    // group ranges and the rows of one call are distinct.
-                    unsafe {
-                        std::slice::from_raw_parts_mut(
-                            out_ptr.get().add((r0 + i) * ldo + col0 + g * PACK_ROWS),
-                            PACK_ROWS,
-                        )
-                    }
-                });
-                let mut call = GroupCall { grp, lay, x: &rows[r0..r0 + n], out: &mut outs[..n], accumulate };
-                // SAFETY: the table only holds kernels this CPU supports; the group holds
-                // `lay.bytes` bytes and every activation row `k` values.
-                unsafe { kernel(&mut call) };
+                } else {
+                    let mut outs: [&mut [f32]; ROW_TILE] =
+                        std::array::from_fn(|i| if i < n { out_row(r0 + i, g) } else { &mut [][..] });
+                    let mut call = GroupCall { grp, lay, x: &rows[r0..r0 + n], out: &mut outs[..n], accumulate };
+                    // SAFETY: as above.
+                    unsafe { kernel(&mut call) };
+                }
                 r0 += n;
             }
         }
@@ -726,17 +758,21 @@ mod tests {
                 let x: Vec<f32> =
                     (0..m * k).map(|i| r.random_range(-3.0..3.0) * if i % 61 == 7 { 40.0 } else { 1.0 }).collect();
                 let init: Vec<f32> = (0..m * n_out).map(|_| r.random_range(-1.0..1.0)).collect();
-                for accumulate in [false, true] {
+                for (accumulate, quant) in [(false, ActQuant::Q8), (true, ActQuant::Q8), (true, ActQuant::TwoTerm)] {
+                    let run = |isa: Isa, bytes: &[u8], out: &mut [f32]| {
+                        let part = PackedPart { fmt, w: bytes, rows: n_out, col0: 0 };
+                        packed_matmul_parts(isa, &[part], k, &x, m, out, n_out, accumulate, quant);
+                    };
                     let mut want = init.clone();
-                    packed_matmul_with(Isa::Scalar, fmt, &p, n_out, k, &x, m, &mut want, accumulate);
+                    run(Isa::Scalar, &p, &mut want);
                     for &isa in &simd {
                         for (bytes, how) in [(&p[..], "aligned"), (&shifted[1..], "unaligned")] {
                             let mut got = init.clone();
-                            packed_matmul_with(isa, fmt, bytes, n_out, k, &x, m, &mut got, accumulate);
+                            run(isa, bytes, &mut got);
                             let bad = got.iter().zip(&want).position(|(g, w)| g.to_bits() != w.to_bits());
                             if let Some(i) = bad {
                                 panic!(
-                                    "{fmt:?} {isa:?} {n_out}x{k} m={m} acc={accumulate} {how} [{}, {}]: {} vs scalar {}",
+                                    "{fmt:?} {isa:?} {quant:?} {n_out}x{k} m={m} acc={accumulate} {how} [{}, {}]: {} vs scalar {}",
                                     i / n_out,
                                     i % n_out,
                                     got[i],
@@ -744,6 +780,49 @@ mod tests {
                                 );
                             }
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Two-term activations against the f64 product of the unrounded activations: within
+    /// half a step of the residual (1/508 of the first term's step) per activation, every
+    /// format and instruction set, with outliers.
+    #[test]
+    fn two_term_activations_are_nearly_exact() {
+        let mut r = rand::rngs::StdRng::seed_from_u64(6);
+        for fmt in WeightFormat::ALL {
+            let (n_out, k, m) = (48, k_for(fmt, 256), 5);
+            let w = random_blocks(fmt, n_out, k, &mut r);
+            let p = packed(fmt, &w, n_out, k);
+            let mut wf = vec![0f32; n_out * k];
+            fmt.dequantize(&w, &mut wf);
+            let x: Vec<f32> =
+                (0..m * k).map(|i| r.random_range(-3.0..3.0) * if i % 37 == 5 { 50.0 } else { 1.0 }).collect();
+            let mut acts = Q8Acts::new();
+            acts.quantize(&x, m, k);
+            for isa in Isa::available() {
+                let mut got = vec![0f32; m * n_out];
+                let part = PackedPart { fmt, w: &p, rows: n_out, col0: 0 };
+                packed_matmul_parts(isa, &[part], k, &x, m, &mut got, n_out, false, ActQuant::TwoTerm);
+                for i in 0..m {
+                    let row = acts.row(i);
+                    for j in 0..n_out {
+                        let ws = &wf[j * k..(j + 1) * k];
+                        let xs = &x[i * k..(i + 1) * k];
+                        let want: f64 = ws.iter().zip(xs).map(|(&a, &b)| a as f64 * b as f64).sum();
+                        let mag: f64 = ws.iter().zip(xs).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+                        let rounding: f64 = ws
+                            .iter()
+                            .enumerate()
+                            .map(|(c, &a)| a.abs() as f64 * row.scale(c / QK8) as f64 / 508.0)
+                            .sum();
+                        let g = got[i * n_out + j] as f64;
+                        assert!(
+                            (g - want).abs() <= 1.01 * rounding + 2e-5 * (mag + 1.0),
+                            "{fmt:?} {isa:?} [{i},{j}]: {g} vs {want} (rounding bound {rounding})"
+                        );
                     }
                 }
             }

@@ -19,7 +19,8 @@ pub(crate) fn quantized_matmul_t(
     precision: MatmulPrecision,
 ) -> Result<()> {
     match precision {
-        MatmulPrecision::Exact => quantized_matmul_exact(x, m, w, out, accumulate),
+        // The GGUF-layout kernels have no two-term path: these rare shapes stay exact.
+        MatmulPrecision::Exact | MatmulPrecision::Precise => quantized_matmul_exact(x, m, w, out, accumulate),
         MatmulPrecision::Fast => {
             let fmt = weight_format(w.dtype())?;
             let (n_out, k) = (w.dims()[0], w.dims()[1]);
