@@ -498,16 +498,19 @@ mod tests {
                 (0.5 * g * (1.0 + t) * u) as f32
             })
             .collect();
-        let mut isas = vec![Isa::Baseline];
         #[cfg(target_arch = "x86_64")]
-        {
+        let isas = {
+            let mut v = vec![Isa::Baseline];
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                isas.push(Isa::Avx2);
+                v.push(Isa::Avx2);
             }
             if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-                isas.push(Isa::Avx512);
+                v.push(Isa::Avx512);
             }
-        }
+            v
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let isas = vec![Isa::Baseline];
         for isa in isas {
             let mut got = vec![0f32; rows * f];
             geglu_rows_with(&gate_up, f, &mut got, isa);
