@@ -8,12 +8,13 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::OnceLock;
 
 use mllm::models::TextModel;
 use serde_json::{json, Value};
+
+mod common;
+use common::{agent, model, one_at_a_time, Server};
 
 /// Largest |ours - reference| of a token's log-probability with `--exact` (f32
 /// activations: the reference's function up to summation order), over the 4 x 32
@@ -34,91 +35,9 @@ const FAST_MEAN_TOL: f64 = 0.12;
 const DEFAULT_MAX_TOL: f64 = 0.01;
 const DEFAULT_MEAN_TOL: f64 = 0.001;
 
-fn model() -> &'static str {
-    static PATH: OnceLock<String> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let out = Command::new(env!("CARGO_BIN_EXE_mllm")).args(["pull", "smollm2"]).output().expect("running mllm");
-        assert!(out.status.success(), "mllm pull failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    })
-}
-
 fn tokenizer_model() -> &'static TextModel {
     static M: OnceLock<TextModel> = OnceLock::new();
     M.get_or_init(|| TextModel::load(model()).expect("loading the model"))
-}
-
-/// One server at a time (two cores).
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A running `mllm serve` on 127.0.0.1 with an ephemeral port, killed when dropped.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn start(extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mllm"))
-            .args(["serve", "--model", model(), "--host", "127.0.0.1", "--port", "0", "--threads", "2"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting mllm serve");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[server] {line}");
-                if let Some(rest) = line.split(" on http://").nth(1) {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-                }
-            }
-        });
-        let mut server = Server { child, base: String::new() };
-        let addr = rx.recv_timeout(Duration::from_secs(60)).expect("the server did not report its address in 60 s");
-        assert!(addr.starts_with("127.0.0.1:"), "listening on {addr}");
-        server.base = format!("http://{addr}");
-        let t0 = Instant::now();
-        loop {
-            if let Ok(r) = agent().get(format!("{}/health", server.base)).call() {
-                if r.status() == 200 {
-                    break;
-                }
-            }
-            assert!(t0.elapsed() < Duration::from_secs(30), "no /health answer in 30 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-
-    fn chat(&self) -> String {
-        format!("{}/v1/chat/completions", self.base)
-    }
-
-    fn completions(&self) -> String {
-        format!("{}/v1/completions", self.base)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(150)))
-        .build()
-        .into()
 }
 
 fn post(url: &str, body: &Value) -> (u16, Value) {
