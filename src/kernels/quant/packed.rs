@@ -35,7 +35,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::format::monomorph;
-use super::q8::{Q8Acts, Q8Row, QK8};
+use super::q8::{Q8Acts, Q8Row, Q8_LANES, QK8};
 use super::qmatmul::Isa;
 use super::WeightFormat;
 use crate::kernels::rows::{with_thread_buf, SharedOut};
@@ -299,12 +299,51 @@ fn scale_min(fmt: WeightFormat, grp: &[u8], lay: &GroupLayout, b: usize, i: usiz
 
 /// One kernel call: the 16 outputs of one group for activation rows `x`, stored to (or
 /// added into) `out[r]` (16 values each).
+/// With `pairs`, `x` holds two rows per output row, `x[2r]` and `x[2r + 1]`: the two terms
+/// of [`Q8Acts::quantize_two_term`], whose integer dots the kernels combine as
+/// `256·dot(x[2r]) + dot(x[2r + 1])` (the second term's step is exactly 1/256 of the first's)
+/// and scale once, by the second term's step.
 pub(super) struct GroupCall<'a, 'b> {
     pub grp: &'a [u8],
     pub lay: GroupLayout,
     pub x: &'b [Q8Row<'a>],
     pub out: &'b mut [&'a mut [f32]],
     pub accumulate: bool,
+    pub pairs: bool,
+}
+
+/// What a kernel needs of one block of one output row's activations besides the quants: the
+/// integer sums for weight offsets (whole block and halves), the scale of the integer dot
+/// and `scale · Σ quants` (for weight minimums). For a pair of terms, the first's integer
+/// sums count 256 times and the scale is the second term's.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct BlockActs {
+    pub isum: i32,
+    pub hsums: [i32; 2],
+    pub scale: f32,
+    pub sum: f32,
+}
+
+impl BlockActs {
+    /// Block `b` of one term (`y: None`) or of a pair of terms.
+    #[inline(always)]
+    pub fn of(x: &Q8Row<'_>, y: Option<&Q8Row<'_>>, b: usize) -> BlockActs {
+        let one = BlockActs {
+            isum: x.isums[b],
+            hsums: [x.hsums[2 * b], x.hsums[2 * b + 1]],
+            scale: x.d[b * Q8_LANES],
+            sum: x.sums[b],
+        };
+        match y {
+            None => one,
+            Some(y) => BlockActs {
+                isum: 256 * one.isum + y.isums[b],
+                hsums: [256 * one.hsums[0] + y.hsums[2 * b], 256 * one.hsums[1] + y.hsums[2 * b + 1]],
+                scale: y.d[b * Q8_LANES],
+                sum: one.sum + y.sums[b],
+            },
+        }
+    }
 }
 
 /// Kernel over all rows of a [`GroupCall`] for one format.
@@ -319,15 +358,16 @@ unsafe fn scalar_group<const F: u8>(c: &mut GroupCall<'_, '_>) {
     let fmt = const { WeightFormat::from_id(F) };
     let lay = c.lay;
     let off = fmt.quant_offset();
-    for (x, out) in c.x.iter().zip(c.out.iter_mut()) {
+    let step = if c.pairs { 2 } else { 1 };
+    for (r, out) in c.out.iter_mut().enumerate() {
+        let (x, y) = (&c.x[step * r], c.pairs.then(|| &c.x[step * r + 1]));
         let mut acc = [0f32; PACK_ROWS];
         for b in 0..lay.nb {
             let quants = &c.grp[lay.q_at(b)..lay.q_at(b) + lay.qb];
-            let xs = &x.qs[b * QK8..(b + 1) * QK8];
-            for (i, a) in acc.iter_mut().enumerate() {
-                // Exact integer dots of each half.
+            // Exact integer dots of each half.
+            let dots = |x: &Q8Row<'_>, i: usize| {
                 let (mut lo, mut hi) = (0i32, 0i32);
-                for (w, &xv) in xs.iter().enumerate() {
+                for (w, &xv) in x.qs[b * QK8..(b + 1) * QK8].iter().enumerate() {
                     let p = quant(fmt, quants, i, w) * xv as i32;
                     if w < QK8 / 2 {
                         lo += p;
@@ -335,16 +375,25 @@ unsafe fn scalar_group<const F: u8>(c: &mut GroupCall<'_, '_>) {
                         hi += p;
                     }
                 }
+                (lo, hi)
+            };
+            let xb = BlockActs::of(x, y, b);
+            for (i, a) in acc.iter_mut().enumerate() {
+                let (mut lo, mut hi) = dots(x, i);
+                if let Some(y) = y {
+                    let (lo2, hi2) = dots(y, i);
+                    (lo, hi) = (256 * lo + lo2, 256 * hi + hi2);
+                }
                 let (s1, s2) = scale_min(fmt, c.grp, &c.lay, b, i);
                 let f = if fmt.two_scales() {
-                    let (lo, hi) = (lo - off * x.hsums[2 * b], hi - off * x.hsums[2 * b + 1]);
+                    let (lo, hi) = (lo - off * xb.hsums[0], hi - off * xb.hsums[1]);
                     (hi as f32).mul_add(s2, lo as f32 * s1)
                 } else {
-                    (lo + hi - off * x.isums[b]) as f32 * s1
+                    (lo + hi - off * xb.isum) as f32 * s1
                 };
-                *a = f.mul_add(x.scale(b), *a);
+                *a = f.mul_add(xb.scale, *a);
                 if fmt.has_min() {
-                    *a = s2.mul_add(x.sums[b], *a);
+                    *a = s2.mul_add(xb.sum, *a);
                 }
             }
         }
@@ -556,45 +605,35 @@ fn run_part(
         // group ranges and each row's slice is made once per kernel call.
         unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(r * ldo + col0 + g * PACK_ROWS), PACK_ROWS) }
     };
+    // Activation rows per output row, and the output rows.
+    let per = if pairs { 2 } else { 1 };
+    let m = act_rows / per;
+    // With pairs, the rows in the order the kernels take them: row `i`, then its second
+    // term (row `m + i` of the quantised activations).
+    let act = |j: usize| acts.row(if pairs { j / 2 + (j % 2) * m } else { j });
     let run = |g0: usize, g1: usize| {
         // The rows' views, made once per task (not per group and tile: 80 bytes each).
-        let small: [Q8Row<'_>; ROW_TILE];
+        let small: [Q8Row<'_>; 2 * ROW_TILE];
         let big: Vec<Q8Row<'_>>;
-        let rows: &[Q8Row<'_>] = if act_rows <= ROW_TILE {
-            small = std::array::from_fn(|i| acts.row(i.min(act_rows - 1)));
+        let rows: &[Q8Row<'_>] = if act_rows <= 2 * ROW_TILE {
+            small = std::array::from_fn(|i| act(i.min(act_rows - 1)));
             &small[..act_rows]
         } else {
-            big = (0..act_rows).map(|r| acts.row(r)).collect();
+            big = (0..act_rows).map(act).collect();
             &big
         };
         for g in g0..g1 {
             let grp = &w[g * lay.bytes..(g + 1) * lay.bytes];
             let mut r0 = 0;
-            while r0 < act_rows {
-                let n = ROW_TILE.min(act_rows - r0);
-                if pairs {
-                    // Both terms into a scratch tile, then their sum into the output row.
-                    let mut tmp = [[0f32; PACK_ROWS]; ROW_TILE];
-                    let mut terms = tmp.iter_mut();
-                    let mut outs: [&mut [f32]; ROW_TILE] =
-                        std::array::from_fn(|_| terms.next().map_or(&mut [][..], |t| &mut t[..]));
-                    let mut call = GroupCall { grp, lay, x: &rows[r0..r0 + n], out: &mut outs[..n], accumulate: false };
-                    // SAFETY: the table only holds kernels this CPU supports; the group holds
-                    // `lay.bytes` bytes and every activation row `k` values.
-                    unsafe { kernel(&mut call) };
-                    for i in 0..n / 2 {
-                        let o = out_row(r0 / 2 + i, g);
-                        for ((o, a), b) in o.iter_mut().zip(&tmp[2 * i]).zip(&tmp[2 * i + 1]) {
-                            *o = if accumulate { *o + (a + b) } else { a + b };
-                        }
-                    }
-                } else {
-                    let mut outs: [&mut [f32]; ROW_TILE] =
-                        std::array::from_fn(|i| if i < n { out_row(r0 + i, g) } else { &mut [][..] });
-                    let mut call = GroupCall { grp, lay, x: &rows[r0..r0 + n], out: &mut outs[..n], accumulate };
-                    // SAFETY: as above.
-                    unsafe { kernel(&mut call) };
-                }
+            while r0 < m {
+                let n = ROW_TILE.min(m - r0);
+                let mut outs: [&mut [f32]; ROW_TILE] =
+                    std::array::from_fn(|i| if i < n { out_row(r0 + i, g) } else { &mut [][..] });
+                let x = &rows[per * r0..per * (r0 + n)];
+                let mut call = GroupCall { grp, lay, x, out: &mut outs[..n], accumulate, pairs };
+                // SAFETY: the table only holds kernels this CPU supports; the group holds
+                // `lay.bytes` bytes and every activation row `k` values.
+                unsafe { kernel(&mut call) };
                 r0 += n;
             }
         }

@@ -6,8 +6,9 @@ use std::arch::aarch64::*;
 
 use half::f16;
 
-use super::packed::{GroupCall, PACK_ROWS};
-use super::q8::{Q8_LANES, QK8};
+use super::packed::{BlockActs, GroupCall, PACK_ROWS};
+use super::q8::Q8Row;
+use super::q8::QK8;
 use super::WeightFormat;
 
 /// Per 32-bit lane (one weight row each), Σ of four products of `w` and `x`.
@@ -42,11 +43,11 @@ unsafe fn load_scales<const F: u8>(p: *const u8) -> [float32x4_t; 4] {
     }
 }
 
-/// One activation row × one group.
+/// One output row × one group; with `TWO`, two activation terms per row.
 #[inline(always)]
-unsafe fn row<const F: u8, const DOT: bool>(c: &mut GroupCall<'_, '_>, r: usize) {
+unsafe fn row<const F: u8, const DOT: bool, const TWO: bool>(c: &mut GroupCall<'_, '_>, r: usize) {
     let lay = c.lay;
-    let x = c.x[r];
+    let (x, y) = if TWO { (c.x[2 * r], c.x[2 * r + 1]) } else { (c.x[r], c.x[r]) };
     let fmt = const { WeightFormat::from_id(F) };
     let q8_0 = fmt == WeightFormat::Q8_0;
     // Q8_0 is turned back to signed, so it has no offset here.
@@ -63,10 +64,12 @@ unsafe fn row<const F: u8, const DOT: bool>(c: &mut GroupCall<'_, '_>, r: usize)
             // Sums of weights 0..16 (`lo`) and 16..32 (`hi`) per row, four rows per register.
             let mut lo = [vdupq_n_s32(0); 4];
             let mut hi = [vdupq_n_s32(0); 4];
+            let (mut lo2, mut hi2) = (lo, hi);
             for u in 0..8 {
-                let xv = vreinterpretq_s8_s32(vdupq_n_s32(
-                    x.qs.as_ptr().add(b * QK8 + 4 * u).cast::<i32>().read_unaligned(),
-                ));
+                let bytes = |x: &Q8Row<'_>| {
+                    vreinterpretq_s8_s32(vdupq_n_s32(x.qs.as_ptr().add(b * QK8 + 4 * u).cast::<i32>().read_unaligned()))
+                };
+                let (xv, yv) = (bytes(&x), bytes(&y));
                 for part in 0..4 {
                     let w = if fmt.nibbles() {
                         let v = vld1q_u8(q.add(64 * (u / 2) + 16 * part));
@@ -80,30 +83,42 @@ unsafe fn row<const F: u8, const DOT: bool>(c: &mut GroupCall<'_, '_>, r: usize)
                     };
                     if u < 4 {
                         lo[part] = dot4::<DOT>(lo[part], w, xv);
+                        if TWO {
+                            lo2[part] = dot4::<DOT>(lo2[part], w, yv);
+                        }
                     } else {
                         hi[part] = dot4::<DOT>(hi[part], w, xv);
+                        if TWO {
+                            hi2[part] = dot4::<DOT>(hi2[part], w, yv);
+                        }
                     }
                 }
             }
+            if TWO {
+                for p in 0..4 {
+                    lo[p] = vaddq_s32(vshlq_n_s32::<8>(lo[p]), lo2[p]);
+                    hi[p] = vaddq_s32(vshlq_n_s32::<8>(hi[p]), hi2[p]);
+                }
+            }
+            let xb = BlockActs::of(&x, TWO.then_some(&y), b);
             let s1 = load_scales::<F>(g.add(lay.d_at(b)));
             let s2 = if fmt.has_min() || fmt.two_scales() {
                 load_scales::<F>(g.add(lay.m_at(b)))
             } else {
                 [vdupq_n_f32(0.0); 4]
             };
-            let dx = *x.d.get_unchecked(b * Q8_LANES);
             for p in 0..4 {
                 let f = if fmt.two_scales() {
-                    let l = vsubq_s32(lo[p], vdupq_n_s32(off * x.hsums[2 * b]));
-                    let h = vsubq_s32(hi[p], vdupq_n_s32(off * x.hsums[2 * b + 1]));
+                    let l = vsubq_s32(lo[p], vdupq_n_s32(off * xb.hsums[0]));
+                    let h = vsubq_s32(hi[p], vdupq_n_s32(off * xb.hsums[1]));
                     vfmaq_f32(vmulq_f32(vcvtq_f32_s32(l), s1[p]), vcvtq_f32_s32(h), s2[p])
                 } else {
-                    let s = vsubq_s32(vaddq_s32(lo[p], hi[p]), vdupq_n_s32(off * x.isums[b]));
+                    let s = vsubq_s32(vaddq_s32(lo[p], hi[p]), vdupq_n_s32(off * xb.isum));
                     vmulq_f32(vcvtq_f32_s32(s), s1[p])
                 };
-                acc[p] = vfmaq_n_f32(acc[p], f, dx);
+                acc[p] = vfmaq_n_f32(acc[p], f, xb.scale);
                 if fmt.has_min() {
-                    acc[p] = vfmaq_n_f32(acc[p], s2[p], x.sums[b]);
+                    acc[p] = vfmaq_n_f32(acc[p], s2[p], xb.sum);
                 }
             }
         }
@@ -122,9 +137,15 @@ unsafe fn row<const F: u8, const DOT: bool>(c: &mut GroupCall<'_, '_>, r: usize)
 /// describe a whole group and activation rows of matching length.
 #[inline(always)]
 unsafe fn group<const F: u8, const DOT: bool>(c: &mut GroupCall<'_, '_>) {
-    for r in 0..c.x.len() {
+    for r in 0..c.out.len() {
         // SAFETY: forwarded from this function's contract.
-        unsafe { row::<F, DOT>(c, r) }
+        unsafe {
+            if c.pairs {
+                row::<F, DOT, true>(c, r)
+            } else {
+                row::<F, DOT, false>(c, r)
+            }
+        }
     }
 }
 

@@ -26,9 +26,10 @@ struct XPtr {
 }
 
 impl XPtr {
-    fn rows<const R: usize>(c: &GroupCall<'_, '_>, r0: usize) -> [XPtr; R] {
+    /// Rows `first`, `first + step`, ... of the call's activations.
+    fn rows<const R: usize>(c: &GroupCall<'_, '_>, first: usize, step: usize) -> [XPtr; R] {
         std::array::from_fn(|i| {
-            let x = &c.x[r0 + i];
+            let x = &c.x[(first + step * i).min(c.x.len() - 1)];
             XPtr {
                 qs: x.qs.as_ptr(),
                 d: x.d.as_ptr(),
@@ -37,6 +38,37 @@ impl XPtr {
                 hsums: x.hsums.as_ptr(),
             }
         })
+    }
+}
+
+/// Output rows `r0..r0 + R`: their first (or only) activation rows, and with `TWO` the
+/// second terms.
+fn row_ptrs<const R: usize, const TWO: bool>(c: &GroupCall<'_, '_>, r0: usize) -> ([XPtr; R], [XPtr; R]) {
+    if TWO {
+        (XPtr::rows::<R>(c, 2 * r0, 2), XPtr::rows::<R>(c, 2 * r0 + 1, 2))
+    } else {
+        let x = XPtr::rows::<R>(c, r0, 1);
+        (x, x)
+    }
+}
+
+/// Block `b`'s integer sums, dot scale and scaled sum for one output row (see
+/// [`super::packed::BlockActs`]; `y` is only read with `TWO`).
+#[inline(always)]
+unsafe fn block_acts<const TWO: bool>(x: XPtr, y: XPtr, b: usize) -> (i32, [i32; 2], f32, f32) {
+    // SAFETY: the caller guarantees block `b` exists in both rows.
+    unsafe {
+        let (isum, h0, h1) = (*x.isums.add(b), *x.hsums.add(2 * b), *x.hsums.add(2 * b + 1));
+        if TWO {
+            (
+                256 * isum + *y.isums.add(b),
+                [256 * h0 + *y.hsums.add(2 * b), 256 * h1 + *y.hsums.add(2 * b + 1)],
+                *y.d.add(b * Q8_LANES),
+                *x.sums.add(b) + *y.sums.add(b),
+            )
+        } else {
+            (isum, [h0, h1], *x.d.add(b * Q8_LANES), *x.sums.add(b))
+        }
     }
 }
 
@@ -60,11 +92,29 @@ unsafe fn scales512<const F: u8>(p: *const u8) -> __m512 {
     }
 }
 
-/// `R` activation rows × one group, AVX-512 VNNI.
+/// Integer dots of one activation row with block `b`'s weights `w`: two chains, weights
+/// 0..16 and 16..32 (Q6_K needs them apart), or even and odd groups of four (the nibbles
+/// of one load in parallel).
 #[inline(always)]
-unsafe fn g512<const F: u8, const R: usize>(c: &mut GroupCall<'_, '_>, r0: usize) {
+unsafe fn dots512<const F: u8>(w: &[__m512i; 8], x: XPtr, b: usize) -> (__m512i, __m512i) {
+    let fmt = const { WeightFormat::from_id(F) };
+    // SAFETY: the caller guarantees block `b` exists in the row.
+    unsafe {
+        let (mut lo, mut hi) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        for u in 0..4 {
+            let (a, c) = if fmt.two_scales() { (u, u + 4) } else { (2 * u, 2 * u + 1) };
+            lo = _mm512_dpbusd_epi32(lo, w[a], bcast512(x, b, a));
+            hi = _mm512_dpbusd_epi32(hi, w[c], bcast512(x, b, c));
+        }
+        (lo, hi)
+    }
+}
+
+/// `R` output rows × one group, AVX-512 VNNI; with `TWO`, two activation terms per row.
+#[inline(always)]
+unsafe fn g512<const F: u8, const R: usize, const TWO: bool>(c: &mut GroupCall<'_, '_>, r0: usize) {
     let lay = c.lay;
-    let x = XPtr::rows::<R>(c, r0);
+    let (x, y) = row_ptrs::<R, TWO>(c, r0);
     let fmt = const { WeightFormat::from_id(F) };
     let off = fmt.quant_offset();
     // SAFETY: `GroupCall` guarantees a whole group (`lay.bytes` bytes, `lay.nb` blocks) and
@@ -98,28 +148,27 @@ unsafe fn g512<const F: u8, const R: usize>(c: &mut GroupCall<'_, '_>, r0: usize
                 _mm512_setzero_ps()
             };
             for r in 0..R {
-                // Two dependency chains: weights 0..16 and 16..32 (Q6_K needs them apart), or
-                // even and odd groups of four (the nibbles of one load in parallel).
-                let (mut lo, mut hi) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-                for u in 0..4 {
-                    let (a, c) = if fmt.two_scales() { (u, u + 4) } else { (2 * u, 2 * u + 1) };
-                    lo = _mm512_dpbusd_epi32(lo, w[a], bcast512(x[r], b, a));
-                    hi = _mm512_dpbusd_epi32(hi, w[c], bcast512(x[r], b, c));
+                let (mut lo, mut hi) = dots512::<F>(&w, x[r], b);
+                if TWO {
+                    let (lo2, hi2) = dots512::<F>(&w, y[r], b);
+                    lo = _mm512_add_epi32(_mm512_slli_epi32::<8>(lo), lo2);
+                    hi = _mm512_add_epi32(_mm512_slli_epi32::<8>(hi), hi2);
                 }
+                let (isum, hsums, dx, sum) = block_acts::<TWO>(x[r], y[r], b);
                 let f = if fmt.two_scales() {
-                    let lo = _mm512_sub_epi32(lo, _mm512_set1_epi32(off * *x[r].hsums.add(2 * b)));
-                    let hi = _mm512_sub_epi32(hi, _mm512_set1_epi32(off * *x[r].hsums.add(2 * b + 1)));
+                    let lo = _mm512_sub_epi32(lo, _mm512_set1_epi32(off * hsums[0]));
+                    let hi = _mm512_sub_epi32(hi, _mm512_set1_epi32(off * hsums[1]));
                     _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), s2, _mm512_mul_ps(_mm512_cvtepi32_ps(lo), s1))
                 } else {
                     let mut s = _mm512_add_epi32(lo, hi);
                     if off != 0 {
-                        s = _mm512_sub_epi32(s, _mm512_set1_epi32(off * *x[r].isums.add(b)));
+                        s = _mm512_sub_epi32(s, _mm512_set1_epi32(off * isum));
                     }
                     _mm512_mul_ps(_mm512_cvtepi32_ps(s), s1)
                 };
-                acc[r] = _mm512_fmadd_ps(f, _mm512_set1_ps(*x[r].d.add(b * Q8_LANES)), acc[r]);
+                acc[r] = _mm512_fmadd_ps(f, _mm512_set1_ps(dx), acc[r]);
                 if fmt.has_min() {
-                    acc[r] = _mm512_fmadd_ps(s2, _mm512_set1_ps(*x[r].sums.add(b)), acc[r]);
+                    acc[r] = _mm512_fmadd_ps(s2, _mm512_set1_ps(sum), acc[r]);
                 }
             }
         }
@@ -131,36 +180,50 @@ unsafe fn g512<const F: u8, const R: usize>(c: &mut GroupCall<'_, '_>, r0: usize
     }
 }
 
-/// Packed group kernel, AVX-512 VNNI.
-///
-/// # Safety
-/// The CPU must support AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C; the call must describe a
-/// whole group and at most 8 activation rows of matching length.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(super) unsafe fn group_avx512_vnni<const F: u8>(c: &mut GroupCall<'_, '_>) {
-    // SAFETY: forwarded from this function's contract.
+/// All output rows of a call, AVX-512 VNNI: up to 7 in one pass over the weights, more in
+/// passes of 4.
+#[inline(always)]
+unsafe fn rows512<const F: u8, const TWO: bool>(c: &mut GroupCall<'_, '_>) {
+    // SAFETY: forwarded from the caller's contract.
     unsafe {
-        match c.x.len() {
+        match c.out.len() {
             0 => {}
-            1 => g512::<F, 1>(c, 0),
-            2 => g512::<F, 2>(c, 0),
-            3 => g512::<F, 3>(c, 0),
-            4 => g512::<F, 4>(c, 0),
-            5 => g512::<F, 5>(c, 0),
-            6 => g512::<F, 6>(c, 0),
-            7 => g512::<F, 7>(c, 0),
+            1 => g512::<F, 1, TWO>(c, 0),
+            2 => g512::<F, 2, TWO>(c, 0),
+            3 => g512::<F, 3, TWO>(c, 0),
+            4 => g512::<F, 4, TWO>(c, 0),
+            5 => g512::<F, 5, TWO>(c, 0),
+            6 => g512::<F, 6, TWO>(c, 0),
+            7 => g512::<F, 7, TWO>(c, 0),
             _ => {
                 let mut r0 = 0;
-                while r0 < c.x.len() {
-                    match c.x.len() - r0 {
-                        1 => g512::<F, 1>(c, r0),
-                        2 => g512::<F, 2>(c, r0),
-                        3 => g512::<F, 3>(c, r0),
-                        _ => g512::<F, 4>(c, r0),
+                while r0 < c.out.len() {
+                    match c.out.len() - r0 {
+                        1 => g512::<F, 1, TWO>(c, r0),
+                        2 => g512::<F, 2, TWO>(c, r0),
+                        3 => g512::<F, 3, TWO>(c, r0),
+                        _ => g512::<F, 4, TWO>(c, r0),
                     }
                     r0 += 4;
                 }
             }
+        }
+    }
+}
+
+/// Packed group kernel, AVX-512 VNNI.
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C; the call must describe a
+/// whole group and at most 8 output rows with activation rows of matching length.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) unsafe fn group_avx512_vnni<const F: u8>(c: &mut GroupCall<'_, '_>) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        if c.pairs {
+            rows512::<F, true>(c)
+        } else {
+            rows512::<F, false>(c)
         }
     }
 }
@@ -180,11 +243,41 @@ unsafe fn scales256<const F: u8>(p: *const u8) -> __m256 {
     }
 }
 
-/// `R` activation rows × one half (8 rows) of a group, AVX2 `vpmaddubsw`.
+/// Integer dots of one activation row with block `b`'s weights `w` (one half of the group):
+/// weights 0..16 and 16..32.
 #[inline(always)]
-unsafe fn g256<const F: u8, const R: usize>(c: &mut GroupCall<'_, '_>, r0: usize, half: usize) {
+unsafe fn dots256<const F: u8>(w: &[__m256i; 8], x: XPtr, b: usize) -> (__m256i, __m256i) {
+    let q8_0 = const { WeightFormat::from_id(F) } == WeightFormat::Q8_0;
+    // SAFETY: the caller guarantees block `b` exists in the row.
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        for (u, &wu) in w.iter().enumerate() {
+            let xv = _mm256_set1_epi32(x.qs.add(b * QK8 + 4 * u).cast::<i32>().read_unaligned());
+            // |u8| <= 128 (Q8_0 magnitudes) or 63 (the other formats' quants), |i8| <= 127:
+            // no i16 saturation.
+            let p = if q8_0 {
+                _mm256_maddubs_epi16(_mm256_abs_epi8(wu), _mm256_sign_epi8(xv, wu))
+            } else {
+                _mm256_maddubs_epi16(wu, xv)
+            };
+            let p = _mm256_madd_epi16(p, ones);
+            if u < 4 {
+                lo = _mm256_add_epi32(lo, p);
+            } else {
+                hi = _mm256_add_epi32(hi, p);
+            }
+        }
+        (lo, hi)
+    }
+}
+
+/// `R` output rows × one half (8 rows) of a group, AVX2 `vpmaddubsw`; with `TWO`, two
+/// activation terms per row.
+#[inline(always)]
+unsafe fn g256<const F: u8, const R: usize, const TWO: bool>(c: &mut GroupCall<'_, '_>, r0: usize, half: usize) {
     let lay = c.lay;
-    let x = XPtr::rows::<R>(c, r0);
+    let (x, y) = row_ptrs::<R, TWO>(c, r0);
     let fmt = const { WeightFormat::from_id(F) };
     let q8_0 = fmt == WeightFormat::Q8_0;
     // Q8_0 runs signed × signed (sign trick), so it needs no offset here.
@@ -195,7 +288,6 @@ unsafe fn g256<const F: u8, const R: usize>(c: &mut GroupCall<'_, '_>, r0: usize
     unsafe {
         let g = c.grp.as_ptr();
         let nib = _mm256_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
         let flip = _mm256_set1_epi8(i8::MIN);
         let mut acc = [_mm256_setzero_ps(); R];
         for b in 0..lay.nb {
@@ -221,37 +313,27 @@ unsafe fn g256<const F: u8, const R: usize>(c: &mut GroupCall<'_, '_>, r0: usize
                 _mm256_setzero_ps()
             };
             for r in 0..R {
-                let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-                for (u, &wu) in w.iter().enumerate() {
-                    let xv = _mm256_set1_epi32(x[r].qs.add(b * QK8 + 4 * u).cast::<i32>().read_unaligned());
-                    // |u8| <= 128 (Q8_0 magnitudes) or 63 (the other formats' quants), |i8| <= 127:
-                    // no i16 saturation.
-                    let p = if q8_0 {
-                        _mm256_maddubs_epi16(_mm256_abs_epi8(wu), _mm256_sign_epi8(xv, wu))
-                    } else {
-                        _mm256_maddubs_epi16(wu, xv)
-                    };
-                    let p = _mm256_madd_epi16(p, ones);
-                    if u < 4 {
-                        lo = _mm256_add_epi32(lo, p);
-                    } else {
-                        hi = _mm256_add_epi32(hi, p);
-                    }
+                let (mut lo, mut hi) = dots256::<F>(&w, x[r], b);
+                if TWO {
+                    let (lo2, hi2) = dots256::<F>(&w, y[r], b);
+                    lo = _mm256_add_epi32(_mm256_slli_epi32::<8>(lo), lo2);
+                    hi = _mm256_add_epi32(_mm256_slli_epi32::<8>(hi), hi2);
                 }
+                let (isum, hsums, dx, sum) = block_acts::<TWO>(x[r], y[r], b);
                 let f = if fmt.two_scales() {
-                    let lo = _mm256_sub_epi32(lo, _mm256_set1_epi32(off * *x[r].hsums.add(2 * b)));
-                    let hi = _mm256_sub_epi32(hi, _mm256_set1_epi32(off * *x[r].hsums.add(2 * b + 1)));
+                    let lo = _mm256_sub_epi32(lo, _mm256_set1_epi32(off * hsums[0]));
+                    let hi = _mm256_sub_epi32(hi, _mm256_set1_epi32(off * hsums[1]));
                     _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), s2, _mm256_mul_ps(_mm256_cvtepi32_ps(lo), s1))
                 } else {
                     let mut s = _mm256_add_epi32(lo, hi);
                     if off != 0 {
-                        s = _mm256_sub_epi32(s, _mm256_set1_epi32(off * *x[r].isums.add(b)));
+                        s = _mm256_sub_epi32(s, _mm256_set1_epi32(off * isum));
                     }
                     _mm256_mul_ps(_mm256_cvtepi32_ps(s), s1)
                 };
-                acc[r] = _mm256_fmadd_ps(f, _mm256_set1_ps(*x[r].d.add(b * Q8_LANES)), acc[r]);
+                acc[r] = _mm256_fmadd_ps(f, _mm256_set1_ps(dx), acc[r]);
                 if fmt.has_min() {
-                    acc[r] = _mm256_fmadd_ps(s2, _mm256_set1_ps(*x[r].sums.add(b)), acc[r]);
+                    acc[r] = _mm256_fmadd_ps(s2, _mm256_set1_ps(sum), acc[r]);
                 }
             }
         }
@@ -272,14 +354,27 @@ unsafe fn g256<const F: u8, const R: usize>(c: &mut GroupCall<'_, '_>, r0: usize
 pub(super) unsafe fn group_avx2<const F: u8>(c: &mut GroupCall<'_, '_>) {
     // SAFETY: forwarded from this function's contract.
     unsafe {
+        if c.pairs {
+            halves256::<F, true>(c)
+        } else {
+            halves256::<F, false>(c)
+        }
+    }
+}
+
+/// All output rows of a call, both halves, in passes of up to 4 rows.
+#[inline(always)]
+unsafe fn halves256<const F: u8, const TWO: bool>(c: &mut GroupCall<'_, '_>) {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe {
         for half in 0..2 {
             let mut r0 = 0;
-            while r0 < c.x.len() {
-                match c.x.len() - r0 {
-                    1 => g256::<F, 1>(c, r0, half),
-                    2 => g256::<F, 2>(c, r0, half),
-                    3 => g256::<F, 3>(c, r0, half),
-                    _ => g256::<F, 4>(c, r0, half),
+            while r0 < c.out.len() {
+                match c.out.len() - r0 {
+                    1 => g256::<F, 1, TWO>(c, r0, half),
+                    2 => g256::<F, 2, TWO>(c, r0, half),
+                    3 => g256::<F, 3, TWO>(c, r0, half),
+                    _ => g256::<F, 4, TWO>(c, r0, half),
                 }
                 r0 += 4;
             }
