@@ -27,6 +27,7 @@ struct XPtr {
 
 impl XPtr {
     /// Rows `first`, `first + step`, ... of the call's activations.
+    #[inline(always)]
     fn rows<const R: usize>(c: &GroupCall<'_, '_>, first: usize, step: usize) -> [XPtr; R] {
         std::array::from_fn(|i| {
             let x = &c.x[(first + step * i).min(c.x.len() - 1)];
@@ -43,6 +44,7 @@ impl XPtr {
 
 /// Output rows `r0..r0 + R`: their first (or only) activation rows, and with `TWO` the
 /// second terms.
+#[inline(always)]
 fn row_ptrs<const R: usize, const TWO: bool>(c: &GroupCall<'_, '_>, r0: usize) -> ([XPtr; R], [XPtr; R]) {
     if TWO {
         (XPtr::rows::<R>(c, 2 * r0, 2), XPtr::rows::<R>(c, 2 * r0 + 1, 2))

@@ -107,29 +107,39 @@ impl Q8Acts {
         let (d1, d2) = self.d[..2 * n * Q8_LANES].split_at_mut(n * Q8_LANES);
         let s2 = &mut self.s[n * Q8_LANES..2 * n * Q8_LANES];
         let (sums2, isums2) = (&mut self.sums[n..2 * n], &mut self.isums[n..2 * n]);
-        for (b, (((xs, q1), q2), d1)) in x
-            .chunks_exact(QK8)
-            .zip(q1.chunks_exact(QK8))
-            .zip(q2.chunks_exact_mut(QK8))
-            .zip(d1.chunks_exact(Q8_LANES))
-            .enumerate()
-        {
-            let d = d1[0];
-            let step = d / 256.0;
-            let inv = if d != 0.0 && d.is_finite() { 256.0 / d } else { 0.0 };
-            let mut sum = 0i32;
-            for ((q2, &v), &q) in q2.iter_mut().zip(xs).zip(q1) {
-                // |v - d·q| <= d/2, so |rest| <= 128: only an exact half step is clamped.
-                let rest = round_ties_even((v - d * q as f32) * inv).clamp(-127.0, 127.0) as i8;
-                *q2 = rest;
-                sum += rest as i32;
+        let hsums2 = &mut self.hsums[2 * n..4 * n];
+        #[cfg(target_arch = "x86_64")]
+        let done = simd && super::x86::has_avx512();
+        #[cfg(not(target_arch = "x86_64"))]
+        let done = false;
+        #[cfg(target_arch = "x86_64")]
+        if done {
+            // SAFETY: AVX-512 F/BW/VL were detected; the slices hold `n` blocks each.
+            unsafe { super::x86::residual_q8_avx512(x, q1, d1, q2, hsums2) };
+        }
+        if !done {
+            for (((xs, q1), q2), d1) in x
+                .chunks_exact(QK8)
+                .zip(q1.chunks_exact(QK8))
+                .zip(q2.chunks_exact_mut(QK8))
+                .zip(d1.chunks_exact(Q8_LANES))
+            {
+                let d = d1[0];
+                let inv = if d != 0.0 && d.is_finite() { 256.0 / d } else { 0.0 };
+                for ((q2, &v), &q) in q2.iter_mut().zip(xs).zip(q1) {
+                    // |v - d·q| <= d/2, so |rest| <= 128: only an exact half step is clamped.
+                    *q2 = round_ties_even((v - d * q as f32) * inv).clamp(-127.0, 127.0) as i8;
+                }
             }
+            half_sums(q2, hsums2);
+        }
+        for (b, (isum, h)) in isums2.iter_mut().zip(hsums2.chunks_exact(2)).enumerate() {
+            let step = d1[b * Q8_LANES] / 256.0;
+            *isum = h[0] + h[1];
+            sums2[b] = step * *isum as f32;
             d2[b * Q8_LANES..(b + 1) * Q8_LANES].fill(step);
-            isums2[b] = sum;
-            sums2[b] = step * sum as f32;
             s2[b * Q8_LANES..(b + 1) * Q8_LANES].fill(sums2[b] / Q8_LANES as f32);
         }
-        half_sums(&self.qs[rows * k..2 * rows * k], &mut self.hsums[2 * n..4 * n]);
         self.rows = 2 * rows;
     }
 
@@ -333,6 +343,8 @@ mod tests {
                     v * 300.0
                 } else if i % 96 < 32 {
                     0.0
+                } else if i == 300 {
+                    f32::NAN
                 } else {
                     v
                 }
@@ -354,6 +366,11 @@ mod tests {
             }
             for c in 0..k {
                 let b = c / QK8;
+                if main.scale(b).is_nan() {
+                    // (the block of the NaN: both scales NaN, every quant 0)
+                    assert!(rest.scale(b).is_nan() && rest.qs[b * QK8..(b + 1) * QK8].iter().all(|&q| q == 0));
+                    continue;
+                }
                 let v = main.qs[c] as f32 * main.scale(b) + rest.qs[c] as f32 * rest.scale(b);
                 let step = main.scale(b);
                 let bound = if rest.qs[c].abs() == 127 { step / 256.0 } else { step / 512.0 };

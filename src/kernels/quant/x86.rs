@@ -432,3 +432,41 @@ pub(super) unsafe fn quantize_q8_avx512(
         }
     }
 }
+
+/// The second terms of [`super::q8::Q8Acts::quantize_two_term`]: for each block of 32 values
+/// of `x`, with first-term quants `q1` and scale `d1[8b]`, the rest `x - d·q1` in steps of
+/// `d / 256` (rounded to nearest even, clamped to ±127) into `q2`, and the sums of each
+/// half's quants into `hsums2`. The same operations as the scalar build, so the same bits.
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL; `q1` and `q2` hold as many values as `x` (whole
+/// blocks), `d1` 8 and `hsums2` 2 per block.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(super) unsafe fn residual_q8_avx512(x: &[f32], q1: &[i8], d1: &[f32], q2: &mut [i8], hsums2: &mut [i32]) {
+    let nb = x.len() / QK8;
+    assert!(q1.len() >= nb * QK8 && q2.len() >= nb * QK8 && d1.len() >= nb * Q8_LANES && hsums2.len() >= 2 * nb);
+    // SAFETY: block `b < nb` reads x[32b..32b + 32], q1 likewise and d1[8b], and writes
+    // q2[32b..32b + 32] and hsums2[2b..2b + 2], all inside the slices checked above.
+    unsafe {
+        let (lo, hi) = (_mm512_set1_epi32(-127), _mm512_set1_epi32(127));
+        for b in 0..nb {
+            let d = *d1.get_unchecked(b * Q8_LANES);
+            let sd = _mm512_set1_ps(d);
+            let inv = _mm512_set1_ps(if d != 0.0 && d.is_finite() { 256.0 / d } else { 0.0 });
+            for h in 0..2 {
+                let at = b * QK8 + 16 * h;
+                let v = _mm512_loadu_ps(x.as_ptr().add(at));
+                let q = _mm512_cvtepi8_epi32(_mm_loadu_si128(q1.as_ptr().add(at).cast()));
+                let rest = _mm512_mul_ps(_mm512_sub_ps(v, _mm512_mul_ps(sd, _mm512_cvtepi32_ps(q))), inv);
+                // A NaN rest (NaN scale) converts to i32::MIN; the scalar build gives 0.
+                let finite = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(rest, rest);
+                let r = _mm512_maskz_mov_epi32(
+                    finite,
+                    _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(rest), lo), hi),
+                );
+                _mm_storeu_si128(q2.as_mut_ptr().add(at).cast(), _mm512_cvtepi32_epi8(r));
+                *hsums2.get_unchecked_mut(2 * b + h) = _mm512_reduce_add_epi32(r);
+            }
+        }
+    }
+}
