@@ -330,3 +330,56 @@ fn decode_bytes_count_weights_and_the_attended_cache() {
         assert_eq!(m.decode_bytes(0, mllm::DType::F16).unwrap(), weights + cfg.n_layers * row / 2);
     }
 }
+
+/// Every HF folder rewritten in bf16 and in f16 runs on the 16-bit weights as stored (the
+/// prepared weights take half the f32 folder's bytes) and gives the logits of an f32
+/// folder holding the same rounded values (so the native kernel equals widening), and
+/// stays near transformers' f32 logits and greedy choice.
+#[test]
+fn every_family_runs_from_a_16_bit_folder_as_stored() {
+    let tmp = tempfile::tempdir().unwrap();
+    for family in FAMILIES {
+        let fx = fixture(family);
+        let src = dir().join("hf").join(family);
+        let tokens = ids(&fx["tokens"]);
+        let f32_bytes = TextModel::load(&src).unwrap().decoder.decode_bytes(0, mllm::DType::F32).unwrap();
+        for dtype in [mllm::DType::BF16, mllm::DType::F16] {
+            // The folder in `dtype`, and an f32 folder of the same rounded values.
+            let folder = |name: &str, convert: &dyn Fn(&mllm::Tensor) -> mllm::Tensor| {
+                let out = tmp.path().join(format!("{family}-{name}"));
+                std::fs::create_dir_all(&out).unwrap();
+                for e in std::fs::read_dir(&src).unwrap() {
+                    let p = e.unwrap().path();
+                    if p.file_name().unwrap() != "model.safetensors" {
+                        std::fs::copy(&p, out.join(p.file_name().unwrap())).unwrap();
+                    }
+                }
+                let mut file = ParameterFile::create();
+                for (n, t) in ParameterFile::open(src.join("model.safetensors")).unwrap().iter() {
+                    file.push(n, convert(t)).unwrap();
+                }
+                file.save_safetensors(out.join("model.safetensors")).unwrap();
+                TextModel::load(&out).unwrap_or_else(|e| panic!("{family} {name}: {e}")).decoder
+            };
+            let half = folder(&format!("{dtype}"), &|t| t.to_dtype(dtype).unwrap());
+            let rounded =
+                folder(&format!("{dtype}-f32"), &|t| t.to_dtype(dtype).unwrap().to_dtype(mllm::DType::F32).unwrap());
+            let half_bytes = half.decode_bytes(0, mllm::DType::F32).unwrap();
+            assert!(2 * half_bytes < f32_bytes + f32_bytes / 8, "{family} {dtype}: {half_bytes} of {f32_bytes} bytes");
+
+            let exact = |d: &Decoder| d.clone().with_precision(MatmulPrecision::Exact);
+            let mut cache = rounded.new_cache(tokens.len()).unwrap();
+            let want = exact(&rounded).forward_all_logits(&tokens, &mut cache).unwrap().to_vec::<f32>().unwrap();
+            let want: Vec<Vec<f32>> =
+                want.chunks(fx["logits"][0].as_array().unwrap().len()).map(<[f32]>::to_vec).collect();
+            let (worst, _) = compare(&exact(&half), &tokens, &want);
+            eprintln!("{family} {dtype} folder against its values widened: worst {worst:.2e}");
+            assert!(worst < 1e-4, "{family} {dtype}: the 16-bit folder differs from its widened twin by {worst}");
+
+            let reference = rows(&fx["logits"]);
+            let (worst, mean) = compare(&exact(&half), &tokens, &reference);
+            eprintln!("{family} {dtype} folder against transformers f32: worst {worst:.3}, mean {mean:.4}");
+            assert!(worst < 0.5 && mean < 0.05, "{family} {dtype}: logits differ by up to {worst} (mean {mean})");
+        }
+    }
+}

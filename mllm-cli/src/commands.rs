@@ -18,8 +18,9 @@ pub struct ModelArgs {
     /// tokenizer.json) or a known model name; default: smollm2, fetched on first use
     #[arg(long, short = 'm')]
     model: Option<String>,
-    /// Quantise a Hugging Face folder's weights on load (f32/f16/bf16 otherwise widened
-    /// to f32): q8_0 keeps the most, q4_k and q4_0 are smaller and faster
+    /// Quantise a Hugging Face folder's weights on load (otherwise they run as stored:
+    /// f32, or f16/bf16 read in 16 bits): q8_0 keeps the most, q4_k and q4_0 are smaller
+    /// and faster
     #[arg(long, value_enum)]
     quantize: Option<Quantize>,
     /// Compute threads (default: MLLM_NUM_THREADS or all cores)

@@ -4,6 +4,7 @@
 
 pub mod attention;
 pub mod elementwise;
+pub mod half_matmul;
 pub mod matmul;
 pub mod norm;
 pub mod quant;

@@ -114,7 +114,7 @@ impl Decoder {
     }
 
     /// Build from a Hugging Face folder (`config.json`, safetensors, see [`hf`]): weights as
-    /// stored (f16/bf16 widened to f32), or quantised on load to `quantize` and packed like
+    /// stored (f16/bf16 matrices kept in 16 bits), or quantised on load to `quantize` and packed like
     /// a GGUF file's.
     ///
     /// [`hf`]: crate::models::hf

@@ -31,7 +31,7 @@ pub struct TextModel {
 
 impl TextModel {
     /// Open a GGUF model file (weights are memory-mapped, not copied) or a Hugging Face
-    /// model folder (weights as stored, f16/bf16 widened to f32).
+    /// model folder (weights as stored: f16/bf16 matrices stay 16-bit).
     pub fn load(path: impl AsRef<Path>) -> Result<TextModel> {
         TextModel::load_with(path, None)
     }

@@ -19,6 +19,7 @@ pub use packed::PackedLinear;
 pub(crate) use shape::for_each_run;
 pub use shape::Shape;
 pub use storage::Storage;
+pub(crate) use weight::{aligned_half, half_kind, half_slice};
 pub use weight::{Weight, WeightOptions};
 
 use crate::{Error, Result};

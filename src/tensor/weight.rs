@@ -1,10 +1,13 @@
 //! [`Weight`]: the one weight abstraction every linear layer multiplies through, whatever
 //! the matrix is stored as: block-quantised and repacked for the fast kernels
-//! ([`PackedLinear`]), block-quantised in the file's own layout, or plain f32/f16/bf16.
+//! ([`PackedLinear`]), block-quantised in the file's own layout, plain f32, or f16/bf16
+//! kept in 16 bits (multiplied by [`half_matmul`](crate::kernels::half_matmul), which
+//! widens in registers: half the memory and weight traffic of an f32 copy).
 //! A weight may be a stack of matrices along the output dimension (q|k|v, gate|up):
 //! packing is decided per matrix, and a matrix that cannot be packed keeps its own segment,
 //! so a model never falls back as a whole. Model code calls [`Weight::matmul_into`] only.
 
+use crate::kernels::half_matmul::{half_matmul_cols, HalfKind, HalfMatrix};
 use crate::kernels::matmul::{matmul_f32, MatRef};
 use crate::kernels::quant::ActQuant;
 use crate::kernels::rows::store_cols;
@@ -20,8 +23,11 @@ enum Storage {
     /// Block-quantised in the file's layout (`[rows, k]`): formats or shapes the packed
     /// layout does not take.
     Blocks(Tensor),
-    /// f32 `[rows, k]`, contiguous (f16/bf16 are widened when the weight is built).
+    /// f32 `[rows, k]`, contiguous.
     Float(Tensor),
+    /// f16 or bf16 `[rows, k]` as stored (a mapped file's pages when it came from one),
+    /// contiguous and 2-byte aligned.
+    Half(Tensor),
 }
 
 /// Consecutive stacked rows stored one way, writing output columns `col0..col0 + rows`.
@@ -109,6 +115,8 @@ impl Weight {
                     ));
                 }
                 (Storage::Blocks(parts[i].contiguous()?), 1)
+            } else if half_kind(parts[i].dtype()).is_some() {
+                (Storage::Half(aligned_half(parts[i])?), 1)
             } else {
                 (Storage::Float(parts[i].to_f32_contiguous("weight")?), 1)
             };
@@ -147,7 +155,7 @@ impl Weight {
             .iter()
             .map(|s| match &s.storage {
                 Storage::Packed(p) => p.nbytes(),
-                Storage::Blocks(t) | Storage::Float(t) => t.nbytes(),
+                Storage::Blocks(t) | Storage::Float(t) | Storage::Half(t) => t.nbytes(),
             })
             .sum()
     }
@@ -190,6 +198,11 @@ impl Weight {
                     crate::tensor::ops::qlinear::quantized_matmul_t(x, m, w, &mut tmp, false, precision)?;
                     store_cols(&tmp, s.rows, out, ldo, s.col0, accumulate);
                 }
+                Storage::Half(w) => {
+                    let (kind, data) = half_slice(w)?;
+                    let mat = HalfMatrix { kind, data, rows: s.rows, k: self.k };
+                    half_matmul_cols(mat, x, m, out, ldo, s.col0, accumulate);
+                }
                 Storage::Float(w) if self.segments.len() == 1 => {
                     let ws = w.as_slice::<f32>()?;
                     matmul_f32(
@@ -230,13 +243,44 @@ impl Weight {
         let r = row - s.col0;
         match &s.storage {
             Storage::Packed(p) => p.dequantize_row_into(r, out),
-            Storage::Blocks(w) | Storage::Float(w) => {
+            Storage::Blocks(w) | Storage::Float(w) | Storage::Half(w) => {
                 let t = w.narrow(0, r, 1)?;
                 out.copy_from_slice(&crate::tensor::ops::convert::bytes_to_f32(t.raw_bytes()?, w.dtype())?);
                 Ok(())
             }
         }
     }
+}
+
+/// The 16-bit encoding of `dtype`, if it is F16 or BF16.
+pub(crate) fn half_kind(dtype: DType) -> Option<HalfKind> {
+    match dtype {
+        DType::BF16 => Some(HalfKind::Bf16),
+        DType::F16 => Some(HalfKind::F16),
+        _ => None,
+    }
+}
+
+/// `t` (F16 or BF16) contiguous and 2-byte aligned: itself when it already is (a mapped
+/// safetensors file's tensors are), else a copy.
+pub(crate) fn aligned_half(t: &Tensor) -> Result<Tensor> {
+    let t = t.contiguous()?;
+    if bytemuck::try_cast_slice::<u8, u16>(t.raw_bytes()?).is_ok() {
+        return Ok(t);
+    }
+    let copy = Tensor::from_bytes(t.raw_bytes()?, t.dtype(), t.dims(), t.mem_type())?;
+    Ok(match t.name() {
+        Some(n) => copy.with_name(n),
+        None => copy,
+    })
+}
+
+/// The stored values of an [`aligned_half`] tensor.
+pub(crate) fn half_slice(t: &Tensor) -> Result<(HalfKind, &[u16])> {
+    let kind = half_kind(t.dtype()).ok_or_else(|| Error::dtype("half matmul", t.dtype()))?;
+    let data = bytemuck::try_cast_slice(t.raw_bytes()?)
+        .map_err(|e| Error::invalid(format!("half matmul: {} storage not 2-byte aligned: {e}", t.dtype())))?;
+    Ok((kind, data))
 }
 
 #[cfg(test)]
@@ -296,6 +340,43 @@ mod tests {
         }
         assert!(w.dequantize_row_into(45, &mut row).is_err());
         assert!(w.matmul_into(&x[..k], 2, &mut vec![0.0; 90], false, MatmulPrecision::Fast).is_err());
+    }
+
+    /// bf16 and f16 matrices stay 16-bit in a stack (beside an f32 one), multiply as
+    /// their widened values do, and decode rows exactly.
+    #[test]
+    fn half_matrices_stay_16_bit_and_equal_their_widened_values() {
+        let mut r = rand::rngs::StdRng::seed_from_u64(13);
+        let k = 70;
+        let rand_t = |n: usize, r: &mut rand::rngs::StdRng| {
+            Tensor::from_vec((0..n * k).map(|_| r.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), &[n, k]).unwrap()
+        };
+        let b = rand_t(9, &mut r).to_dtype(DType::BF16).unwrap();
+        let h = rand_t(6, &mut r).to_dtype(DType::F16).unwrap();
+        let f = rand_t(5, &mut r);
+        let w = Weight::new(&[&b, &h, &f], "w", WeightOptions::default()).unwrap();
+        assert_eq!(w.nbytes(), (9 + 6) * k * 2 + 5 * k * 4);
+        let rows: Vec<f32> = [&b, &h, &f].iter().flat_map(|t| t.to_f32_vec().unwrap()).collect();
+        for m in [1, 3, 40] {
+            let x: Vec<f32> = (0..m * k).map(|_| r.random_range(-2.0..2.0)).collect();
+            let mut out = vec![0.5f32; m * 20];
+            w.matmul_into(&x, m, &mut out, true, MatmulPrecision::Precise).unwrap();
+            for i in 0..m {
+                for j in 0..20 {
+                    let want: f64 = 0.5 + (0..k).map(|c| x[i * k + c] as f64 * rows[j * k + c] as f64).sum::<f64>();
+                    assert!(
+                        (out[i * 20 + j] as f64 - want).abs() < 1e-4,
+                        "m={m} [{i},{j}]: {} vs {want}",
+                        out[i * 20 + j]
+                    );
+                }
+            }
+        }
+        let mut row = vec![0f32; k];
+        for j in [0, 8, 9, 14, 15, 19] {
+            w.dequantize_row_into(j, &mut row).unwrap();
+            assert_eq!(row, rows[j * k..(j + 1) * k], "row {j}");
+        }
     }
 
     #[test]

@@ -11,11 +11,12 @@ use serde_json::Value;
 
 use crate::kernels::attention::{attention, AttentionShape};
 use crate::kernels::elementwise::{gelu_erf_in_place, gelu_tanh_one};
+use crate::kernels::half_matmul::HalfKind;
 use crate::models::layers::{Norm, NormKind};
 use crate::nn::{self, Accepts, Module, ModuleList, Param, Registry};
 use crate::params::ParameterFile;
 use crate::tensor::ops::MatmulPrecision;
-use crate::tensor::{DType, Tensor, WeightOptions};
+use crate::tensor::{aligned_half, half_kind, half_slice, DType, Tensor, WeightOptions};
 use crate::{Error, Result};
 
 /// The MLP's activation (`hidden_act`).
@@ -180,7 +181,8 @@ impl EncoderLayer {
     }
 }
 
-/// The embedding tables as f32 (the file's own memory when it is f32 already).
+/// The embedding tables as f32 (the file's own memory when it is f32 already), but for a
+/// word table stored in f16/bf16, which stays so.
 struct Tables {
     word: Tensor,
     position: Tensor,
@@ -254,11 +256,11 @@ impl Bert {
                 Tensor::from_vec(t.to_f32_vec()?, t.dims())
             }
         };
-        let tables = Tables {
-            word: f32_table(&self.word)?,
-            position: f32_table(&self.position)?,
-            token_type: f32_table(&self.token_type)?,
-        };
+        // The word table is most of a small encoder's weights: an f16/bf16 one stays as
+        // stored and its rows are widened as they are looked up.
+        let word = self.word.get()?;
+        let word = if half_kind(word.dtype()).is_some() { aligned_half(&word)? } else { f32_table(&self.word)? };
+        let tables = Tables { word, position: f32_table(&self.position)?, token_type: f32_table(&self.token_type)? };
         self.embed_norm.prepare()?;
         for l in &self.layers {
             l.prepare()?;
@@ -353,9 +355,14 @@ impl Bert {
     /// Word + position + token type rows into `out` (padding rows: the pad token).
     fn embed(&self, inputs: &[EncoderInput<'_>], segments: &[Segment], out: &mut [f32]) -> Result<()> {
         let tables = self.tables()?;
-        let (word, pos, ty) =
-            (tables.word.as_slice::<f32>()?, tables.position.as_slice::<f32>()?, tables.token_type.as_slice::<f32>()?);
+        let (pos, ty) = (tables.position.as_slice::<f32>()?, tables.token_type.as_slice::<f32>()?);
+        let word: Result<(Option<HalfKind>, &[u16], &[f32])> = match half_kind(tables.word.dtype()) {
+            Some(_) => half_slice(&tables.word).map(|(k, d)| (Some(k), d, &[][..])),
+            None => tables.word.as_slice::<f32>().map(|w| (None, &[][..], w)),
+        };
+        let (half, word16, word32) = word?;
         let h = self.cfg.hidden;
+        let mut widened = vec![0f32; if half.is_some() { h } else { 0 }];
         for (s, seg) in inputs.iter().zip(segments) {
             for p in 0..seg.rows {
                 let (id, tt) = if p < seg.len {
@@ -364,7 +371,14 @@ impl Bert {
                     (self.cfg.pad_token_id as usize % self.cfg.vocab_size, 0)
                 };
                 let row = &mut out[(seg.row0 + p) * h..][..h];
-                let (w, q, e) = (&word[id * h..][..h], &pos[p * h..][..h], &ty[tt * h..][..h]);
+                let w = match half {
+                    Some(kind) => {
+                        kind.widen(&word16[id * h..][..h], &mut widened);
+                        &widened[..]
+                    }
+                    None => &word32[id * h..][..h],
+                };
+                let (q, e) = (&pos[p * h..][..h], &ty[tt * h..][..h]);
                 for (((o, &a), &b), &c) in row.iter_mut().zip(w).zip(q).zip(e) {
                     *o = a + b + c;
                 }

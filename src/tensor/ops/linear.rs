@@ -2,8 +2,9 @@
 //! (`x @ W^T + b`, the layer every transformer is made of).
 
 use crate::context::trace::Span;
+use crate::kernels::half_matmul::{half_matmul_cols, HalfMatrix};
 use crate::kernels::matmul::{matmul_f32, MatRef};
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{aligned_half, half_kind, half_slice, DType, Tensor};
 use crate::{Error, Result};
 
 /// How a matmul with a block-quantised weight treats its activations.
@@ -32,7 +33,7 @@ impl Tensor {
     }
 
     /// [`Tensor::linear`] at a chosen precision (which only matters for quantised `w`;
-    /// float weights always compute in f32).
+    /// float weights always compute in f32, f16/bf16 ones read in their own width).
     pub fn linear_with(&self, w: &Tensor, b: Option<&Tensor>, precision: MatmulPrecision) -> Result<Tensor> {
         let _span = Span::new("op", || "linear".into());
         if w.rank() != 2 {
@@ -67,6 +68,10 @@ impl Tensor {
         if w.dtype().is_quantized() {
             // Work on the blocks: never dequantise the whole matrix per call.
             super::qlinear::quantized_matmul_t(xs, m, &w.contiguous()?, os, b.is_some(), precision)?;
+        } else if half_kind(w.dtype()).is_some() {
+            let w = aligned_half(w)?;
+            let (kind, data) = half_slice(&w)?;
+            half_matmul_cols(HalfMatrix { kind, data, rows: n_out, k }, xs, m, os, n_out, 0, b.is_some());
         } else {
             let wf = w.to_f32_contiguous("linear")?;
             let ws = wf.as_slice::<f32>()?;
@@ -167,4 +172,29 @@ pub fn broadcast_dims(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
         };
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::ops::test_util::random_tensor;
+
+    /// An f16 or bf16 weight (read in 16 bits) gives the product of its widened values.
+    #[test]
+    fn half_weights_equal_their_widened_copy() {
+        let x = random_tensor(&[2, 5, 48], 1);
+        let b = random_tensor(&[33], 2);
+        for dtype in [DType::BF16, DType::F16] {
+            let w = random_tensor(&[33, 48], 3).to_dtype(dtype).unwrap();
+            let wide = w.to_dtype(DType::F32).unwrap();
+            for bias in [None, Some(&b)] {
+                let got = x.linear(&w, bias).unwrap();
+                let want = x.linear(&wide, bias).unwrap();
+                assert_eq!(got.dims(), [2, 5, 33]);
+                for (g, w) in got.to_vec::<f32>().unwrap().iter().zip(want.to_vec::<f32>().unwrap()) {
+                    assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{dtype}: {g} vs {w}");
+                }
+            }
+        }
+    }
 }
