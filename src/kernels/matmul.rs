@@ -47,9 +47,10 @@ const MIN_MACS_PER_THREAD: usize = 1 << 17;
 /// 20-row product gains at most 1.4x over one thread and can be 1.4x *slower* (it packs
 /// the whole weight on one thread first), and it never splits a single-row product (its
 /// matrix-vector path is serial), while column blocks gain 1.3-2x on both. At 640 rows the
-/// two splits are within 10%. One case loses: a single row against a `[k, n]` weight that
-/// is already in cache (3.5 MB, called in a loop: 159 against 126 µs); read from memory, as
-/// a decode step reads its layers, the same product gains (251 against 277 µs).
+/// two splits are within noise. One case loses: a single row against a `[k, n]` weight
+/// that is already in cache (3.5 MB, called in a loop: 159 against 126 µs on one thread);
+/// read from memory, as a decode step reads its layers, the same product gains (252
+/// against 281 µs).
 const COLUMN_SPLIT_MAX_ROWS: usize = 256;
 
 /// How many column blocks (threads) an `m x k x n` product is cut into: 1 for no split.
