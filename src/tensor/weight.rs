@@ -41,7 +41,8 @@ pub struct WeightOptions {
     /// Repack block-quantised matrices for the fast kernels (default). Off: they stay in
     /// the file's layout (tests compare the two kernel families).
     pub pack: bool,
-    /// Let the OS drop a mapped file's pages of each matrix once it is repacked.
+    /// Let the OS drop a mapped file's pages of each matrix once it is repacked (or, for
+    /// f32/f16/bf16, transposed).
     pub release_mapped: bool,
 }
 
@@ -117,6 +118,10 @@ impl Weight {
                 let w = parts[i].to_f32_contiguous("weight")?;
                 let mut t = Tensor::empty(&[k, rows], DType::F32).mem_type(MemType::ParamsNormal).name(name).alloc()?;
                 transpose_into(w.as_slice::<f32>()?, rows, k, t.data_mut::<f32>()?);
+                if opts.release_mapped {
+                    // The copy is what runs: the file's pages need not stay resident.
+                    parts[i].release_mapped_pages();
+                }
                 (Storage::FloatTransposed(t), 1)
             };
             let rows: usize = parts[i..i + used].iter().map(|w| w.dims()[0]).sum();
