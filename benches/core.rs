@@ -112,12 +112,16 @@ fn linear_case(c: &mut Criterion, label: &str, m: usize, k: usize, n: usize) {
 }
 
 /// (a) f32 linear: the seed's shape ([1,12,1024,1024] flattened to [12288, 1024] times a
-/// [2048, 1024] weight) and a decode-like single row.
+/// [2048, 1024] weight), decode-like single rows and an encoder's 20 rows.
 fn bench_linear(c: &mut Criterion) {
     let ctx = mllm::context();
     eprintln!("mllm context: {} threads, main thread adopted: {}", ctx.threads(), ctx.adopted_thread());
     linear_case(c, "seed_12288x1024x2048", 12 * 1024, 1024, 2048);
     linear_case(c, "decode_1x576x1536", 1, 576, 1536);
+    // An f32 lm head at decode (memory-bound) and an encoder's few-row product; the
+    // threading and weight-layout choices on these are in benches/matmul_threads.rs.
+    linear_case(c, "lm_head_1x576x49152", 1, 576, 49152);
+    linear_case(c, "encoder_20x384x1536", 20, 384, 1536);
 }
 
 /// A module whose forward hands back its input: forking it measures the task machinery alone.

@@ -90,6 +90,38 @@ fn embeddings_match_transformers_under_every_batching() {
     assert!(cosine(&one[0].vector, &refs[3].2) >= 0.9999);
 }
 
+/// Ids a client made from a text, with special tokens (transformers' `tokenizer(text)`) or
+/// without (`add_special_tokens=False`), and longer than max_seq_length or not, embed as
+/// the text does: the ids become the text's own token ids.
+#[test]
+fn token_ids_with_or_without_special_tokens_embed_as_their_text() {
+    let m = model();
+    let refs = reference();
+    let mut bare_seqs = Vec::new();
+    for (text, ids, want) in &refs {
+        let (cls, sep) = (ids[0], *ids.last().unwrap());
+        assert_eq!((cls, sep), (101, 102), "{text:?}");
+        let mut bare = ids[1..ids.len() - 1].to_vec();
+        let mut full = ids.clone();
+        if ids.len() == m.max_seq_length {
+            // The long text was cut: its untruncated ids go on past the cut.
+            bare.extend([1000; 40]);
+            full = [&ids[..ids.len() - 1], &[1000; 40], &[sep]].concat();
+        }
+        assert_eq!(&m.check_ids(&full).unwrap(), ids, "with special tokens: {text:?}");
+        if bare.is_empty() {
+            assert!(m.check_ids(&bare).is_err(), "no ids at all is an error");
+            continue;
+        }
+        assert_eq!(&m.check_ids(&bare).unwrap(), ids, "without special tokens: {text:?}");
+        bare_seqs.push((m.check_ids(&bare).unwrap(), want));
+    }
+    let seqs: Vec<Vec<u32>> = bare_seqs.iter().map(|(s, _)| s.clone()).collect();
+    for (e, (_, want)) in m.embed_ids(&seqs).unwrap().iter().zip(&bare_seqs) {
+        assert!(cosine(&e.vector, want) >= 0.9999);
+    }
+}
+
 #[test]
 fn token_id_inputs_and_the_module_interface() {
     let m = model();
@@ -106,7 +138,7 @@ fn token_id_inputs_and_the_module_interface() {
     // Bad inputs are errors, not panics.
     assert!(m.check_ids(&[]).unwrap_err().to_string().contains("empty"));
     assert!(m.check_ids(&[101, 30522]).unwrap_err().to_string().contains("30522"));
-    assert_eq!(m.check_ids(&vec![1000; 300]).unwrap().len(), 256, "cut to max_seq_length");
+    assert_eq!(m.check_ids(&vec![1000; 300]).unwrap().len(), 256, "cut to max_seq_length with [CLS] [SEP]");
     assert!(m.embed_ids(&[vec![]]).unwrap_err().to_string().contains("no tokens"));
     assert!(m.embed_ids(&[vec![1000; 257]]).unwrap_err().to_string().contains("max_seq_length"));
     let e = m.encoder.forward(&[Tensor::from_vec(vec![1.0f32], &[1]).unwrap()]).unwrap_err().to_string();

@@ -224,6 +224,11 @@ fn server_embeds_in_openai_shape() {
     let (status, t) = server.post("/v1/embeddings", &json!({"input": ids}).to_string());
     assert_eq!(status, 200, "{t}");
     assert!(cosine(&floats(&t["data"][0]["embedding"]), &refs[1].1) >= 0.9999);
+    // Without [CLS] [SEP] (tokenized with add_special_tokens=False): they are added.
+    let (status, t) = server.post("/v1/embeddings", &json!({"input": [7592, 2088, 999]}).to_string());
+    assert_eq!(status, 200, "{t}");
+    assert!(cosine(&floats(&t["data"][0]["embedding"]), &refs[1].1) >= 0.9999);
+    assert_eq!(t["usage"]["prompt_tokens"], 5, "the added [CLS] [SEP] count");
     let (status, t) = server.post("/v1/embeddings", &json!({"input": [ids, [101, 102]]}).to_string());
     assert_eq!(status, 200, "{t}");
     assert_eq!(t["data"].as_array().unwrap().len(), 2);
@@ -232,7 +237,7 @@ fn server_embeds_in_openai_shape() {
     for (body, says) in [
         (json!({"input": ""}), "empty string"),
         (json!({"input": []}), "empty array"),
-        (json!({"input": 3}), "got a number"),
+        (json!({"input": 3}), "got an integer"),
         (json!({"input": ["a", 3]}), "input[1]"),
         (json!({"input": [[101, 999999]]}), "outside the vocabulary"),
         (json!({"input": "a", "encoding_format": "int8"}), "encoding_format"),

@@ -1,5 +1,10 @@
 //! Dense f32 matrix multiplication on the `gemm` crate, which picks AVX-512/AVX2/NEON
-//! at run time and splits work over the current rayon pool.
+//! at run time. Threads: the output's columns are cut into one block per thread for
+//! products of few rows (gemm's own split is slower there), gemm splits larger ones.
+
+use rayon::prelude::*;
+
+use super::rows::SharedOut;
 
 /// A row-major or strided matrix view: element (r, c) is at `data[r * rs + c * cs]`.
 #[derive(Clone, Copy, Debug)]
@@ -32,11 +37,41 @@ impl<'a> MatRef<'a> {
     }
 }
 
-/// Below this many multiply-adds a single thread is faster than splitting.
-const PARALLEL_FROM_FLOPS: usize = 1 << 18;
+/// A thread takes at least this many multiply-adds of a split product: below about
+/// 2^17 (some 30 µs of work) waking the pool costs more than it gains.
+const MIN_MACS_PER_THREAD: usize = 1 << 17;
+
+/// Up to this many rows the threads take column blocks of the output, each block one
+/// single-threaded gemm call; above, gemm's own split. Measured on 2 threads (AVX-512,
+/// `benches/matmul_threads.rs`, BENCHMARKS.md "f32 matmul threading"): gemm's split of a
+/// 20-row product gains at most 1.4x over one thread and can be 1.4x *slower* (it packs
+/// the whole weight on one thread first), and it never splits a single-row product (its
+/// matrix-vector path is serial), while column blocks gain 1.3-2x on both. At 640 rows the
+/// two splits are within noise. One case loses: a single row against a `[k, n]` weight
+/// that is already in cache (3.5 MB, called in a loop: 159 against 126 µs on one thread);
+/// read from memory, as a decode step reads its layers, the same product gains (252
+/// against 281 µs).
+const COLUMN_SPLIT_MAX_ROWS: usize = 256;
+
+/// How many column blocks (threads) an `m x k x n` product is cut into: 1 for no split.
+fn column_blocks(m: usize, k: usize, n: usize, threads: usize) -> usize {
+    if m > COLUMN_SPLIT_MAX_ROWS {
+        return 1;
+    }
+    // Blocks of whole 16-float vectors, so no block ends in a partial register.
+    let by_width = n / 16;
+    let by_work = m.saturating_mul(k).saturating_mul(n) / MIN_MACS_PER_THREAD;
+    threads.min(by_width).min(by_work).max(1)
+}
 
 /// `out = a @ b` (+ `out` if `accumulate`), with `out` row-major `a.rows x b.cols`.
 /// Threads: the current rayon pool when the product is large enough.
+///
+/// gemm reads `b` in place when it is row-major (`b.cs == 1`: `b` stored `k x n`); a
+/// transposed view (`b.rs == 1`, a weight stored `[n, k]`) makes gemm repack all of `b` on
+/// every call with more than one row, which costs as much as the product itself for the
+/// few-row products of an encoder (so [`Weight`](crate::tensor::Weight) keeps f32 weights
+/// transposed, see [`transpose`]).
 pub fn matmul_f32(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32], accumulate: bool) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "matmul_f32: inner dimensions differ");
@@ -51,22 +86,50 @@ pub fn matmul_f32(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32], accumulate: boo
         }
         return;
     }
-    let par = if m * n * k >= PARALLEL_FROM_FLOPS && rayon::current_num_threads() > 1 {
-        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    let threads = rayon::current_num_threads();
+    let blocks = column_blocks(m, k, n, threads);
+    if blocks > 1 {
+        let width = n.div_ceil(blocks).next_multiple_of(16);
+        let shared = SharedOut::new(out);
+        (0..n.div_ceil(width)).into_par_iter().with_max_len(1).for_each(|i| {
+            let j0 = i * width;
+            let b_cols = MatRef { data: &b.data[j0 * b.cs..], cols: width.min(n - j0), ..b };
+            // SAFETY: `out` holds `m` rows of `n` (asserted above); this task writes only
+            // columns `j0..j0 + b_cols.cols` (< n) of them, and no other task touches those
+            // columns (the blocks `i * width..` are disjoint).
+            unsafe { gemm_into(a, b_cols, shared.get().add(j0), n, accumulate, gemm::Parallelism::None) };
+        });
     } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the asserts above guarantee that every index gemm computes from these
-    // dimensions and strides lies inside `a.data`, `b.data` and `out`; `out` is
-    // borrowed mutably, so it does not alias the inputs.
+        let par = if m * n * k >= 2 * MIN_MACS_PER_THREAD && threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        // SAFETY: `out` holds `m` rows of `n` (asserted above), a unique borrow.
+        unsafe { gemm_into(a, b, out.as_mut_ptr(), n, accumulate, par) };
+    }
+}
+
+/// `dst = a @ b` (+ `dst` if `accumulate`), `dst` row-major `a.rows x b.cols` with rows
+/// `ldo` apart.
+///
+/// # Safety
+/// `a` and `b` lie inside their slices (checked by `matmul_f32`'s asserts on the whole
+/// operands; a column block of `b` is inside them too); `dst` is valid for writes of
+/// `a.rows` rows of `b.cols` values, `ldo` apart, that nothing else reads or writes while
+/// this runs.
+unsafe fn gemm_into(a: MatRef<'_>, b: MatRef<'_>, dst: *mut f32, ldo: usize, accumulate: bool, par: gemm::Parallelism) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    // SAFETY: every index gemm derives from these dimensions and strides is inside `a`,
+    // `b` and `dst` by the contract above; `dst` aliases neither input.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            out.as_mut_ptr(),
+            dst,
             1,
-            n as isize,
+            ldo as isize,
             accumulate,
             a.data.as_ptr(),
             a.cs as isize,
@@ -82,6 +145,35 @@ pub fn matmul_f32(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32], accumulate: boo
             par,
         );
     }
+}
+
+/// `src` (`rows x cols`, row-major) transposed into a new `cols x rows` row-major vector.
+pub fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; rows * cols];
+    transpose_into(src, rows, cols, &mut out);
+    out
+}
+
+/// `src` (`rows x cols`, row-major) transposed into `out` (`cols x rows`), in tiles so that
+/// both sides are read and written a cache line at a time, on the pool.
+pub fn transpose_into(src: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
+    assert_eq!(src.len(), rows * cols, "transpose: {} values for {rows} x {cols}", src.len());
+    assert_eq!(out.len(), rows * cols, "transpose: output of {} for {rows} x {cols}", out.len());
+    const TILE: usize = 32;
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    // Each task writes `TILE` whole output rows (input columns `c0..c0 + TILE`).
+    out.par_chunks_mut(TILE * rows).enumerate().for_each(|(t, dst)| {
+        let c0 = t * TILE;
+        let c_len = dst.len() / rows;
+        for r in 0..rows {
+            let row = &src[r * cols + c0..r * cols + c0 + c_len];
+            for (c, &v) in row.iter().enumerate() {
+                dst[c * rows + r] = v;
+            }
+        }
+    });
 }
 
 /// Plain triple loop, the reference the fast path is tested against.
@@ -110,19 +202,73 @@ mod tests {
     }
 
     #[test]
-    fn gemm_matches_reference_on_odd_and_transposed_shapes() {
-        for &(m, k, n) in &[(1, 1, 1), (3, 5, 7), (17, 33, 9), (64, 128, 65), (1, 576, 1536)] {
-            let a = random(m * k, 1);
-            let bt = random(n * k, 2); // stored as n x k: use its transpose
-            let b = MatRef::row_major(&bt, n, k).t();
-            for acc in [false, true] {
-                let mut got = random(m * n, 3);
-                let mut want = got.clone();
-                matmul_f32(MatRef::row_major(&a, m, k), b, &mut got, acc);
-                matmul_f32_reference(MatRef::row_major(&a, m, k), b, &mut want, acc);
-                for (g, w) in got.iter().zip(&want) {
-                    assert!((g - w).abs() <= 1e-4 * (k as f32).sqrt(), "{m}x{k}x{n}: {g} vs {w}");
+    fn transpose_moves_every_value() {
+        for &(r, c) in &[(0, 3), (1, 1), (3, 5), (33, 70), (64, 32)] {
+            let src: Vec<f32> = (0..r * c).map(|i| i as f32).collect();
+            let t = transpose(&src, r, c);
+            for i in 0..r {
+                for j in 0..c {
+                    assert_eq!(t[j * r + i], src[i * c + j], "{r}x{c} at ({i}, {j})");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn column_blocks_need_rows_width_and_work() {
+        assert_eq!(column_blocks(20, 384, 1152, 2), 2);
+        assert_eq!(column_blocks(1, 576, 1536, 2), 2);
+        assert_eq!(column_blocks(1, 576, 1536, 1), 1);
+        assert_eq!(column_blocks(1, 64, 64, 2), 1, "too little work");
+        assert_eq!(column_blocks(64, 1024, 16, 2), 1, "one vector wide");
+        assert_eq!(column_blocks(COLUMN_SPLIT_MAX_ROWS + 1, 384, 1536, 2), 1, "gemm splits tall products");
+    }
+
+    /// Both layouts of `b` and both threading paths (column blocks, gemm's own split) on
+    /// a two-thread pool, against the reference.
+    #[test]
+    fn gemm_matches_reference_on_odd_and_transposed_shapes() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        pool.install(gemm_matches_reference);
+        gemm_matches_reference();
+    }
+
+    fn gemm_matches_reference() {
+        let shapes =
+            [(1, 1, 1), (3, 5, 7), (17, 33, 9), (64, 128, 65), (1, 576, 1536), (20, 384, 1000), (300, 64, 600)];
+        for &(m, k, n) in &shapes {
+            let a = random(m * k, 1);
+            let w = random(n * k, 2);
+            let wt = transpose(&w, n, k);
+            for b in [MatRef::row_major(&w, n, k).t(), MatRef::row_major(&wt, k, n)] {
+                for acc in [false, true] {
+                    let mut got = random(m * n, 3);
+                    let mut want = got.clone();
+                    matmul_f32(MatRef::row_major(&a, m, k), b, &mut got, acc);
+                    matmul_f32_reference(MatRef::row_major(&a, m, k), b, &mut want, acc);
+                    for (g, w) in got.iter().zip(&want) {
+                        assert!((g - w).abs() <= 1e-4 * (k as f32).sqrt(), "{m}x{k}x{n}: {g} vs {w}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A transposed (column-major) `a`, as `Tensor::matmul` passes for transposed views.
+    #[test]
+    fn gemm_matches_reference_on_a_transposed_lhs() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        for &(m, k, n) in &[(3, 5, 7), (20, 384, 1000)] {
+            let at = random(k * m, 1);
+            let a = MatRef::row_major(&at, k, m).t();
+            let b = random(k * n, 2);
+            let b = MatRef::row_major(&b, k, n);
+            let mut got = vec![0f32; m * n];
+            let mut want = got.clone();
+            pool.install(|| matmul_f32(a, b, &mut got, false));
+            matmul_f32_reference(a, b, &mut want, false);
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() <= 1e-4 * (k as f32).sqrt(), "{m}x{k}x{n}: {g} vs {w}");
             }
         }
     }

@@ -18,13 +18,14 @@ use mllm::models::EmbeddingModel;
 use serde_json::{json, Map, Value};
 use tokio::sync::Semaphore;
 
-use super::request::ApiError;
+use super::request::{type_name, ApiError};
 use super::{conn, guard, json_response, lifecycle, read_body, run_runtime, unix_now, ServeArgs, Site};
 
 /// Inputs in one request at most (OpenAI's limit).
 pub const MAX_INPUTS: usize = 2048;
 
-/// What to embed: texts, or token id sequences used as they are.
+/// What to embed: texts, or token id sequences (special tokens added where missing, see
+/// `EmbeddingModel::check_ids`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EmbedInput {
     Texts(Vec<String>),
@@ -101,7 +102,7 @@ fn parse_input(v: Option<&Value>) -> Result<EmbedInput, ApiError> {
             return Ok(EmbedInput::Texts(vec![s.clone()]));
         }
         Some(Value::Array(items)) => items,
-        Some(other) => return Err(bad(format!("{what}; got {}", kind(other)))),
+        Some(other) => return Err(bad(format!("{what}; got {}", type_name(other)))),
     };
     if items.is_empty() {
         return Err(bad("input is an empty array".into()));
@@ -121,7 +122,7 @@ fn parse_input(v: Option<&Value>) -> Result<EmbedInput, ApiError> {
             .map(|(i, x)| match x {
                 Value::String(s) if s.is_empty() => Err(bad(format!("input[{i}] is an empty string"))),
                 Value::String(s) => Ok(s.clone()),
-                other => Err(bad(format!("input[{i}] must be a string like input[0], got {}", kind(other)))),
+                other => Err(bad(format!("input[{i}] must be a string like input[0], got {}", type_name(other)))),
             })
             .collect::<Result<_, _>>()
             .map(EmbedInput::Texts),
@@ -139,24 +140,14 @@ fn parse_input(v: Option<&Value>) -> Result<EmbedInput, ApiError> {
                 Value::Array(ids) => {
                     ids.iter().enumerate().map(|(j, t)| token(t, format!("input[{i}][{j}]"))).collect()
                 }
-                other => {
-                    Err(bad(format!("input[{i}] must be an array of token ids like input[0], got {}", kind(other))))
-                }
+                other => Err(bad(format!(
+                    "input[{i}] must be an array of token ids like input[0], got {}",
+                    type_name(other)
+                ))),
             })
             .collect::<Result<_, _>>()
             .map(EmbedInput::Tokens),
-        other => Err(bad(format!("{what}; input[0] is {}", kind(other)))),
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+        other => Err(bad(format!("{what}; input[0] is {}", type_name(other)))),
     }
 }
 
@@ -365,7 +356,7 @@ mod tests {
         assert!(err(r#"{"input": []}"#).contains("empty array"));
         assert!(err(r#"{"input": ["a", ""]}"#).contains("input[1] is an empty string"));
         assert!(err(r#"{"input": [[]]}"#).contains("input[0] is an empty array"));
-        assert!(err(r#"{"input": 5}"#).contains("got a number"));
+        assert!(err(r#"{"input": 5}"#).contains("got an integer"));
         assert!(err(r#"{"input": {"a": 1}}"#).contains("got an object"));
         assert!(err(r#"{"input": ["a", 5]}"#).contains("input[1] must be a string"));
         assert!(err(r#"{"input": [1, -2]}"#).contains("input[1]"));

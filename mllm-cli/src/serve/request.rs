@@ -174,7 +174,8 @@ impl Fields<'_> {
     }
 }
 
-fn type_name(v: &Value) -> &'static str {
+/// How a JSON value is named in error messages (`an integer`, `a string`, ...).
+pub(crate) fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

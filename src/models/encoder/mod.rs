@@ -55,9 +55,57 @@ pub struct EmbeddingModel {
     pub max_seq_length: usize,
     /// Lower-case texts before tokenizing (`do_lower_case` of sentence_bert_config.json).
     pub lowercase: bool,
+    /// The special tokens the tokenizer puts around a text (`[CLS]` and `[SEP]` for BERT).
+    pub specials: SpecialTokens,
     pub batching: Batching,
     pub path: PathBuf,
     pub load_time: Duration,
+}
+
+/// The special tokens a tokenizer adds before and after one text, read from what its
+/// post-processor does to a probe text (so BERT's `[CLS] $A [SEP]`, RoBERTa's
+/// `<s> $A </s>` or none at all are found the same way).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SpecialTokens {
+    pub prefix: Vec<u32>,
+    pub suffix: Vec<u32>,
+}
+
+impl SpecialTokens {
+    fn of(tokenizer: &tokenizers::Tokenizer) -> Result<SpecialTokens> {
+        let enc = tokenizer
+            .encode("hello", true)
+            .map_err(|e| Error::invalid(format!("cannot tokenize a probe text: {e}")))?;
+        let (ids, special) = (enc.get_ids(), enc.get_special_tokens_mask());
+        let Some(first) = special.iter().position(|&s| s == 0) else {
+            return Ok(SpecialTokens::default());
+        };
+        let end = special.iter().rposition(|&s| s == 0).map_or(ids.len(), |i| i + 1);
+        Ok(SpecialTokens { prefix: ids[..first].to_vec(), suffix: ids[end..].to_vec() })
+    }
+
+    /// Caller-given ids as the model expects them, at most `max_len` long (`max_len` is
+    /// more than the special tokens). Ids that start with the prefix were made with special
+    /// tokens (as `tokenizer(text)` makes them in transformers) and are kept as given, cut
+    /// to `max_len` before a closing suffix; other ids get the prefix and suffix around
+    /// their first `max_len - specials` ids, exactly as a text's tokens do.
+    pub fn apply(&self, ids: &[u32], max_len: usize) -> Vec<u32> {
+        let (pre, suf) = (&self.prefix[..], &self.suffix[..]);
+        let given = pre.is_empty() || ids.starts_with(pre);
+        if given && ids.len() <= max_len {
+            return ids.to_vec();
+        }
+        let (body, suf) = if !given {
+            (ids, suf)
+        } else if !suf.is_empty() && ids.len() >= pre.len() + suf.len() && ids.ends_with(suf) {
+            (&ids[pre.len()..ids.len() - suf.len()], suf)
+        } else {
+            // Given without a closing suffix (or there is none): a plain cut.
+            return ids[..max_len].to_vec();
+        };
+        let keep = body.len().min(max_len.saturating_sub(pre.len() + suf.len()));
+        [pre, &body[..keep], suf].concat()
+    }
 }
 
 /// Whether `path` is a folder holding an encoder this module loads (config.json with a
@@ -110,6 +158,14 @@ impl EmbeddingModel {
                 ..Default::default()
             }))
             .map_err(|e| Error::format(tok_path.display().to_string(), format!("cannot set truncation: {e}")))?;
+        let specials =
+            SpecialTokens::of(&tokenizer).map_err(|e| Error::format(tok_path.display().to_string(), e.to_string()))?;
+        if specials.prefix.len() + specials.suffix.len() >= max_seq_length {
+            return Err(Error::invalid(format!(
+                "{}: max_seq_length {max_seq_length} leaves no room beside the special tokens",
+                dir.display()
+            )));
+        }
         let pooling = Pooling::from_folder(dir)?;
         // Integer buffers (`position_ids`) are not weights: checked, not loaded.
         let file = ParameterFile::open_safetensors_skipping(&weights, &|n| n.ends_with("position_ids"))?;
@@ -120,6 +176,7 @@ impl EmbeddingModel {
             pooling,
             max_seq_length,
             lowercase,
+            specials,
             batching: Batching::Packed,
             path: dir.to_path_buf(),
             load_time: t0.elapsed(),
@@ -145,8 +202,14 @@ impl EmbeddingModel {
         Ok(enc.get_ids().to_vec())
     }
 
-    /// Token ids given by a caller, checked (not empty, inside the vocabulary) and cut to
-    /// `max_seq_length`. They are used as they are: no special tokens are added.
+    /// Token ids given by a caller (`input` as ids in `/v1/embeddings`), checked (not
+    /// empty, inside the vocabulary) and made into what [`tokenize`](Self::tokenize) gives
+    /// for the same text: ids without the tokenizer's special tokens get them (`[CLS] ...
+    /// [SEP]` for BERT), and all are cut to `max_seq_length` keeping a closing `[SEP]`
+    /// (see [`SpecialTokens::apply`]). So ids from `tokenizer(text)` in transformers, with or
+    /// without `add_special_tokens`, embed as the text does. (llama.cpp's server and HF
+    /// text-embeddings-inference take ids as given; an encoder fed no `[CLS]`/`[SEP]` gives
+    /// vectors off the ones its text gives, which no caller wants.)
     pub fn check_ids(&self, ids: &[u32]) -> Result<Vec<u32>> {
         let vocab = self.encoder.config().vocab_size;
         if ids.is_empty() {
@@ -155,7 +218,7 @@ impl EmbeddingModel {
         if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
             return Err(Error::invalid(format!("token id {bad} is outside the vocabulary (0..{vocab})")));
         }
-        Ok(ids[..ids.len().min(self.max_seq_length)].to_vec())
+        Ok(self.specials.apply(ids, self.max_seq_length))
     }
 
     /// Embed texts (all at once, as `self.batching` says).
@@ -225,5 +288,25 @@ impl EmbeddingModel {
             start = end;
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SpecialTokens;
+
+    #[test]
+    fn special_tokens_are_added_once_and_survive_truncation() {
+        let bert = SpecialTokens { prefix: vec![101], suffix: vec![102] };
+        assert_eq!(bert.apply(&[7, 8], 6), [101, 7, 8, 102], "bare ids get [CLS] [SEP]");
+        assert_eq!(bert.apply(&[101, 7, 8, 102], 6), [101, 7, 8, 102], "as given");
+        assert_eq!(bert.apply(&[101, 7, 8], 6), [101, 7, 8], "given without [SEP]: kept");
+        assert_eq!(bert.apply(&[1, 2, 3, 4, 5, 6, 7], 5), [101, 1, 2, 3, 102], "bare and long");
+        assert_eq!(bert.apply(&[101, 1, 2, 3, 4, 5, 102], 5), [101, 1, 2, 3, 102], "given and long");
+        assert_eq!(bert.apply(&[101, 1, 2, 3, 4, 5], 5), [101, 1, 2, 3, 4], "given, no [SEP], long");
+        let none = SpecialTokens::default();
+        assert_eq!(none.apply(&[1, 2, 3], 2), [1, 2]);
+        let roberta = SpecialTokens { prefix: vec![0], suffix: vec![2, 2] };
+        assert_eq!(roberta.apply(&[5, 6, 7], 5), [0, 5, 6, 2, 2]);
     }
 }
