@@ -310,6 +310,9 @@ pub(super) struct GroupCall<'a, 'b> {
     pub out: &'b mut [&'a mut [f32]],
     pub accumulate: bool,
     pub pairs: bool,
+    /// The call streams the weights: every output row is in this one call (few rows), so
+    /// the group is read once (kernels may prefetch harder).
+    pub stream: bool,
 }
 
 /// What a kernel needs of one block of one output row's activations besides the quants: the
@@ -630,7 +633,8 @@ fn run_part(
                 let mut outs: [&mut [f32]; ROW_TILE] =
                     std::array::from_fn(|i| if i < n { out_row(r0 + i, g) } else { &mut [][..] });
                 let x = &rows[per * r0..per * (r0 + n)];
-                let mut call = GroupCall { grp, lay, x, out: &mut outs[..n], accumulate, pairs };
+                let stream = m <= ROW_TILE;
+                let mut call = GroupCall { grp, lay, x, out: &mut outs[..n], accumulate, pairs, stream };
                 // SAFETY: the table only holds kernels this CPU supports; the group holds
                 // `lay.bytes` bytes and every activation row `k` values.
                 unsafe { kernel(&mut call) };
