@@ -311,7 +311,8 @@ pub(super) struct GroupCall<'a, 'b> {
     pub accumulate: bool,
     pub pairs: bool,
     /// The call streams the weights: every output row is in this one call (few rows), so
-    /// the group is read once (kernels may prefetch harder).
+    /// the group is read once (kernels may prefetch harder; only the AVX-512 one does).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub stream: bool,
 }
 
