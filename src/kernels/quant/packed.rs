@@ -332,20 +332,28 @@ impl BlockActs {
     /// Block `b` of one term (`y: None`) or of a pair of terms.
     #[inline(always)]
     pub fn of(x: &Q8Row<'_>, y: Option<&Q8Row<'_>>, b: usize) -> BlockActs {
-        let one = BlockActs {
+        let one = |x: &Q8Row<'_>| BlockActs {
             isum: x.isums[b],
             hsums: [x.hsums[2 * b], x.hsums[2 * b + 1]],
             scale: x.d[b * Q8_LANES],
             sum: x.sums[b],
         };
         match y {
-            None => one,
-            Some(y) => BlockActs {
-                isum: 256 * one.isum + y.isums[b],
-                hsums: [256 * one.hsums[0] + y.hsums[2 * b], 256 * one.hsums[1] + y.hsums[2 * b + 1]],
-                scale: y.d[b * Q8_LANES],
-                sum: one.sum + y.sums[b],
-            },
+            None => one(x),
+            Some(y) => one(x).with_second(one(y)),
+        }
+    }
+
+    /// This block's first term joined by its second: the first's integer sums count 256
+    /// times (the second's step is 1/256 of the first's), the dot is scaled by the second's
+    /// step, and the scaled sums add.
+    #[inline(always)]
+    pub fn with_second(self, y: BlockActs) -> BlockActs {
+        BlockActs {
+            isum: 256 * self.isum + y.isum,
+            hsums: [256 * self.hsums[0] + y.hsums[0], 256 * self.hsums[1] + y.hsums[1]],
+            scale: y.scale,
+            sum: self.sum + y.sum,
         }
     }
 }
@@ -615,6 +623,8 @@ fn run_part(
     // With pairs, the rows in the order the kernels take them: row `i`, then its second
     // term (row `m + i` of the quantised activations).
     let act = |j: usize| acts.row(if pairs { j / 2 + (j % 2) * m } else { j });
+    // All output rows in one call (decode): each group is read once.
+    let stream = m <= ROW_TILE;
     let run = |g0: usize, g1: usize| {
         // The rows' views, made once per task (not per group and tile: 80 bytes each).
         let small: [Q8Row<'_>; 2 * ROW_TILE];
@@ -634,7 +644,6 @@ fn run_part(
                 let mut outs: [&mut [f32]; ROW_TILE] =
                     std::array::from_fn(|i| if i < n { out_row(r0 + i, g) } else { &mut [][..] });
                 let x = &rows[per * r0..per * (r0 + n)];
-                let stream = m <= ROW_TILE;
                 let mut call = GroupCall { grp, lay, x, out: &mut outs[..n], accumulate, pairs, stream };
                 // SAFETY: the table only holds kernels this CPU supports; the group holds
                 // `lay.bytes` bytes and every activation row `k` values.

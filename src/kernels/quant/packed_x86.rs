@@ -7,7 +7,7 @@
 
 use std::arch::x86_64::*;
 
-use super::packed::GroupCall;
+use super::packed::{BlockActs, GroupCall};
 use super::q8::{Q8_LANES, QK8};
 use super::WeightFormat;
 
@@ -59,23 +59,23 @@ fn row_ptrs<const R: usize, const TWO: bool>(c: &GroupCall<'_, '_>, r0: usize) -
     }
 }
 
-/// Block `b`'s integer sums, dot scale and scaled sum for one output row (see
-/// [`super::packed::BlockActs`]; `y` is only read with `TWO`).
+/// Block `b`'s integer sums, dot scale and scaled sum for one output row (`y` is only
+/// read with `TWO`).
 #[inline(always)]
-unsafe fn block_acts<const TWO: bool>(x: XPtr, y: XPtr, b: usize) -> (i32, [i32; 2], f32, f32) {
+unsafe fn block_acts<const TWO: bool>(x: XPtr, y: XPtr, b: usize) -> BlockActs {
     // SAFETY: the caller guarantees block `b` exists in both rows.
-    unsafe {
-        let (isum, h0, h1) = (*x.isums.add(b), *x.hsums.add(2 * b), *x.hsums.add(2 * b + 1));
-        if TWO {
-            (
-                256 * isum + *y.isums.add(b),
-                [256 * h0 + *y.hsums.add(2 * b), 256 * h1 + *y.hsums.add(2 * b + 1)],
-                *y.d.add(b * Q8_LANES),
-                *x.sums.add(b) + *y.sums.add(b),
-            )
-        } else {
-            (isum, [h0, h1], *x.d.add(b * Q8_LANES), *x.sums.add(b))
+    let one = |x: XPtr| unsafe {
+        BlockActs {
+            isum: *x.isums.add(b),
+            hsums: [*x.hsums.add(2 * b), *x.hsums.add(2 * b + 1)],
+            scale: *x.d.add(b * Q8_LANES),
+            sum: *x.sums.add(b),
         }
+    };
+    if TWO {
+        one(x).with_second(one(y))
+    } else {
+        one(x)
     }
 }
 
@@ -168,7 +168,7 @@ unsafe fn g512<const F: u8, const R: usize, const TWO: bool, const STREAM: bool>
                     lo = _mm512_add_epi32(_mm512_slli_epi32::<8>(lo), lo2);
                     hi = _mm512_add_epi32(_mm512_slli_epi32::<8>(hi), hi2);
                 }
-                let (isum, hsums, dx, sum) = block_acts::<TWO>(x[r], y[r], b);
+                let BlockActs { isum, hsums, scale: dx, sum } = block_acts::<TWO>(x[r], y[r], b);
                 let f = if fmt.two_scales() {
                     let lo = _mm512_sub_epi32(lo, _mm512_set1_epi32(off * hsums[0]));
                     let hi = _mm512_sub_epi32(hi, _mm512_set1_epi32(off * hsums[1]));
@@ -339,7 +339,7 @@ unsafe fn g256<const F: u8, const R: usize, const TWO: bool>(c: &mut GroupCall<'
                     lo = _mm256_add_epi32(_mm256_slli_epi32::<8>(lo), lo2);
                     hi = _mm256_add_epi32(_mm256_slli_epi32::<8>(hi), hi2);
                 }
-                let (isum, hsums, dx, sum) = block_acts::<TWO>(x[r], y[r], b);
+                let BlockActs { isum, hsums, scale: dx, sum } = block_acts::<TWO>(x[r], y[r], b);
                 let f = if fmt.two_scales() {
                     let lo = _mm256_sub_epi32(lo, _mm256_set1_epi32(off * hsums[0]));
                     let hi = _mm256_sub_epi32(hi, _mm256_set1_epi32(off * hsums[1]));
