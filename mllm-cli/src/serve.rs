@@ -45,7 +45,7 @@ use sequence::SeqStats;
 #[command(
     after_help = "Endpoints: POST /v1/chat/completions, POST /v1/completions (both with \"stream\": true for server-sent events), GET /v1/models, GET /health.\n\
 With an embedding model (--model minilm or an encoder folder): POST /v1/embeddings instead (OpenAI's shape: input as a string, strings or token id arrays; encoding_format float or base64).\n\
-Request defaults follow the OpenAI API (temperature 1, top_p 1; chat answers may fill the context, completions stop at 16 tokens); extensions: top_k, min_p, repetition_penalty.\n\
+Request defaults follow the OpenAI API (temperature 1, top_p 1; chat answers may fill the context, completions stop at 16 tokens); extensions: top_k, min_p, repetition_penalty, ignore_eos.\n\
 Log-probabilities (the model's log-softmax over the whole vocabulary, before temperature, top-k/p or penalties): chat \"logprobs\": true with \"top_logprobs\" 0-20; completions \"logprobs\": 0-20, with \"echo\": true scoring the prompt too (\"max_tokens\": 0: the prompt alone).\n\
 Example: mllm serve --port 8080 & curl localhost:8080/v1/chat/completions \
 -d '{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":16}'"
@@ -752,7 +752,7 @@ async fn prepare(s: &Shared, req: Request, endpoint: Endpoint) -> Result<Job, Ap
             format!("max_tokens is {m}, but this server's context holds {ctx} tokens (prompt included)"),
         ));
     }
-    let Request { prompt, max_tokens, sampling, stop, include_usage, logprobs, echo, .. } = req;
+    let Request { prompt, max_tokens, sampling, stop, include_usage, logprobs, echo, ignore_eos, .. } = req;
     let model = s.model.clone();
     let (ids, echo) = tokio::task::spawn_blocking(move || {
         let text = match (&prompt, echo) {
@@ -795,8 +795,13 @@ async fn prepare(s: &Shared, req: Request, endpoint: Endpoint) -> Result<Job, Ap
         (None, Endpoint::Completions) => COMPLETIONS_DEFAULT_MAX_TOKENS.min(room),
     };
     sampling.validate().map_err(|e| ApiError::invalid(None, e.to_string()))?;
-    let opts =
-        GenerateOptions { max_tokens, sampling, stop_strings: stop, stop_at_eos: true, context_limit: Some(ctx) };
+    let opts = GenerateOptions {
+        max_tokens,
+        sampling,
+        stop_strings: stop,
+        stop_at_eos: !ignore_eos,
+        context_limit: Some(ctx),
+    };
     Ok(Job { endpoint, ids, opts, include_usage, logprobs, echo })
 }
 

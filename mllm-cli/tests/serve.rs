@@ -390,7 +390,10 @@ fn load_test(extra: &[&str]) {
 /// Reads a streamed answer until its first piece of text, then returns the reader
 /// (dropping it closes the connection).
 fn start_stream(url: &str, max_tokens: usize) -> impl BufRead {
-    let body = chat_request("Write a long story about a dragon.", max_tokens, true).to_string();
+    let mut body = chat_request("Write a long story about a dragon.", max_tokens, true);
+    // The answer runs to max_tokens, however soon the model would end it.
+    body["ignore_eos"] = json!(true);
+    let body = body.to_string();
     let r = agent().post(url).header("content-type", "application/json").send(body).expect("request failed");
     assert_eq!(r.status(), 200);
     let mut reader = BufReader::new(r.into_body().into_reader());
@@ -425,16 +428,16 @@ fn wait_for_health(server: &Server, what: &str, ok: impl Fn(&Value) -> bool) {
 #[test]
 fn a_full_queue_answers_503_and_a_client_leaving_frees_its_slot() {
     let _one = one_at_a_time();
-    let server = Server::start(&["--ctx", "512", "--max-concurrent", "1", "--queue", "1"]);
+    let server = Server::start(&["--ctx", "4096", "--max-concurrent", "1", "--queue", "1"]);
     let url = server.url("/v1/chat/completions");
-    // 300 tokens would take far longer than the 40 s allowed below at today's speed.
-    let first = start_stream(&url, 300);
+    // Answers of 4000 tokens run until their clients leave (tens of seconds on a fast machine).
+    let first = start_stream(&url, 4000);
     wait_for_health(&server, "one running", |h| h["running"] == 1);
     let waiting = {
         let url = url.clone();
         std::thread::spawn(move || {
             let t0 = Instant::now();
-            let reader = start_stream(&url, 300);
+            let reader = start_stream(&url, 4000);
             (reader, t0.elapsed())
         })
     };
@@ -462,7 +465,9 @@ fn a_full_queue_answers_503_and_a_client_leaving_frees_its_slot() {
     wait_for_health(&server, "all slots free", |h| h["running"] == 0 && h["waiting"] == 0);
 
     // A client of a whole (non-streamed) answer that hangs up stops its generation too.
-    let body = completion_request("Once upon a time", 300, false).to_string();
+    let mut body = completion_request("Once upon a time", 4000, false);
+    body["ignore_eos"] = json!(true);
+    let body = body.to_string();
     let mut conn = TcpStream::connect(server.base.trim_start_matches("http://")).expect("connecting");
     write!(
         conn,
@@ -512,10 +517,10 @@ fn read_to_close(conn: &mut TcpStream) -> (String, Duration) {
 #[test]
 fn sigterm_ends_running_streams_at_the_deadline_and_exits_0() {
     let _one = one_at_a_time();
-    let mut server = Server::start(&["--ctx", "512", "--shutdown-timeout", "2"]);
+    let mut server = Server::start(&["--ctx", "4096", "--shutdown-timeout", "2"]);
     let _half_open = raw(&server, b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Le");
-    // 400 tokens take far longer than the deadline at today's speed.
-    let mut stream = start_stream(&server.url("/v1/chat/completions"), 400);
+    // 4000 tokens (ignoring the end of text) take far longer than the 2 s deadline.
+    let mut stream = start_stream(&server.url("/v1/chat/completions"), 4000);
     let t0 = Instant::now();
     server.signal("-TERM");
     let events = sse_events(&mut stream);
@@ -538,12 +543,14 @@ fn sigterm_lets_short_answers_finish_and_exits_when_idle() {
     let _one = one_at_a_time();
     let mut server = Server::start(&["--ctx", "512", "--shutdown-timeout", "60"]);
     let _idle = raw(&server, b"");
-    let url = server.url("/v1/completions");
-    let answer = std::thread::spawn(move || whole(&url, &completion_request("Once upon a time", 8, false)));
-    wait_for_health(&server, "the request running", |h| h["running"] == 1);
+    // The signal comes once the first words are out; the other 63 tokens are still to do
+    // (unless the machine makes them in well under a millisecond).
+    let mut stream = start_stream(&server.url("/v1/chat/completions"), 64);
     server.signal("-INT");
-    let a = answer.join().expect("the client failed");
-    assert!(a.finish == "length" || a.finish == "stop", "{a:?}");
+    let events = sse_events(&mut stream);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{events:?}");
+    let last: Value = serde_json::from_str(&events[events.len() - 3]).expect("a JSON chunk");
+    assert_eq!(last["choices"][0]["finish_reason"], "length", "{last}");
     let (status, took) = server.wait_exit(Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "exit status {status}");
     assert!(took < Duration::from_secs(30), "waited {took:?}");

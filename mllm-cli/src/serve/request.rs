@@ -99,6 +99,9 @@ pub struct Request {
     /// Legacy completions: the answer starts with the prompt (and, with `logprobs`, the
     /// prompt's tokens are scored).
     pub echo: bool,
+    /// Extension (llama-server, vLLM): go on past the model's end-of-text token until
+    /// `max_tokens` or a stop string.
+    pub ignore_eos: bool,
 }
 
 /// Fields each endpoint understands. Anything else is refused, as the OpenAI API does,
@@ -122,6 +125,7 @@ const COMMON_FIELDS: &[&str] = &[
     "top_k",
     "min_p",
     "repetition_penalty",
+    "ignore_eos",
 ];
 const CHAT_FIELDS: &[&str] = &[
     "messages",
@@ -229,6 +233,7 @@ pub fn parse(body: &[u8], endpoint: Endpoint) -> Result<Request, ApiError> {
     };
 
     let echo = f.boolean("echo")?.unwrap_or(false);
+    let ignore_eos = f.boolean("ignore_eos")?.unwrap_or(false);
     let logprobs = parse_logprobs(&f, endpoint)?;
     let max_key = if f.get("max_completion_tokens").is_some() { "max_completion_tokens" } else { "max_tokens" };
     let max_tokens = match f.integer(max_key)? {
@@ -313,6 +318,7 @@ pub fn parse(body: &[u8], endpoint: Endpoint) -> Result<Request, ApiError> {
         include_usage,
         logprobs,
         echo,
+        ignore_eos,
     })
 }
 
@@ -507,7 +513,7 @@ mod tests {
             r#"{"model":"m","messages":[{"role":"system","content":"be brief"},
                 {"role":"user","content":[{"type":"text","text":"hi "},{"type":"text","text":"there"}]}],
                 "max_tokens":7,"temperature":0,"top_p":0.5,"seed":-3,"stop":["\n","END"],"stream":true,
-                "stream_options":{"include_usage":true},"n":1,"top_k":5}"#,
+                "stream_options":{"include_usage":true},"n":1,"top_k":5,"ignore_eos":true}"#,
         )
         .unwrap();
         assert_eq!(
@@ -520,7 +526,7 @@ mod tests {
         assert_eq!(r.sampling.top_p, 0.5);
         assert_eq!(r.sampling.top_k, 5);
         assert_eq!(r.sampling.seed, (-3i64) as u64);
-        assert!(r.seeded && r.stream && r.include_usage);
+        assert!(r.seeded && r.stream && r.include_usage && r.ignore_eos);
         assert_eq!(r.stop, vec!["\n".to_string(), "END".to_string()]);
     }
 
@@ -530,7 +536,7 @@ mod tests {
         assert_eq!(r.prompt, Prompt::Chat(vec![ChatMessage::new("system", "x")]));
         assert_eq!(r.max_tokens, None);
         assert_eq!((r.sampling.temperature, r.sampling.top_p, r.sampling.top_k), (1.0, 1.0, 0));
-        assert!(!r.seeded && !r.stream && !r.include_usage && r.stop.is_empty());
+        assert!(!r.seeded && !r.stream && !r.include_usage && !r.ignore_eos && r.stop.is_empty());
         r.sampling.validate().unwrap();
     }
 
@@ -613,6 +619,7 @@ mod tests {
             (r#""stop":["a",1]"#, "stop"),
             (r#""stop":["a","b","c","d","e"]"#, "stop"),
             (r#""stream":"yes""#, "stream"),
+            (r#""ignore_eos":1"#, "ignore_eos"),
             (r#""stream_options":{"bogus":true}"#, "stream_options"),
             (r#""n":2"#, "n"),
             (r#""logprobs":"yes""#, "logprobs"),
