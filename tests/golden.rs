@@ -199,9 +199,10 @@ const BF16_FOLDER: Tolerance = Tolerance { logit: 0.3, mean: 0.07, margin: 0.1, 
 /// and 0.048. As for FAST, a margin of 0.5 leaves 91 steps to compare.
 const Q8_FOLDER: Tolerance = Tolerance { logit: 1.5, mean: 0.25, margin: 0.5, min_compared: 91 };
 
-/// The f32 folder quantised on load to Q4_K: worst 1.38, mean 0.215, flips at margins 0.09
-/// and 0.23 (Zen 5).
-const Q4K_FOLDER: Tolerance = Tolerance { logit: 2.5, mean: 0.4, margin: 0.5, min_compared: 91 };
+/// The f32 folder quantised on load to Q4_K (`--quantize q4_k`; the 576-wide rows, which
+/// are not whole 256-blocks, take Q8_0): worst 1.36, mean 0.244, flips at margins 0.03..0.23
+/// (Zen 5). With Q5_0 for those rows, as llama.cpp would do, it was worst 3.76, mean 0.70.
+const Q4K_FOLDER: Tolerance = Tolerance { logit: 2.5, mean: 0.5, margin: 0.5, min_compared: 91 };
 
 /// Teacher-forced along each reference continuation: every top-10 logit within `tol`, the
 /// top token the reference's where its margin is clear.

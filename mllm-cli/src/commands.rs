@@ -20,7 +20,7 @@ pub struct ModelArgs {
     model: Option<String>,
     /// Quantise a Hugging Face folder's weights on load (otherwise they run as stored:
     /// f32, or f16/bf16 read in 16 bits): q8_0 keeps the most, q4_k and q4_0 are smaller
-    /// and faster
+    /// and faster (q4_k takes q8_0 for matrices whose rows are not whole 256-blocks)
     #[arg(long, value_enum)]
     quantize: Option<Quantize>,
     /// Compute threads (default: MLLM_NUM_THREADS or all cores)
