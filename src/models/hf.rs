@@ -307,6 +307,9 @@ fn quantized(t: &Tensor, format: WeightFormat, name: &str) -> Result<Tensor> {
         return Ok(t.clone());
     };
     let x = t.to_f32_vec()?;
+    // The stored copy is not read again: its pages of the mapped file go now, so that the
+    // peak is one matrix of the file beside the quantised model, not the whole file.
+    t.release_mapped_pages();
     let bytes = format.quantize(&x);
     let dtype = DType::of_weight_format(format);
     Ok(Tensor::from_bytes(&bytes, dtype, dims, MemType::ParamsNormal)?.with_name(name))
