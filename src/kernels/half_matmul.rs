@@ -8,10 +8,10 @@
 //!
 //! Instruction sets, chosen at run time ([`Isa::best`]): a portable loop (the reference,
 //! which the compiler vectorises), AVX2 + F16C and AVX-512F, both widening the weights in
-//! registers and multiplying in f32. AVX-512 BF16's `vdpbf16ps` ([`Isa::Avx512Bf16`]) would
-//! also round the activations to bf16; it is kept for measurement only, because that
-//! rounding costs a relative error of 1-2e-3 per output against 1e-7 (see `BENCHMARKS.md`,
-//! "Native bf16/f16 weights").
+//! registers and multiplying in f32. AVX-512 BF16's `vdpbf16ps` ([`Isa::Avx512Bf16`]) also
+//! rounds the activations to bf16, a relative error of 1-2e-3 per output against 1e-7 (see
+//! `BENCHMARKS.md`, "Native bf16/f16 weights"), so only the `--fast` precision takes it
+//! ([`Isa::fast`]), as it takes 8-bit activations for quantised weights.
 
 use std::cell::RefCell;
 
@@ -63,7 +63,7 @@ pub enum Isa {
     /// AVX-512F: 16 weights widened per step.
     Avx512,
     /// AVX-512 BF16 (`vdpbf16ps`), bf16 weights only: activations rounded to bf16, 32
-    /// products per instruction. Less exact than the others; never chosen by `best`.
+    /// products per instruction. Less exact than the others: chosen by `fast`, not `best`.
     Avx512Bf16,
 }
 
@@ -81,6 +81,17 @@ impl Isa {
             }
         }
         Isa::Portable
+    }
+
+    /// The fastest instruction set for `kind` when the activations may be rounded to bf16
+    /// (the `--fast` precision, as llama.cpp computes with bf16 weights): AVX-512 BF16 where
+    /// the CPU has it, else [`Isa::best`].
+    pub fn fast(kind: HalfKind) -> Isa {
+        if Isa::Avx512Bf16.supported(kind) {
+            Isa::Avx512Bf16
+        } else {
+            Isa::best(kind)
+        }
     }
 
     /// Whether this CPU runs `self` for weights of `kind`.

@@ -7,7 +7,7 @@
 //! packing is decided per matrix, and a matrix that cannot be packed keeps its own segment,
 //! so a model never falls back as a whole. Model code calls [`Weight::matmul_into`] only.
 
-use crate::kernels::half_matmul::{half_matmul_cols, HalfKind, HalfMatrix};
+use crate::kernels::half_matmul::{half_matmul_cols_with, HalfKind, HalfMatrix, Isa};
 use crate::kernels::matmul::{matmul_f32, transpose_into, MatRef};
 use crate::kernels::quant::ActQuant;
 use crate::kernels::rows::store_cols;
@@ -212,7 +212,8 @@ impl Weight {
                 Storage::Half(w) => {
                     let (kind, data) = half_slice(w)?;
                     let mat = HalfMatrix { kind, data, rows: s.rows, k: self.k };
-                    half_matmul_cols(mat, x, m, out, ldo, s.col0, accumulate);
+                    let isa = if precision == MatmulPrecision::Fast { Isa::fast(kind) } else { Isa::best(kind) };
+                    half_matmul_cols_with(isa, mat, x, m, out, ldo, s.col0, accumulate);
                 }
                 Storage::FloatTransposed(wt) if self.segments.len() == 1 => {
                     let ws = wt.as_slice::<f32>()?;
