@@ -105,7 +105,11 @@ impl Sampler {
             logits = &logits_owned;
         }
         if p.temperature == 0.0 {
-            return Ok(argmax(logits));
+            let best = argmax(logits);
+            if logits[best as usize] == f32::NEG_INFINITY {
+                return Err(Error::invalid("sample: no finite logits"));
+            }
+            return Ok(best);
         }
         let c = &mut self.candidates;
         c.clear();
@@ -181,6 +185,19 @@ mod tests {
     fn greedy_takes_the_argmax() {
         let mut s = Sampler::new(params(0.0)).unwrap();
         assert_eq!(s.sample(&[0.1, 3.0, -1.0, 2.9], &[]).unwrap(), 1);
+    }
+
+    /// -inf masks a token; NaN, +inf or nothing but -inf is an error, greedy or sampled.
+    #[test]
+    fn logits_that_leave_no_choice_are_errors() {
+        let inf = f32::INFINITY;
+        for t in [0.0, 0.8] {
+            let mut s = Sampler::new(params(t)).unwrap();
+            assert_eq!(s.sample(&[-inf, 1.0, -inf], &[]).unwrap(), 1);
+            for bad in [[-inf, -inf, -inf], [0.0, f32::NAN, 1.0], [0.0, inf, 1.0]] {
+                assert!(s.sample(&bad, &[]).is_err(), "temperature {t}: {bad:?}");
+            }
+        }
     }
 
     #[test]
