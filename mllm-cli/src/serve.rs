@@ -368,8 +368,9 @@ async fn run(
     tokio::spawn(shutdown.run(signals));
     let Site { app, life, metrics, .. } = site;
     let policy = Arc::new(policy);
+    let metrics_of_handler = metrics.clone();
     let handler = move |req: axum::http::Request<hyper::body::Incoming>| {
-        let (app, policy, metrics) = (app.clone(), policy.clone(), metrics.clone());
+        let (app, policy, metrics) = (app.clone(), policy.clone(), metrics_of_handler.clone());
         async move {
             let route = metrics::route_label(req.uri().path());
             let r = guarded(&policy, &metrics, app, req).await;
@@ -377,7 +378,8 @@ async fn run(
             r
         }
     };
-    conn::serve(listener, limits, life, handler).await;
+    let refused = move || metrics.refused_connections.add(1);
+    conn::serve(listener, limits, life, handler, refused).await;
     eprintln!("server stopped");
     Ok(())
 }

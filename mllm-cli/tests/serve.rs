@@ -612,6 +612,19 @@ fn connections_beyond_the_cap_are_refused_at_once() {
         assert!(t0.elapsed() < Duration::from_secs(10), "/health refused after the others closed");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The refusal is counted, though it never became a request.
+    let mut metrics = String::new();
+    agent()
+        .get(server.url("/metrics"))
+        .call()
+        .expect("/metrics")
+        .into_body()
+        .into_reader()
+        .read_to_string(&mut metrics)
+        .unwrap();
+    // (At least once: a /health above may have come before the held connections closed.)
+    let refused = metrics.lines().find_map(|l| l.strip_prefix("mllm_connections_refused_total ")?.parse::<u64>().ok());
+    assert!(refused.is_some_and(|n| n >= 1), "{metrics}");
 }
 
 /// An answer read off a raw socket: status, headers (names in lower case), body.

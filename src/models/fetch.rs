@@ -242,7 +242,9 @@ fn remove_stale_work_dirs(dir: &Path, age: std::time::Duration) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let stale = entry.file_name().to_string_lossy().starts_with(".fetch-")
-            && entry.metadata().is_ok_and(|m| m.is_dir() && m.modified().is_ok_and(|t| t.elapsed().is_ok_and(|e| e > age)));
+            && entry
+                .metadata()
+                .is_ok_and(|m| m.is_dir() && m.modified().is_ok_and(|t| t.elapsed().is_ok_and(|e| e > age)));
         if stale {
             let _ = std::fs::remove_dir_all(entry.path());
         }

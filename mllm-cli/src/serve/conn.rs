@@ -198,7 +198,8 @@ impl AsyncWrite for Watched {
 
 /// Accept connections until `life.stopping`, then wait for the open ones to finish (those
 /// with no request in flight close at once) until `life.expired` plus a short grace.
-pub async fn serve<H, F>(listener: TcpListener, limits: Limits, life: Lifecycle, handler: H)
+/// `on_refused` is called for each connection refused because `max_connections` are open.
+pub async fn serve<H, F>(listener: TcpListener, limits: Limits, life: Lifecycle, handler: H, on_refused: impl Fn())
 where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
@@ -222,6 +223,7 @@ where
                         });
                     }
                     Err(_) => {
+                        on_refused();
                         if last_complaint.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                             last_complaint = Some(Instant::now());
                             eprintln!("--- refusing connections: {} are open (--max-connections)", limits.max_connections);

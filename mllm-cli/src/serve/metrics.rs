@@ -69,6 +69,9 @@ pub struct Metrics {
     /// Prompt tokens whose keys and values came from the prefix cache.
     pub cached_prompt_tokens: Counter,
     pub generated_tokens: Counter,
+    /// Connections refused at once because `--max-connections` were open (they never
+    /// become requests, so `requests` does not see them).
+    pub refused_connections: Counter,
     /// From a request's arrival to its first generated token.
     pub time_to_first_token: Histogram,
     /// Between two consecutive generated tokens of one sequence.
@@ -123,6 +126,7 @@ impl Metrics {
             prompt_tokens: Counter::default(),
             cached_prompt_tokens: Counter::default(),
             generated_tokens: Counter::default(),
+            refused_connections: Counter::default(),
             time_to_first_token: Histogram::new(TTFT_BOUNDS),
             time_per_token: Histogram::new(TOKEN_BOUNDS),
             model: model.to_string(),
@@ -157,6 +161,11 @@ impl Metrics {
                 &self.cached_prompt_tokens,
             ),
             ("mllm_generation_tokens_total", "Tokens generated.", &self.generated_tokens),
+            (
+                "mllm_connections_refused_total",
+                "Connections answered 503 and closed at once because --max-connections were open.",
+                &self.refused_connections,
+            ),
         ] {
             head(&mut out, name, "counter", help);
             let _ = writeln!(out, "{name} {}", c.get());
@@ -212,6 +221,7 @@ mod tests {
         m.prompt_tokens.add(40);
         m.cached_prompt_tokens.add(16);
         m.generated_tokens.add(7);
+        m.refused_connections.add(2);
         for ms in [5, 30, 30, 700, 90_000] {
             m.time_to_first_token.observe(Duration::from_millis(ms));
         }
@@ -225,6 +235,7 @@ mod tests {
         assert_eq!(sample(&t, "mllm_prompt_tokens_total"), Some(40.0));
         assert_eq!(sample(&t, "mllm_prompt_tokens_cached_total"), Some(16.0));
         assert_eq!(sample(&t, "mllm_generation_tokens_total"), Some(7.0));
+        assert_eq!(sample(&t, "mllm_connections_refused_total"), Some(2.0));
         assert_eq!(sample(&t, "mllm_queue_depth"), Some(3.0));
         let ttft = "mllm_time_to_first_token_seconds";
         assert_eq!(sample(&t, &format!("{ttft}_bucket{{le=\"0.01\"}}")), Some(1.0));
