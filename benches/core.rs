@@ -6,19 +6,11 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
+use mllm::kernels::matmul::{matmul_f32_gemm_threads, MatRef};
 use mllm::prelude::*;
 
-/// Deterministic values in [-1, 1) from a 64-bit LCG, so runs see the same data and
-/// no denormals or NaNs (which an uninitialised or all-zero buffer could hide or cause).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+mod common;
+use common::values;
 
 fn tensor(dims: &[usize], seed: u64) -> Tensor {
     let n = dims.iter().product();
@@ -31,35 +23,11 @@ fn heavy<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, criterion::
     g
 }
 
-/// `out = x @ w^T` with `x` `[m, k]` and `w` `[n, k]`, both row-major, via gemm directly.
-fn gemm_direct(x: &[f32], w: &[f32], out: &mut [f32], m: usize, k: usize, n: usize, par: gemm::Parallelism) {
-    assert!(x.len() >= m * k && w.len() >= n * k && out.len() >= m * n);
-    // SAFETY: the assert above bounds every index gemm derives from these sizes and
-    // strides: dst (i, j) at i*n + j < m*n, lhs (i, p) at i*k + p < m*k, rhs (p, j) =
-    // w[j*k + p] < n*k. `out` is a unique borrow, so it aliases neither input.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
-    }
+/// `out = x @ w^T` with `x` `[m, k]` and `w` `[n, k]`, both row-major: one gemm call with
+/// gemm's own threading (the baseline).
+fn gemm_direct(x: &[f32], w: &[f32], out: &mut [f32], m: usize, k: usize, n: usize, threads: usize) {
+    let (a, b) = (MatRef::row_major(x, m, k), MatRef::row_major(w, n, k).t());
+    matmul_f32_gemm_threads(a, b, out, threads);
 }
 
 fn linear_case(c: &mut Criterion, label: &str, m: usize, k: usize, n: usize) {
@@ -77,7 +45,7 @@ fn linear_case(c: &mut Criterion, label: &str, m: usize, k: usize, n: usize) {
     let bs = b.as_slice::<f32>().expect("f32");
     let mut out = vec![0.0f32; m * n];
     let ours = pool.install(|| x.linear(&w, Some(&b)).expect("linear"));
-    pool.install(|| gemm_direct(xs, ws, &mut out, m, k, n, gemm::Parallelism::Rayon(threads)));
+    pool.install(|| gemm_direct(xs, ws, &mut out, m, k, n, threads));
     let ours = ours.as_slice::<f32>().expect("f32");
     for (i, (o, d)) in ours.iter().zip(&out).enumerate() {
         assert!((o - (d + bs[i % n])).abs() <= 1e-3 * (k as f32).sqrt(), "linear and gemm differ at {i}");
@@ -90,10 +58,10 @@ fn linear_case(c: &mut Criterion, label: &str, m: usize, k: usize, n: usize) {
         bch.iter(|| pool.install(|| black_box(x.linear(&w, Some(&b)).expect("linear"))))
     });
     g.bench_function("gemm_direct", |bch| {
-        bch.iter(|| pool.install(|| gemm_direct(xs, ws, &mut out, m, k, n, gemm::Parallelism::Rayon(threads))))
+        bch.iter(|| pool.install(|| gemm_direct(xs, ws, &mut out, m, k, n, threads)))
     });
     g.bench_function("gemm_direct_1thread", |bch| {
-        bch.iter(|| pool.install(|| gemm_direct(xs, ws, &mut out, m, k, n, gemm::Parallelism::None)))
+        bch.iter(|| pool.install(|| gemm_direct(xs, ws, &mut out, m, k, n, 1)))
     });
     // What linear does besides the product: a zeroed output tensor, then bias rows.
     g.bench_function("output_zeros_only", |bch| {

@@ -12,49 +12,10 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use mllm::kernels::matmul::{matmul_f32, transpose, MatRef};
+use mllm::kernels::matmul::{matmul_f32, matmul_f32_gemm_threads, transpose, MatRef};
 
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-/// `out = a @ b` through gemm directly, with gemm's own threading (`par`).
-fn gemm_direct(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32], par: gemm::Parallelism) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert!(out.len() >= m * n && a.data.len() >= m * k && b.data.len() >= k * n);
-    // SAFETY: `a` and `b` are dense (row-major, or the transpose of a row-major matrix) and
-    // their slices hold `m * k` and `k * n` values (asserted), so every index gemm derives
-    // from these strides is inside them; `out` holds `m * n` and is a unique borrow.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
-    }
-}
+mod common;
+use common::values;
 
 fn main() {
     let shapes: Vec<(usize, usize, usize)> = match std::env::args().skip(1).find(|a| a.contains('x')) {
@@ -106,8 +67,8 @@ fn main() {
                         for i in 0..iters {
                             let b = bs[i % copies];
                             match v {
-                                0 => gemm_direct(a, b, &mut out, gemm::Parallelism::None),
-                                1 => gemm_direct(a, b, &mut out, gemm::Parallelism::Rayon(threads)),
+                                0 => matmul_f32_gemm_threads(a, b, &mut out, 1),
+                                1 => matmul_f32_gemm_threads(a, b, &mut out, threads),
                                 _ => matmul_f32(a, b, &mut out, false),
                             }
                             black_box(&mut out);

@@ -2,6 +2,7 @@
 //! scalar), scaling, and the activations SiLU and GELU (exact erf form and tanh form).
 //! Shapes and broadcasting are the tensor layer's business, not this file's.
 
+use super::loop_isa::LoopIsa;
 use super::rows::{for_each_chunk, for_each_row};
 
 /// The four arithmetic binary operations.
@@ -228,35 +229,10 @@ pub fn gelu_tanh_f32(x: f32) -> f32 {
 /// `[gate (f values), up (f values)]`, and `out[r, j] = gelu_tanh(gate[j]) * up[j]`
 /// ([`gelu_tanh_f32`]; compiled for AVX-512 or AVX2 where the CPU has them).
 pub fn geglu_rows(gate_up: &[f32], f: usize, out: &mut [f32]) {
-    geglu_rows_with(gate_up, f, out, Isa::detect())
+    geglu_rows_with(gate_up, f, out, LoopIsa::detect())
 }
 
-/// Instruction sets a plain-Rust loop is compiled for (see [`geglu_rows`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Isa {
-    Baseline,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-}
-
-impl Isa {
-    fn detect() -> Isa {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-                return Isa::Avx512;
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Baseline
-    }
-}
-
-fn geglu_rows_with(gate_up: &[f32], f: usize, out: &mut [f32], isa: Isa) {
+fn geglu_rows_with(gate_up: &[f32], f: usize, out: &mut [f32], isa: LoopIsa) {
     assert_eq!(gate_up.len(), 2 * out.len(), "geglu: input must hold a gate and an up row per output row");
     #[inline(always)]
     fn row(gate: &[f32], up: &[f32], out: &mut [f32]) {
@@ -277,13 +253,13 @@ fn geglu_rows_with(gate_up: &[f32], f: usize, out: &mut [f32], isa: Isa) {
     for_each_row(out, f, |r, o| {
         let (gate, up) = gate_up[2 * f * r..2 * f * (r + 1)].split_at(f);
         match isa {
-            Isa::Baseline => row(gate, up, o),
-            // SAFETY: `Isa::detect` found AVX-512F and FMA (tests pass only detected ISAs).
+            LoopIsa::Baseline => row(gate, up, o),
+            // SAFETY: `LoopIsa::detect` found AVX-512F and FMA (tests pass only detected ISAs).
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { row_avx512(gate, up, o) },
-            // SAFETY: `Isa::detect` found AVX2 and FMA (tests pass only detected ISAs).
+            LoopIsa::Avx512 => unsafe { row_avx512(gate, up, o) },
+            // SAFETY: `LoopIsa::detect` found AVX2 and FMA (tests pass only detected ISAs).
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { row_avx2(gate, up, o) },
+            LoopIsa::Avx2 => unsafe { row_avx2(gate, up, o) },
         }
     });
 }
@@ -498,19 +474,7 @@ mod tests {
                 (0.5 * g * (1.0 + t) * u) as f32
             })
             .collect();
-        #[cfg(target_arch = "x86_64")]
-        let isas = {
-            let mut v = vec![Isa::Baseline];
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                v.push(Isa::Avx2);
-            }
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-                v.push(Isa::Avx512);
-            }
-            v
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        let isas = vec![Isa::Baseline];
+        let isas = LoopIsa::detected();
         for isa in isas {
             let mut got = vec![0f32; rows * f];
             geglu_rows_with(&gate_up, f, &mut got, isa);

@@ -73,19 +73,10 @@ fn column_blocks(m: usize, k: usize, n: usize, threads: usize) -> usize {
 /// few-row products of an encoder (so [`Weight`](crate::tensor::Weight) keeps f32 weights
 /// transposed, see [`transpose`]).
 pub fn matmul_f32(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32], accumulate: bool) {
+    if !checked_nonempty(a, b, out, accumulate) {
+        return;
+    }
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(b.rows, k, "matmul_f32: inner dimensions differ");
-    assert!(out.len() >= m * n, "matmul_f32: output too small");
-    assert!(a.data.len() >= a.extent() && b.data.len() >= b.extent(), "matmul_f32: operand too small");
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            out[..m * n].fill(0.0);
-        }
-        return;
-    }
     let threads = rayon::current_num_threads();
     let blocks = column_blocks(m, k, n, threads);
     if blocks > 1 {
@@ -108,6 +99,38 @@ pub fn matmul_f32(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32], accumulate: boo
         // SAFETY: `out` holds `m` rows of `n` (asserted above), a unique borrow.
         unsafe { gemm_into(a, b, out.as_mut_ptr(), n, accumulate, par) };
     }
+}
+
+/// `out = a @ b` as one gemm call split by gemm's own threading over `threads` (none for
+/// 1), never in column blocks: the baseline that benches/matmul_threads.rs measures
+/// [`matmul_f32`]'s split against.
+pub fn matmul_f32_gemm_threads(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32], threads: usize) {
+    if !checked_nonempty(a, b, out, false) {
+        return;
+    }
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: `out` holds `a.rows` rows of `b.cols` (checked), a unique borrow.
+    unsafe { gemm_into(a, b, out.as_mut_ptr(), b.cols, false, par) };
+}
+
+/// Panics unless `a`, `b` and `out` fit a product `a.rows x b.cols`; whether there is a
+/// product to compute (an empty inner dimension has already set `out` to 0 unless
+/// `accumulate`).
+fn checked_nonempty(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32], accumulate: bool) -> bool {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "matmul_f32: inner dimensions differ");
+    assert!(out.len() >= m * n, "matmul_f32: output too small");
+    assert!(a.data.len() >= a.extent() && b.data.len() >= b.extent(), "matmul_f32: operand too small");
+    if m == 0 || n == 0 {
+        return false;
+    }
+    if k == 0 {
+        if !accumulate {
+            out[..m * n].fill(0.0);
+        }
+        return false;
+    }
+    true
 }
 
 /// `dst = a @ b` (+ `dst` if `accumulate`), `dst` row-major `a.rows x b.cols` with rows

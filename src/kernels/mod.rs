@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod elementwise;
 pub mod half_matmul;
+pub(crate) mod loop_isa;
 pub mod matmul;
 pub mod norm;
 pub mod quant;
