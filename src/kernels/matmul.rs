@@ -4,6 +4,7 @@
 
 use rayon::prelude::*;
 
+use super::loop_isa::LoopIsa;
 use super::rows::SharedOut;
 
 /// A row-major or strided matrix view: element (r, c) is at `data[r * rs + c * cs]`.
@@ -47,10 +48,8 @@ const MIN_MACS_PER_THREAD: usize = 1 << 17;
 /// 20-row product gains at most 1.4x over one thread and can be 1.4x *slower* (it packs
 /// the whole weight on one thread first), and it never splits a single-row product (its
 /// matrix-vector path is serial), while column blocks gain 1.3-2x on both. At 640 rows the
-/// two splits are within noise. One case loses: a single row against a `[k, n]` weight
-/// that is already in cache (3.5 MB, called in a loop: 159 against 126 µs on one thread);
-/// read from memory, as a decode step reads its layers, the same product gains (252
-/// against 281 µs).
+/// two splits are within noise. A single row against a `[k, n]` weight takes neither (see
+/// [`FEW_ROWS`]).
 const COLUMN_SPLIT_MAX_ROWS: usize = 256;
 
 /// How many column blocks (threads) an `m x k x n` product is cut into: 1 for no split.
@@ -79,7 +78,9 @@ pub fn matmul_f32(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32], accumulate: boo
     let (m, k, n) = (a.rows, a.cols, b.cols);
     let threads = rayon::current_num_threads();
     let blocks = column_blocks(m, k, n, threads);
-    if blocks > 1 {
+    if m <= FEW_ROWS && b.cs == 1 && blocks > 1 {
+        few_rows(a, b, out, accumulate, blocks, LoopIsa::detect());
+    } else if blocks > 1 {
         let width = n.div_ceil(blocks).next_multiple_of(16);
         let shared = SharedOut::new(out);
         (0..n.div_ceil(width)).into_par_iter().with_max_len(1).for_each(|i| {
@@ -98,6 +99,87 @@ pub fn matmul_f32(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32], accumulate: boo
         };
         // SAFETY: `out` holds `m` rows of `n` (asserted above), a unique borrow.
         unsafe { gemm_into(a, b, out.as_mut_ptr(), n, accumulate, par) };
+    }
+}
+
+/// Up to this many rows, a product with a row-major `b` (`[k, n]`: how
+/// [`Weight`](crate::tensor::Weight) keeps f32 matrices) is computed by [`few_rows`], not
+/// gemm, whose matrix-vector path reads such a `b` far below memory speed. Measured on 2
+/// threads, `b` read from memory (AMD Zen 5, `benches/matmul_threads.rs`, BENCHMARKS.md
+/// "f32 decode on [k, n] weights"): 1 x 576 x 1536 192 -> 83 µs, 1 x 1536 x 576
+/// 238 -> 85 µs; but at 2 rows gemm is ahead (80 against 105 µs), so only single rows,
+/// and only split over threads: on one thread gemm's path was a little faster end to end.
+const FEW_ROWS: usize = 1;
+
+/// `out (+)= a @ b` for a few rows of `a` and a row-major `b`: each output row is the sum
+/// over `p` of `a[i, p]` times row `p` of `b`. `b`'s rows are cut into `parts` ranges, one
+/// task each, so each thread reads its part of `b` straight through, as it lies in memory
+/// (column blocks would make every thread skip through all of `b`); the first part adds
+/// into `out`, the others into buffers added at the end.
+fn few_rows(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32], accumulate: bool, parts: usize, isa: LoopIsa) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    debug_assert!(b.cs == 1 && out.len() >= m * n);
+    let out = &mut out[..m * n];
+    let parts = parts.clamp(1, k.max(1));
+    if parts == 1 {
+        few_rows_part(a, b, out, accumulate, isa);
+        return;
+    }
+    let per = k.div_ceil(parts);
+    let mut partial = vec![0f32; (parts - 1) * m * n];
+    let mut dests: Vec<&mut [f32]> = std::iter::once(&mut *out).chain(partial.chunks_mut(m * n)).collect();
+    dests.par_iter_mut().enumerate().with_max_len(1).for_each(|(t, dest)| {
+        let (p0, p1) = (t * per, ((t + 1) * per).min(k));
+        let a_part = MatRef { data: &a.data[(p0 * a.cs).min(a.data.len())..], cols: p1.saturating_sub(p0), ..a };
+        let b_part = MatRef { data: &b.data[(p0 * b.rs).min(b.data.len())..], rows: p1.saturating_sub(p0), ..b };
+        few_rows_part(a_part, b_part, dest, accumulate || t > 0, isa);
+    });
+    drop(dests);
+    for p in partial.chunks(m * n) {
+        for (o, &v) in out.iter_mut().zip(p) {
+            *o += v;
+        }
+    }
+}
+
+/// `out (+)= a @ b` on the calling thread, `out` `a.rows x b.cols` exactly.
+fn few_rows_part(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32], accumulate: bool, isa: LoopIsa) {
+    if !accumulate {
+        out.fill(0.0);
+    }
+    #[inline(always)]
+    fn sums(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32]) {
+        // `b` straight through; the output rows stay in L1 (or in L2 for a wide head, which
+        // measured no slower than reading `b` in runs of 32 KiB with the rows in L1).
+        let n = b.cols;
+        for p in 0..a.cols {
+            let brow = &b.data[p * b.rs..][..n];
+            for (i, orow) in out.chunks_exact_mut(n).enumerate() {
+                let x = a.data[i * a.rs + p * a.cs];
+                for (o, &v) in orow.iter_mut().zip(brow) {
+                    *o += x * v;
+                }
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,fma")]
+    fn sums_avx512(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32]) {
+        sums(a, b, out)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn sums_avx2(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32]) {
+        sums(a, b, out)
+    }
+    match isa {
+        LoopIsa::Baseline => sums(a, b, out),
+        // SAFETY: `LoopIsa::detect` found AVX-512F and FMA (tests pass only detected ones).
+        #[cfg(target_arch = "x86_64")]
+        LoopIsa::Avx512 => unsafe { sums_avx512(a, b, out) },
+        // SAFETY: as above, AVX2 and FMA.
+        #[cfg(target_arch = "x86_64")]
+        LoopIsa::Avx2 => unsafe { sums_avx2(a, b, out) },
     }
 }
 
@@ -278,6 +360,46 @@ mod tests {
     }
 
     /// A transposed (column-major) `a`, as `Tensor::matmul` passes for transposed views.
+    /// The few-row path on every instruction set this CPU runs and in 1 to 3 parts (more
+    /// parts than rows of `b` too), `a` row-major or transposed, against the reference.
+    #[test]
+    fn few_rows_match_reference_on_every_isa() {
+        for &(m, k, n) in &[(1, 1, 1), (1, 2, 33), (2, 64, 100), (3, 5, 17), (4, 576, 1536), (1, 1536, 577)] {
+            let at = random(k * m, 1);
+            let a_rows = random(m * k, 1);
+            let b = random(k * n, 2);
+            let b = MatRef::row_major(&b, k, n);
+            for a in [MatRef::row_major(&a_rows, m, k), MatRef::row_major(&at, k, m).t()] {
+                for isa in LoopIsa::detected() {
+                    for blocks in 1..=3 {
+                        for acc in [false, true] {
+                            let mut got = random(m * n, 3);
+                            let mut want = got.clone();
+                            few_rows(a, b, &mut got, acc, blocks, isa);
+                            matmul_f32_reference(a, b, &mut want, acc);
+                            for (g, w) in got.iter().zip(&want) {
+                                let tol = 1e-4 * (k as f32).sqrt();
+                                assert!((g - w).abs() <= tol, "{isa:?} {blocks} blocks {m}x{k}x{n}: {g} vs {w}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // A NaN in the weight reaches every row, even where the activation is 0.
+        let b = [1.0, f32::NAN, 2.0, 3.0];
+        let mut out = [0f32; 4];
+        few_rows(
+            MatRef::row_major(&[0.0, 1.0, 1.0, 0.0], 2, 2),
+            MatRef::row_major(&b, 2, 2),
+            &mut out,
+            false,
+            1,
+            LoopIsa::detect(),
+        );
+        assert!(out[1].is_nan() && out[3].is_nan() && out[0] == 2.0 && out[2] == 1.0, "{out:?}");
+    }
+
     #[test]
     fn gemm_matches_reference_on_a_transposed_lhs() {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
