@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use crate::kernels::attention::{causal_attention, AttentionShape};
 use crate::kernels::elementwise::{geglu_rows, swiglu_rows};
 use crate::kernels::norm::{layer_norm, rms_norm};
-use crate::kernels::rope::{rope_row, RopeLayout, RopeTable};
+use crate::kernels::rope::{rope_row_with, RopeLayout, RopeTable};
 use crate::models::config::DecoderConfig;
 use crate::models::kv_cache::{KvCache, KvLayer, KvRows};
 use crate::models::workspace::Workspace;
@@ -259,8 +259,14 @@ impl Attention {
                 self.rope.max_pos()
             )));
         }
+        // One position: its angles once, for every head of the row.
+        let half = self.rope_dims / 2;
+        tmp.resize(tmp.len().max(2 * half), 0.0);
+        let (cos, rest) = tmp.split_at_mut(half);
+        let sin = &mut rest[..half];
+        self.rope.angles(pos, cos, sin);
         for head in row[..qd + kd].chunks_exact_mut(d) {
-            rope_row(&mut head[..self.rope_dims], &self.rope, pos, self.rope_layout);
+            rope_row_with(&mut head[..self.rope_dims], cos, sin, self.rope_layout);
         }
         Ok(())
     }

@@ -4,7 +4,7 @@
 pub use crate::kernels::rope::{RopeLayout, RopeTable};
 
 use crate::context::trace::Span;
-use crate::kernels::rope::rope_row;
+use crate::kernels::rope::rope_row_with;
 use crate::kernels::rows::for_each_row;
 use crate::tensor::ops::strided::f32_working_copy;
 use crate::tensor::Tensor;
@@ -54,9 +54,14 @@ impl Tensor {
         }
         let mut out = f32_working_copy(self, "rope")?;
         let data = out.data_mut::<f32>()?;
-        for_each_row(data, head_dim, |i, row| {
-            let pos = start_pos + (i / n_heads) % seq;
-            rope_row(row, table, pos, layout);
+        // A token's heads at a time: its position's angles once for all of them.
+        let half = head_dim / 2;
+        for_each_row(data, n_heads * head_dim, |t, heads| {
+            let (mut cos, mut sin) = (vec![0f32; half], vec![0f32; half]);
+            table.angles(start_pos + t % seq, &mut cos, &mut sin);
+            for row in heads.chunks_exact_mut(head_dim) {
+                rope_row_with(row, &cos, &sin, layout);
+            }
         });
         Ok(out)
     }
