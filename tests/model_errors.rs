@@ -35,4 +35,10 @@ fn mismatched_model_files_list_every_problem() {
     wrong.set_metadata("llama.feed_forward_length", mllm::params::MetaValue::UInt(1024));
     let err = Decoder::from_file(&wrong).err().expect("must fail").to_string();
     assert!(err.contains("mismatched (90)"), "30 layers x 3 FFN matrices: {err}");
+
+    // The embedding is also the tied output head: a wrong vocabulary size is told once.
+    let mut wrong = real.clone();
+    wrong.set_metadata("llama.vocab_size", mllm::params::MetaValue::UInt(49000));
+    let err = Decoder::from_file(&wrong).err().expect("must fail").to_string();
+    assert!(err.contains("mismatched (1): token_embd.weight"), "{err}");
 }

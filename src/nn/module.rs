@@ -191,11 +191,18 @@ fn load_params(module: &str, params: &[Param], file: &ParameterFile) -> Result<(
     let mut missing = Vec::new();
     let mut mismatched = Vec::new();
     let mut found = Vec::with_capacity(params.len());
+    // A parameter may be declared twice (a tied output head shares the embedding's):
+    // each problem is told once.
+    let tell = |list: &mut Vec<String>, msg: String| {
+        if !list.contains(&msg) {
+            list.push(msg);
+        }
+    };
     for p in params {
         match file.get(p.name()) {
-            None => missing.push(p.name().to_string()),
+            None => tell(&mut missing, p.name().to_string()),
             Some(t) => match p.mismatch(t) {
-                Some(msg) => mismatched.push(msg),
+                Some(msg) => tell(&mut mismatched, msg),
                 None => found.push((p, t.clone())),
             },
         }
