@@ -31,6 +31,7 @@ REQUIREMENTS = ["gguf==0.19.0", "numpy==2.4.6"]
 
 
 def ensure_env(venv):
+    """Run on in a venv that has the pinned packages (made or completed when needed)."""
     try:
         import gguf  # noqa: F401
         import numpy  # noqa: F401
@@ -40,10 +41,13 @@ def ensure_env(venv):
     py = os.path.join(venv, "bin", "python")
     if os.environ.get("MLLM_GGUF_TO_HF_IN_VENV"):
         sys.exit(f"{py} still cannot import gguf and numpy")
-    if not os.path.exists(py):
-        print(f"making {venv} ({' '.join(REQUIREMENTS)})", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
-        subprocess.run([py, "-m", "pip", "install", "--quiet", *REQUIREMENTS], check=True)
+    ready = os.path.exists(py) and subprocess.run([py, "-c", "import gguf, numpy"], capture_output=True).returncode == 0
+    if not ready:
+        print(f"installing {' '.join(REQUIREMENTS)} into {venv}", file=sys.stderr)
+        if not os.path.exists(py):
+            subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+        subprocess.run([py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *REQUIREMENTS],
+                       check=True)
     env = dict(os.environ, MLLM_GGUF_TO_HF_IN_VENV="1")
     sys.exit(subprocess.run([py, *sys.argv], env=env).returncode)
 
