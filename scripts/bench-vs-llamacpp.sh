@@ -27,7 +27,8 @@
 #   pp   : `bench -p 128,512 -r 1`: time to process a fresh 128/512-token prompt (one batch).
 #   tg   : 128 single-token decode steps after a 128-token prompt already in the KV cache
 #          (mllm: `bench -p 0 -n 128 --gen-after 128`; llama-bench: `-p 0 -n 128 -d 128`);
-#          the prompt is not timed. Run under `/usr/bin/time -v` for the peak RSS.
+#          the prompt is not timed. Run under `/usr/bin/time -v` for the peak RSS (mllm with
+#          --no-roof: its bandwidth probe's 256 MiB buffer is not the model's memory).
 #   first: wall time of a whole process that loads the model, reads a short prompt and
 #          prints one greedy token (`mllm run -n 1`, `llama-completion -n 1`), context 256.
 # Each bench process does one untimed warm-up run per test (both tools do this by default).
@@ -137,7 +138,7 @@ ours() {
   local t=$1 b=$2
   "$MLLM" bench -m "$MODEL" -t "$t" -p 128,512 -n 0 -r 1 -o json >"$OUT/ours-pp-t$t-b$b.json"
   /usr/bin/time -v -o "$OUT/ours-tg-t$t-b$b.time" \
-    "$MLLM" bench -m "$MODEL" -t "$t" -p 0 -n 128 --gen-after 128 -r 1 -o json >"$OUT/ours-tg-t$t-b$b.json"
+    "$MLLM" bench -m "$MODEL" -t "$t" -p 0 -n 128 --gen-after 128 -r 1 --no-roof -o json >"$OUT/ours-tg-t$t-b$b.json"
   first_token ours "$t" "$b" "$MLLM" run -m "$MODEL" -t "$t" -n 1 --ctx 256 -p "$PROMPT"
 }
 theirs() {

@@ -30,6 +30,10 @@ pub struct BenchArgs {
     /// Output format
     #[arg(long, short = 'o', value_enum, default_value = "table")]
     output: Output,
+    /// Skip the memory-bandwidth probe behind the "memory roof" column: it sums a 256 MiB
+    /// buffer, which an outside measure of this process's peak RSS (`time -v`) would count
+    #[arg(long)]
+    no_roof: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -135,8 +139,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     // Before the probe: its buffer is not the model's memory.
     let rss = peak_rss().unwrap_or(0);
     // The memory roof of decode: this machine's read bandwidth on the same threads.
-    let bandwidth =
-        rows.iter().any(|r| r.step_bytes.is_some()).then(|| mllm::context::memory::read_bandwidth(PROBE_BYTES, 5));
+    let bandwidth = (!args.no_roof && rows.iter().any(|r| r.step_bytes.is_some()))
+        .then(|| mllm::context::memory::read_bandwidth(PROBE_BYTES, 5));
     print_results(&args, &model, threads, &rows, (ttft, rss, report.total.peak), bandwidth);
     Ok(())
 }

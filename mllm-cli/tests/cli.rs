@@ -269,6 +269,10 @@ fn run_chat_bench_and_inspect_take_every_family() {
         let out = run(&["bench", "--model", m, "-p", "8", "-n", "2", "-r", "1"]);
         assert!(out.status.success() && text(&out.stdout).contains("pp8"), "{family} bench: {}", text(&out.stderr));
         assert!(text(&out.stdout).contains("memory roof"), "{family} bench: {}", text(&out.stdout));
+        // Without the bandwidth probe the decode row has no roof share.
+        let out = run(&["bench", "--model", m, "-p", "0", "-n", "2", "-r", "1", "--no-roof", "-o", "json"]);
+        let j: serde_json::Value = serde_json::from_str(text(&out.stdout).lines().last().unwrap_or("")).unwrap();
+        assert!(j["read_bandwidth_bytes_per_s"].is_null() && j["tests"][0]["roof_share"].is_null(), "{j}");
         let out = run(&["inspect", m]);
         let arch = if family == "mistral" { "llama" } else { family };
         assert!(text(&out.stdout).contains(&format!("\"{arch}\"")), "{family} inspect: {}", text(&out.stdout));
